@@ -1,0 +1,395 @@
+"""The logic an AccountShard actor runs, as a plain class (no Ray): testable on its own.
+
+Request path inside a shard:
+
+1. `submit` puts the operation on the queue and awaits its future.
+2. The batch loop takes everything queued (up to `batch_max`), prefetches what it needs from
+   PostgreSQL (accounts not cached, programs not known, idempotency keys not cached) in a few
+   set-based queries, then applies every operation to in-memory *copies* of the accounts with
+   no `await` between checking and changing: operations on an account are strictly
+   serialized without any lock.
+3. The batch is written in one PostgreSQL transaction (group commit), fenced by account
+   versions. Only after COMMIT are the copies swapped into the cache and the callers
+   answered; reads use the cache, so they never show an uncommitted effect.
+4. If the commit fails, every operation of the batch gets a retryable `unavailable` answer
+   and the touched accounts are evicted, to be reloaded from PostgreSQL next time.
+
+One batch is in flight at a time; operations arriving meanwhile form the next batch, so the
+batch size grows with load by itself (natural group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from db.ledger_repo import AccountKey, BatchWrite, FencedError, IdemKey, LedgerRepo
+from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.idempotency import StoredResponse, replay
+from domain.ids import uuid7
+from domain.ledger import (
+    CREDIT,
+    DEBIT,
+    Account,
+    account_view,
+    available,
+    credit,
+    debit,
+    new_account,
+    transaction_view,
+)
+from domain.limits import LOTS_IN_VIEW_MAX
+
+log = logging.getLogger("points.shard")
+
+BATCH_MAX = 1024
+ACCOUNTS_CACHED_MAX = 200_000
+KEYS_CACHED_MAX = 200_000
+# How long to wait for more operations before starting a batch when the queue is not
+# already full. 0 = natural batching only (operations queue while a commit is in flight).
+BATCH_WINDOW_S = 0.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def problem(code: Code, detail: str) -> dict[str, Any]:
+    return {"status": HTTP_STATUS[code], "body": {"code": str(code), "detail": detail}}
+
+
+@dataclass(slots=True)
+class Op:
+    kind: str
+    program_id: str
+    member_id: str
+    points: int
+    reason: str
+    expires_at: datetime | None
+    key: str
+    request_hash: str
+    future: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _Work:
+    """State of the batch being applied: copies of accounts and the rows to write."""
+
+    write: BatchWrite = field(default_factory=BatchWrite)
+    # account key -> (working copy, version loaded; 0 = new account)
+    accounts: dict[AccountKey, tuple[Account, int]] = field(default_factory=dict)
+    changed: set[AccountKey] = field(default_factory=set)
+    # key -> index in `results` of the first operation that used it in this batch
+    keys: dict[IdemKey, int] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    # operations answered only once the batch commits: (op, index in results)
+    waiting: list[tuple[Op, int]] = field(default_factory=list)
+
+
+class _Lru(OrderedDict[Any, Any]):
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        assert capacity > 0
+        self.capacity = capacity
+
+    def get_fresh(self, key: Any) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+class ShardCore:
+    def __init__(
+        self,
+        repo: LedgerRepo,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        batch_max: int = BATCH_MAX,
+        batch_window_s: float = BATCH_WINDOW_S,
+        accounts_cached_max: int = ACCOUNTS_CACHED_MAX,
+        keys_cached_max: int = KEYS_CACHED_MAX,
+    ) -> None:
+        assert batch_max > 0 and batch_window_s >= 0
+        self.repo = repo
+        self._clock = clock
+        self._random_bytes = random_bytes
+        self._batch_max = batch_max
+        self._batch_window_s = batch_window_s
+        self._accounts: _Lru = _Lru(accounts_cached_max)
+        self._keys: _Lru = _Lru(keys_cached_max)
+        self._programs: set[str] = set()
+        self._queue: list[Op] = []
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._last_now = datetime.min.replace(tzinfo=UTC)
+        self.stats = {"batches": 0, "ops": 0, "commit_failures": 0, "fenced": 0}
+
+    # ----------------------------------------------------------------- public API
+
+    async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Apply one credit or debit; answers {"status", "body", "replayed"} after commit."""
+        assert request["kind"] in (CREDIT, DEBIT)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            Op(
+                request["kind"],
+                request["program_id"],
+                request["member_id"],
+                request["points"],
+                request["reason"],
+                request.get("expires_at"),
+                request["key"],
+                request["request_hash"],
+                future,
+            )
+        )
+        self._ensure_loop()
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
+        """The committed state of an account (cache, else PostgreSQL), or None."""
+        key = (program_id, member_id)
+        account = self._accounts.get_fresh(key)
+        if account is None:
+            loaded = await self.repo.load_accounts([key])
+            account = loaded.get(key)
+            if account is None:
+                return None
+            self._cache_if_absent(account)
+        return account_view(account, self._clock(), LOTS_IN_VIEW_MAX)
+
+    async def ping(self) -> dict[str, Any]:
+        await self.repo.ping()
+        return {"cached_accounts": len(self._accounts), "queued": len(self._queue), **self.stats}
+
+    def forget_program(self, program_id: str) -> None:
+        self._programs.discard(program_id)
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        await self.repo.close()
+
+    # ----------------------------------------------------------------- batch loop
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._wakeup = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            if self._batch_window_s and len(self._queue) < self._batch_max:
+                await asyncio.sleep(self._batch_window_s)
+            batch = self._queue[: self._batch_max]
+            del self._queue[: self._batch_max]
+            if not self._queue:
+                self._wakeup.clear()
+            if not batch:
+                continue
+            try:
+                await self._process(batch)
+            except Exception as exc:  # never let the loop die: fail this batch, go on
+                log.exception("batch failed unexpectedly")
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_result(
+                            problem(Code.UNAVAILABLE, f"shard error, retry: {type(exc).__name__}")
+                        )
+
+    async def _process(self, batch: list[Op]) -> None:
+        try:
+            await self._prefetch(batch)
+        except Exception as exc:
+            await self.repo.reset()
+            self._fail(batch, f"database unavailable: {type(exc).__name__}")
+            return
+
+        now = self._now()
+        work = _Work()
+        # Check and change with no await in between: this loop is the serialization point.
+        for op in batch:
+            self._apply(op, work, now)
+        self._collect_account_writes(work)
+
+        if not work.write.empty:
+            try:
+                await self.repo.commit_batch(work.write, now)
+            except Exception as exc:
+                self.stats["commit_failures"] += 1
+                if isinstance(exc, FencedError):
+                    self.stats["fenced"] += 1
+                    log.warning("fenced: %s", exc)
+                else:
+                    await self.repo.reset()
+                for key in work.accounts:
+                    self._accounts.pop(key, None)
+                self._fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}")
+                return
+
+        # Committed: publish the new state, then answer.
+        for key in work.changed:
+            account, loaded_version = work.accounts[key]
+            account.version = loaded_version + 1
+            account.check()
+            self._accounts.put(key, account)
+        for ikey, stored in work.write.idempotency:
+            self._keys.put(ikey, stored)
+        self.stats["batches"] += 1
+        self.stats["ops"] += len(batch)
+        for op, index in work.waiting:
+            if not op.future.done():
+                op.future.set_result(work.results[index])
+
+    def _fail(self, ops: list[Op], detail: str) -> None:
+        answer = problem(Code.UNAVAILABLE, detail)
+        for op in ops:
+            if not op.future.done():
+                op.future.set_result(answer)
+
+    def _now(self) -> datetime:
+        """Wall clock, but never earlier than the previous batch (history stays ordered)."""
+        now = max(self._clock(), self._last_now)
+        self._last_now = now
+        return now
+
+    def _new_id(self, now: datetime) -> Any:
+        return uuid7(int(now.timestamp() * 1000), self._random_bytes(10))
+
+    def _cache_if_absent(self, account: Account) -> None:
+        key = (account.program_id, account.member_id)
+        if key not in self._accounts:
+            self._accounts.put(key, account)
+
+    async def _prefetch(self, batch: list[Op]) -> None:
+        """Load, in a few set-based queries, everything the batch needs that is not cached."""
+        programs = list({op.program_id for op in batch} - self._programs)
+        if programs:
+            self._programs |= await self.repo.existing_programs(programs)
+        missing_accounts = list(
+            {(op.program_id, op.member_id) for op in batch} - self._accounts.keys()
+        )
+        if missing_accounts:
+            for account in (await self.repo.load_accounts(missing_accounts)).values():
+                self._cache_if_absent(account)
+        missing_keys = list(
+            {(op.program_id, op.member_id, op.key) for op in batch} - self._keys.keys()
+        )
+        if missing_keys:
+            for ikey, stored in (await self.repo.lookup_idempotency(missing_keys)).items():
+                self._keys.put(ikey, stored)
+
+    # ----------------------------------------------------------------- apply (no await)
+
+    def _apply(self, op: Op, work: _Work, now: datetime) -> None:
+        ikey = (op.program_id, op.member_id, op.key)
+
+        stored = self._keys.get_fresh(ikey)
+        if stored is not None:  # committed earlier: answer at once
+            self._answer_replay(op, stored)
+            return
+        first = work.keys.get(ikey)
+        if first is not None:  # same key earlier in this very batch
+            if work.hashes[first] != op.request_hash:
+                op.future.set_result(
+                    problem(
+                        Code.IDEMPOTENCY_CONFLICT,
+                        "this Idempotency-Key was already used with a different request body",
+                    )
+                )
+            else:  # a replay of the first: same status and body, once committed
+                self._wait(op, work, {**work.results[first], "replayed": True}, op.request_hash)
+            return
+
+        if op.program_id not in self._programs:
+            op.future.set_result(problem(Code.NOT_FOUND, f"program {op.program_id} not found"))
+            return
+
+        akey = (op.program_id, op.member_id)
+        entry = work.accounts.get(akey)
+        if entry is None:
+            cached = self._accounts.get_fresh(akey)
+            if cached is not None:
+                entry = (cached.clone(), cached.version)
+            elif op.kind == CREDIT:
+                entry = (new_account(op.program_id, op.member_id), 0)
+            else:
+                op.future.set_result(problem(Code.NOT_FOUND, f"member {op.member_id} not found"))
+                return
+            work.accounts[akey] = entry
+        account, loaded_version = entry
+
+        txn_id = self._new_id(now)
+        try:
+            if op.kind == CREDIT:
+                txn = credit(
+                    account, op.points, op.reason, now, txn_id, self._new_id(now), op.expires_at
+                )
+            else:
+                txn = debit(account, op.points, op.reason, now, txn_id)
+        except PointsError as exc:
+            if exc.code is Code.VALIDATION_ERROR or loaded_version == 0:
+                # Bad input changes nothing and is not remembered under the key.
+                op.future.set_result(problem(exc.code, exc.detail))
+                return
+            result = problem(exc.code, exc.detail)
+        else:
+            work.write.transactions.append((txn, op.key))
+            for lot_id, taken in txn.allocations if txn.kind == DEBIT else ():
+                work.write.lot_deltas[lot_id] += taken
+            body = transaction_view(txn)
+            body["balance"] = {"available": available(account, now), "total": account.balance}
+            result = {"status": 201, "body": body}
+
+        # Any remembered answer bumps the account version, so a stale owner cannot record
+        # an answer computed from stale state.
+        work.changed.add(akey)
+        work.keys[ikey] = self._wait(op, work, {**result, "replayed": False}, op.request_hash)
+        work.write.idempotency.append(
+            (ikey, StoredResponse(op.request_hash, result["status"], result["body"]))
+        )
+
+    @staticmethod
+    def _wait(op: Op, work: _Work, result: dict[str, Any], request_hash: str) -> int:
+        """Answer `op` with `result` once the batch commits; returns the result's index."""
+        work.results.append(result)
+        work.hashes.append(request_hash)
+        index = len(work.results) - 1
+        work.waiting.append((op, index))
+        return index
+
+    def _answer_replay(self, op: Op, stored: StoredResponse) -> None:
+        try:
+            original = replay(stored, op.request_hash)
+        except PointsError as exc:
+            op.future.set_result(problem(exc.code, exc.detail))
+            return
+        op.future.set_result({"status": original.status, "body": original.body, "replayed": True})
+
+    def _collect_account_writes(self, work: _Work) -> None:
+        for key in work.changed:
+            account, loaded_version = work.accounts[key]
+            account.check()
+            if loaded_version == 0:
+                work.write.new_accounts.append(account)
+            else:
+                work.write.updated_accounts.append((account, loaded_version))

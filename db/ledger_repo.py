@@ -1,0 +1,319 @@
+"""The shard's repository: load accounts and keys, and commit one batch in one transaction.
+
+This is the hot path, so it speaks psycopg 3 directly (async, one connection per shard,
+set-based statements over `unnest` arrays: a batch of N operations is a fixed handful of
+statements whatever N is). Every write is fenced: an account row is only updated where its
+version is still the version the shard loaded; otherwise the whole batch rolls back with
+`FencedError` and the shard reloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb
+
+from domain.idempotency import StoredResponse
+from domain.ledger import MEMBER_ACCOUNT, Account, Lot, Transaction
+
+AccountKey = tuple[str, str]
+IdemKey = tuple[str, str, str]
+
+
+class FencedError(Exception):
+    """Another owner committed first: this shard's view of an account is stale."""
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@dataclass(slots=True)
+class BatchWrite:
+    """Everything one group commit writes. Filled by the shard, written by `commit_batch`."""
+
+    new_accounts: list[Account] = field(default_factory=list)
+    # (final state, version it was loaded with); the row gets version + 1.
+    updated_accounts: list[tuple[Account, int]] = field(default_factory=list)
+    transactions: list[tuple[Transaction, str | None]] = field(default_factory=list)
+    # lot_id -> points taken by debits in this batch
+    lot_deltas: dict[uuid.UUID, int] = field(default_factory=lambda: defaultdict(int))
+    idempotency: list[tuple[IdemKey, StoredResponse]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.new_accounts or self.updated_accounts or self.idempotency)
+
+
+class LedgerRepo:
+    """One dedicated connection; the shard runs one batch at a time."""
+
+    def __init__(self, dsn: str, connect_timeout_s: int = 5) -> None:
+        assert dsn
+        self._dsn = dsn
+        self._connect_timeout_s = connect_timeout_s
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._dsn,
+                connect_timeout=self._connect_timeout_s,
+                options="-c synchronous_commit=on",
+            )
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def reset(self) -> None:
+        """Drop the connection after a failure; the next call reconnects."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def ping(self) -> None:
+        conn = await self._connection()
+        async with conn.transaction():
+            await conn.execute("SELECT 1")
+
+    async def existing_programs(self, program_ids: list[str]) -> set[str]:
+        if not program_ids:
+            return set()
+        conn = await self._connection()
+        async with conn.transaction():
+            cur = await conn.execute(
+                "SELECT program_id FROM programs WHERE program_id = ANY(%s)", (program_ids,)
+            )
+            return {row[0] for row in await cur.fetchall()}
+
+    async def load_accounts(self, keys: list[AccountKey]) -> dict[AccountKey, Account]:
+        """Accounts and their open lots; keys that do not exist are absent from the result."""
+        if not keys:
+            return {}
+        programs = [k[0] for k in keys]
+        members = [k[1] for k in keys]
+        conn = await self._connection()
+        async with conn.transaction():
+            cur = await conn.execute(
+                """
+                SELECT a.program_id, a.member_id, a.version, a.balance,
+                       a.lifetime_earned, a.lifetime_spent
+                FROM accounts a
+                JOIN unnest(%s::text[], %s::text[]) AS k(program_id, member_id)
+                  ON a.program_id = k.program_id AND a.member_id = k.member_id
+                """,
+                (programs, members),
+            )
+            found: dict[AccountKey, Account] = {}
+            for program_id, member_id, version, balance, earned, spent in await cur.fetchall():
+                found[(program_id, member_id)] = Account(
+                    program_id, member_id, version, balance, earned, spent, []
+                )
+            if found:
+                cur = await conn.execute(
+                    """
+                    SELECT l.program_id, l.member_id, l.lot_id, l.original, l.remaining,
+                           l.expires_at, l.created_at
+                    FROM lots l
+                    JOIN unnest(%s::text[], %s::text[]) AS k(program_id, member_id)
+                      ON l.program_id = k.program_id AND l.member_id = k.member_id
+                    WHERE l.remaining > 0
+                    ORDER BY l.created_at, l.lot_id
+                    """,
+                    ([k[0] for k in found], [k[1] for k in found]),
+                )
+                for row in await cur.fetchall():
+                    found[(row[0], row[1])].lots.append(Lot(row[2], row[3], row[4], row[5], row[6]))
+        for account in found.values():
+            account.check()
+        return found
+
+    async def lookup_idempotency(self, keys: list[IdemKey]) -> dict[IdemKey, StoredResponse]:
+        if not keys:
+            return {}
+        conn = await self._connection()
+        async with conn.transaction():
+            cur = await conn.execute(
+                """
+                SELECT i.program_id, i.member_id, i.key, i.request_hash, i.status, i.response
+                FROM idempotency_keys i
+                JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(program_id, member_id, key)
+                  ON i.program_id = k.program_id AND i.member_id = k.member_id AND i.key = k.key
+                """,
+                ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+            )
+            return {
+                (row[0], row[1], row[2]): StoredResponse(row[3], row[4], row[5])
+                for row in await cur.fetchall()
+            }
+
+    async def commit_batch(self, batch: BatchWrite, now: datetime) -> None:
+        """Write the batch in one transaction, or raise (FencedError or a database error)."""
+        if batch.empty:
+            return
+        conn = await self._connection()
+        async with conn.transaction():
+            await self._write(conn, batch, now)
+
+    async def _write(
+        self, conn: psycopg.AsyncConnection[Any], batch: BatchWrite, now: datetime
+    ) -> None:
+        if batch.new_accounts:
+            new = batch.new_accounts
+            cur = await conn.execute(
+                """
+                INSERT INTO accounts (program_id, member_id, balance, version,
+                                      lifetime_earned, lifetime_spent, created_at, updated_at)
+                SELECT p, m, b, 1, e, s, %s, %s
+                FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[])
+                     AS v(p, m, b, e, s)
+                ON CONFLICT DO NOTHING
+                """,
+                (
+                    now,
+                    now,
+                    [a.program_id for a in new],
+                    [a.member_id for a in new],
+                    [a.balance for a in new],
+                    [a.lifetime_earned for a in new],
+                    [a.lifetime_spent for a in new],
+                ),
+            )
+            if cur.rowcount != len(new):
+                raise FencedError("an account this shard created already exists")
+
+        if batch.updated_accounts:
+            upd = batch.updated_accounts
+            cur = await conn.execute(
+                """
+                UPDATE accounts a
+                SET balance = v.b, lifetime_earned = v.e, lifetime_spent = v.s,
+                    version = v.old + 1, updated_at = %s
+                FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
+                            %s::bigint[]) AS v(p, m, b, e, s, old)
+                WHERE a.program_id = v.p AND a.member_id = v.m AND a.version = v.old
+                """,
+                (
+                    now,
+                    [a.program_id for a, _ in upd],
+                    [a.member_id for a, _ in upd],
+                    [a.balance for a, _ in upd],
+                    [a.lifetime_earned for a, _ in upd],
+                    [a.lifetime_spent for a, _ in upd],
+                    [old for _, old in upd],
+                ),
+            )
+            if cur.rowcount != len(upd):
+                raise FencedError("an account changed under this shard (stale version)")
+
+        if batch.transactions:
+            txns = [t for t, _ in batch.transactions]
+            await conn.execute(
+                """
+                INSERT INTO transactions (txn_id, program_id, member_id, kind, points, reason,
+                                          balance_after, created_at, idempotency_key,
+                                          expires_at, allocations)
+                SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
+                                     %s::bigint[], %s::text[], %s::bigint[],
+                                     %s::timestamptz[], %s::text[], %s::timestamptz[],
+                                     %s::jsonb[])
+                """,
+                (
+                    [t.txn_id for t in txns],
+                    [t.program_id for t in txns],
+                    [t.member_id for t in txns],
+                    [t.kind for t in txns],
+                    [t.points for t in txns],
+                    [t.reason for t in txns],
+                    [t.balance_after for t in txns],
+                    [t.created_at for t in txns],
+                    [key for _, key in batch.transactions],
+                    [t.new_lot.expires_at if t.new_lot else None for t in txns],
+                    [Jsonb([[str(lot), pts] for lot, pts in t.allocations]) for t in txns],
+                ),
+            )
+            legs = [(t, e) for t in txns for e in t.entries]
+            await conn.execute(
+                """
+                INSERT INTO ledger_entries (txn_id, program_id, account, member_id, amount,
+                                            created_at)
+                SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
+                                     %s::bigint[], %s::timestamptz[])
+                """,
+                (
+                    [t.txn_id for t, _ in legs],
+                    [t.program_id for t, _ in legs],
+                    [e.account for _, e in legs],
+                    [t.member_id if e.account == MEMBER_ACCOUNT else None for t, e in legs],
+                    [e.amount for _, e in legs],
+                    [t.created_at for t, _ in legs],
+                ),
+            )
+            new_lots = [(t, t.new_lot) for t in txns if t.new_lot is not None]
+            if new_lots:
+                await conn.execute(
+                    """
+                    INSERT INTO lots (lot_id, program_id, member_id, txn_id, original,
+                                      remaining, expires_at, created_at)
+                    SELECT l, p, m, t, o, o, x, c
+                    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::uuid[], %s::bigint[],
+                                %s::timestamptz[], %s::timestamptz[]) AS v(l, p, m, t, o, x, c)
+                    """,
+                    (
+                        [lot.lot_id for _, lot in new_lots],
+                        [t.program_id for t, _ in new_lots],
+                        [t.member_id for t, _ in new_lots],
+                        [t.txn_id for t, _ in new_lots],
+                        [lot.original for _, lot in new_lots],
+                        [lot.expires_at for _, lot in new_lots],
+                        [lot.created_at for _, lot in new_lots],
+                    ),
+                )
+
+        if batch.lot_deltas:
+            lot_ids = list(batch.lot_deltas)
+            cur = await conn.execute(
+                """
+                UPDATE lots SET remaining = remaining - v.taken
+                FROM unnest(%s::uuid[], %s::bigint[]) AS v(lot_id, taken)
+                WHERE lots.lot_id = v.lot_id
+                """,
+                (lot_ids, [batch.lot_deltas[i] for i in lot_ids]),
+            )
+            if cur.rowcount != len(lot_ids):
+                raise FencedError("a lot this shard debited is missing")
+
+        if batch.idempotency:
+            rows = batch.idempotency
+            cur = await conn.execute(
+                """
+                INSERT INTO idempotency_keys (program_id, member_id, key, request_hash, status,
+                                              response, created_at)
+                SELECT p, m, k, h, s, r, %s
+                FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[],
+                            %s::jsonb[]) AS v(p, m, k, h, s, r)
+                ON CONFLICT DO NOTHING
+                """,
+                (
+                    now,
+                    [k[0] for k, _ in rows],
+                    [k[1] for k, _ in rows],
+                    [k[2] for k, _ in rows],
+                    [r.request_hash for _, r in rows],
+                    [r.status for _, r in rows],
+                    [Jsonb(r.body, dumps=_dumps) for _, r in rows],
+                ),
+            )
+            if cur.rowcount != len(rows):
+                raise FencedError("an idempotency key was committed by another owner")

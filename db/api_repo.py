@@ -1,0 +1,189 @@
+"""Queries the HTTP ingress runs directly: programs, history, API keys, readiness.
+
+Async psycopg 3 with a small pool per ingress replica. Writes that move points never happen
+here: they go through the account shards.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+
+def encode_cursor(created_at: datetime, txn_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{txn_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raises ValueError on anything that is not a cursor this API produced."""
+    if len(cursor) > 200:
+        raise ValueError("cursor too long")
+    padded = cursor + "=" * (-len(cursor) % 4)
+    created, txn = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
+    moment = datetime.fromisoformat(created)
+    if moment.tzinfo is None:
+        raise ValueError("cursor without time zone")
+    return moment, uuid.UUID(txn)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+class ApiRepo:
+    def __init__(self, dsn: str, pool_min: int = 1, pool_max: int = 8) -> None:
+        assert dsn and 0 < pool_min <= pool_max
+        self._pool = AsyncConnectionPool(
+            dsn, min_size=pool_min, max_size=pool_max, open=False, timeout=5.0
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def put_program(self, program_id: str, name: str) -> tuple[bool, dict[str, Any]]:
+        """Create or rename a program. Returns (created, program)."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                """
+                INSERT INTO programs (program_id, name) VALUES (%s, %s)
+                ON CONFLICT (program_id) DO UPDATE
+                  SET name = EXCLUDED.name,
+                      updated_at = CASE WHEN programs.name = EXCLUDED.name
+                                   THEN programs.updated_at ELSE now() END
+                RETURNING program_id, name, created_at, updated_at, (xmax = 0) AS created
+                """,
+                (program_id, name),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        created = bool(row.pop("created"))
+        return created, _program(row)
+
+    async def get_program(self, program_id: str) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT program_id, name, created_at, updated_at FROM programs"
+                " WHERE program_id = %s",
+                (program_id,),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _program(row)
+
+    async def account_exists(self, program_id: str, member_id: str) -> bool:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM accounts WHERE program_id = %s AND member_id = %s",
+                (program_id, member_id),
+            )
+            return await cur.fetchone() is not None
+
+    async def list_transactions(
+        self,
+        program_id: str,
+        member_id: str,
+        *,
+        kind: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        cursor: tuple[datetime, uuid.UUID] | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first, keyset-paginated on (created_at, txn_id)."""
+        assert limit > 0
+        clauses = ["program_id = %s", "member_id = %s"]
+        params: list[Any] = [program_id, member_id]
+        if kind is not None:
+            clauses.append("kind = %s")
+            params.append(kind)
+        if since is not None:
+            clauses.append("created_at >= %s")
+            params.append(since)
+        if until is not None:
+            clauses.append("created_at < %s")
+            params.append(until)
+        if cursor is not None:
+            clauses.append("(created_at, txn_id) < (%s, %s)")
+            params.extend(cursor)
+        params.append(limit + 1)
+        query = (
+            "SELECT txn_id, kind, points, reason, balance_after, created_at, expires_at"
+            " FROM transactions WHERE "
+            + " AND ".join(clauses)
+            + " ORDER BY created_at DESC, txn_id DESC LIMIT %s"
+        )
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(query, params)
+            rows = await cur.fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [
+            {
+                "transaction_id": str(r["txn_id"]),
+                "type": r["kind"],
+                "points": r["points"],
+                "reason": r["reason"],
+                "balance_after": r["balance_after"],
+                "created_at": _iso(r["created_at"]),
+                "expires_at": _iso(r["expires_at"]),
+            }
+            for r in rows
+        ]
+        next_cursor = (
+            encode_cursor(rows[-1]["created_at"], rows[-1]["txn_id"]) if more and rows else None
+        )
+        return items, next_cursor
+
+    async def role_for_key_hash(self, key_hash: str) -> str | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT role FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+                (key_hash,),
+            )
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+
+def _program(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "program_id": row["program_id"],
+        "name": row["name"],
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
+    }
+
+
+def ensure_admin_key(dsn: str, key_hash: str, key_id: str = "admin") -> None:
+    """Install (or replace) the admin key's hash. Synchronous: used at start-up."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO api_keys (key_id, key_hash, role) VALUES (%s, %s, 'admin')
+            ON CONFLICT (key_id) DO UPDATE SET key_hash = EXCLUDED.key_hash, revoked_at = NULL
+            """,
+            (key_id, key_hash),
+        )
+
+
+def admin_key_installed(dsn: str, key_id: str = "admin") -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(
+            "SELECT 1 FROM api_keys WHERE key_id = %s AND revoked_at IS NULL", (key_id,)
+        )
+        return cur.fetchone() is not None

@@ -1,0 +1,1 @@
+"""Ray Serve FastAPI ingress: routes, schemas, problems, auth, settings, CLI."""

@@ -1,0 +1,385 @@
+"""The HTTP API: a FastAPI app served by a Ray Serve deployment (the ingress).
+
+The ingress validates, authenticates and routes. Credits, debits and member reads go to the
+AccountShard that owns the member's slot; programs and history are read from PostgreSQL.
+"""
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+import ray
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from actors.account_shard import AccountShard
+from actors.routing import NAMESPACE, shard_name, shard_of
+from db.api_repo import ApiRepo, decode_cursor
+from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.idempotency import request_hash
+from domain.limits import (
+    BODY_BYTES_MAX,
+    ID_LENGTH_MAX,
+    ID_PATTERN,
+    IDEMPOTENCY_KEY_RE,
+    PAGE_SIZE_DEFAULT,
+    PAGE_SIZE_MAX,
+)
+from serve_app.auth import KEY_LENGTH_MAX, KeyCache, hash_key
+from serve_app.problems import problem_body, problem_response
+from serve_app.schemas import CreditIn, DebitIn, ProgramPut
+
+log = logging.getLogger("points.api")
+
+# A call to a restarting shard is retried (same idempotency key, so it is safe) for about
+# this long before the client gets 503 + Retry-After.
+SHARD_RETRY_BUDGET_S = 8.0
+SHARD_CALL_TIMEOUT_S = 15.0
+
+ProgramId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
+MemberId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
+
+
+class JsonResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class BodyLimit:
+    """Refuse bodies over BODY_BYTES_MAX with 413, by Content-Length or by counting."""
+
+    def __init__(self, app: ASGIApp, limit_bytes: int = BODY_BYTES_MAX) -> None:
+        self.app = app
+        self.limit_bytes = limit_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit_bytes:
+                    await self._refuse(scope, receive, send)
+                    return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            Code.PAYLOAD_TOO_LARGE, f"request body is limited to {self.limit_bytes} bytes"
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+app = FastAPI(
+    title="Points",
+    version="0.1.0",
+    description="Loyalty points: an exact, append-only ledger served by sharded Ray actors.",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+    default_response_class=JsonResponse,
+)
+app.add_middleware(BodyLimit)
+
+
+@app.exception_handler(PointsError)
+async def _points_error(request: Request, exc: PointsError) -> Response:
+    return problem_response(exc.code, exc.detail)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    malformed = any(e["type"] == "json_invalid" for e in errors)
+    body = problem_body(
+        Code.VALIDATION_ERROR,
+        "request body is not valid JSON" if malformed else "request failed validation",
+        errors=errors[:20],
+    )
+    body["status"] = 400 if malformed else HTTP_STATUS[Code.VALIDATION_ERROR]
+    return Response(
+        orjson.dumps(body, default=str),
+        status_code=body["status"],
+        media_type="application/problem+json",
+    )
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    code = {404: Code.NOT_FOUND, 401: Code.UNAUTHORIZED, 403: Code.FORBIDDEN}.get(
+        exc.status_code, Code.VALIDATION_ERROR
+    )
+    body = problem_body(code, str(exc.detail))
+    body["status"] = exc.status_code
+    return Response(
+        orjson.dumps(body), status_code=exc.status_code, media_type="application/problem+json"
+    )
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error")
+    return problem_response(Code.INTERNAL, "internal error")
+
+
+def _ingress(request: Request) -> "PointsIngress":
+    return request.app.state.ingress  # type: ignore[no-any-return]
+
+
+def _bad_request(detail: str) -> Response:
+    body = problem_body(Code.VALIDATION_ERROR, detail)
+    body["status"] = 400
+    return Response(orjson.dumps(body), status_code=400, media_type="application/problem+json")
+
+
+def _shard_answer(result: dict[str, Any]) -> Response:
+    status = result["status"]
+    headers = {"Idempotent-Replayed": "true"} if result.get("replayed") else None
+    if status >= 400:
+        body = result["body"]
+        return problem_response(Code(body["code"]), body["detail"], headers=headers)
+    return JsonResponse(result["body"], status_code=status, headers=headers)
+
+
+@serve.deployment(
+    name="PointsIngress",
+    max_ongoing_requests=2000,
+    ray_actor_options={"num_cpus": 0},
+    health_check_period_s=5,
+)
+@serve.ingress(app)
+class PointsIngress:
+    def __init__(self, dsn: str, shards: int, shard_config: dict[str, Any]) -> None:
+        assert shards > 0
+        self.repo = ApiRepo(dsn)
+        self.keys = KeyCache()
+        self.shard_count = shards
+        self.shards = [
+            AccountShard.options(
+                name=shard_name(i), namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+            ).remote(i, dsn, shard_config)
+            for i in range(shards)
+        ]
+        app.state.ingress = self
+        self._opened = False
+
+    async def _repo(self) -> ApiRepo:
+        if not self._opened:
+            await self.repo.open()
+            self._opened = True
+        return self.repo
+
+    async def _authenticate(self, authorization: str | None) -> str:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise PointsError(Code.UNAUTHORIZED, "send Authorization: Bearer <api key>")
+        key = authorization[len("Bearer ") :].strip()
+        if not key or len(key) > KEY_LENGTH_MAX:
+            raise PointsError(Code.UNAUTHORIZED, "invalid API key")
+        key_hash = hash_key(key)
+        known, role = self.keys.get(key_hash)
+        if not known:
+            role = await (await self._repo()).role_for_key_hash(key_hash)
+            self.keys.put(key_hash, role)
+        if role is None:
+            raise PointsError(Code.UNAUTHORIZED, "invalid API key")
+        return role
+
+    async def _shard_call(self, program_id: str, member_id: str, method: str, *args: Any) -> Any:
+        shard = self.shards[shard_of(program_id, member_id, self.shard_count)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHARD_RETRY_BUDGET_S
+        delay_s = 0.05
+        while True:
+            try:
+                return await asyncio.wait_for(
+                    getattr(shard, method).remote(*args), SHARD_CALL_TIMEOUT_S
+                )
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                if loop.time() + delay_s > deadline:
+                    raise PointsError(
+                        Code.UNAVAILABLE, f"account shard unavailable: {type(exc).__name__}"
+                    ) from exc
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 1.0)
+            except TimeoutError as exc:
+                raise PointsError(Code.UNAVAILABLE, "account shard timed out") from exc
+
+    # ------------------------------------------------------------------ health
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(self) -> Response:
+        try:
+            await asyncio.wait_for((await self._repo()).ping(), 3)
+            shards = await asyncio.wait_for(
+                asyncio.gather(*(s.ping.remote() for s in self.shards)), 5
+            )
+        except Exception as exc:
+            return problem_response(Code.UNAVAILABLE, f"not ready: {type(exc).__name__}: {exc}")
+        return JsonResponse({"status": "ready", "database": "ok", "shards": shards})
+
+    # ------------------------------------------------------------------ programs
+
+    @app.put("/v1/programs/{program_id}", tags=["programs"])
+    async def put_program(
+        self,
+        program_id: ProgramId,
+        body: ProgramPut,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        created, program = await (await self._repo()).put_program(program_id, body.name)
+        return JsonResponse(program, status_code=201 if created else 200)
+
+    @app.get("/v1/programs/{program_id}", tags=["programs"])
+    async def get_program(
+        self, program_id: ProgramId, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        await self._authenticate(authorization)
+        program = await (await self._repo()).get_program(program_id)
+        if program is None:
+            raise PointsError(Code.NOT_FOUND, f"program {program_id} not found")
+        return JsonResponse(program)
+
+    # ------------------------------------------------------------------ members
+
+    async def _move(
+        self,
+        kind: str,
+        program_id: str,
+        member_id: str,
+        fields: dict[str, Any],
+        authorization: str | None,
+        idempotency_key: str | None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        if idempotency_key is None:
+            return _bad_request("the Idempotency-Key header is required for this request")
+        if IDEMPOTENCY_KEY_RE.fullmatch(idempotency_key) is None:
+            return _bad_request("Idempotency-Key must be 1..255 visible ASCII characters")
+        digest = request_hash(kind, {"program_id": program_id, "member_id": member_id, **fields})
+        request = {
+            "kind": kind,
+            "program_id": program_id,
+            "member_id": member_id,
+            "key": idempotency_key,
+            "request_hash": digest,
+            **fields,
+        }
+        result = await self._shard_call(program_id, member_id, "submit", request)
+        return _shard_answer(result)
+
+    @app.post("/v1/programs/{program_id}/members/{member_id}/credits", tags=["members"])
+    async def credit(
+        self,
+        program_id: ProgramId,
+        member_id: MemberId,
+        body: CreditIn,
+        authorization: Annotated[str | None, Header()] = None,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Response:
+        fields = {"points": body.points, "reason": body.reason, "expires_at": body.expires_at}
+        return await self._move(
+            "credit", program_id, member_id, fields, authorization, idempotency_key
+        )
+
+    @app.post("/v1/programs/{program_id}/members/{member_id}/debits", tags=["members"])
+    async def debit(
+        self,
+        program_id: ProgramId,
+        member_id: MemberId,
+        body: DebitIn,
+        authorization: Annotated[str | None, Header()] = None,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Response:
+        fields = {"points": body.points, "reason": body.reason}
+        return await self._move(
+            "debit", program_id, member_id, fields, authorization, idempotency_key
+        )
+
+    @app.get("/v1/programs/{program_id}/members/{member_id}", tags=["members"])
+    async def get_member(
+        self,
+        program_id: ProgramId,
+        member_id: MemberId,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        view = await self._shard_call(program_id, member_id, "get_account", program_id, member_id)
+        if view is None:
+            raise PointsError(Code.NOT_FOUND, f"member {member_id} not found")
+        return JsonResponse(view)
+
+    @app.get("/v1/programs/{program_id}/members/{member_id}/transactions", tags=["members"])
+    async def list_transactions(
+        self,
+        program_id: ProgramId,
+        member_id: MemberId,
+        type: Annotated[str | None, Query(pattern="^(credit|debit)$")] = None,
+        since: Annotated[datetime | None, Query()] = None,
+        until: Annotated[datetime | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        for name, moment in (("since", since), ("until", until)):
+            if moment is not None and moment.tzinfo is None:
+                raise PointsError(Code.VALIDATION_ERROR, f"{name} needs a time zone (e.g. Z)")
+        position = None
+        if cursor is not None:
+            try:
+                position = decode_cursor(cursor)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise PointsError(Code.VALIDATION_ERROR, "invalid cursor") from exc
+        repo = await self._repo()
+        if not await repo.account_exists(program_id, member_id):
+            raise PointsError(Code.NOT_FOUND, f"member {member_id} not found")
+        items, next_cursor = await repo.list_transactions(
+            program_id,
+            member_id,
+            kind=type,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=position,
+        )
+        return JsonResponse({"items": items, "next_cursor": next_cursor})
+
+
+def build_app(dsn: str, shards: int, shard_config: dict[str, Any], replicas: int = 1) -> Any:
+    """The Serve application `points up` (and the e2e tests) deploy."""
+    assert ray.is_initialized()
+    return PointsIngress.options(num_replicas=replicas).bind(dsn, shards, shard_config)

@@ -1,0 +1,122 @@
+"""Start and stop the whole service on Ray: used by `points up`, the e2e tests and the bench."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import serve
+
+from actors.routing import NAMESPACE, shard_name
+from db.api_repo import admin_key_installed, ensure_admin_key
+from db.embedded import EmbeddedPostgres, EmbeddedRedis
+from db.engine import libpq_url, migrate
+from serve_app.auth import hash_key, new_key
+from serve_app.settings import Settings
+
+log = logging.getLogger("points.runtime")
+
+APP_NAME = "points"
+
+# The "fast" serve profile: replicas take HTTP directly (no Python proxy hop) behind
+# HAProxy, with Serve's throughput-optimized defaults. See docs/architecture.md.
+FAST_SERVE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
+
+
+@dataclass
+class Services:
+    """Database and Redis URLs, and whatever embedded servers were started for them."""
+
+    database_url: str
+    redis_url: str
+    embedded: list[Any] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for server in reversed(self.embedded):
+            server.stop()
+        self.embedded.clear()
+
+
+def start_services(settings: Settings) -> Services:
+    embedded: list[Any] = []
+    database_url = settings.database_url
+    if not database_url:
+        pg = EmbeddedPostgres(settings.data_dir)
+        database_url = pg.start()
+        embedded.append(pg)
+    redis_url = settings.redis_url
+    if not redis_url:
+        rd = EmbeddedRedis(settings.data_dir)
+        redis_url = rd.start()
+        embedded.append(rd)
+    return Services(libpq_url(database_url), redis_url, embedded)
+
+
+def provision_admin_key(settings: Settings, dsn: str) -> tuple[str | None, bool]:
+    """Returns (admin key if known, newly generated?). Only the hash goes to the database."""
+    if settings.admin_key:
+        ensure_admin_key(dsn, hash_key(settings.admin_key))
+        return settings.admin_key, False
+    key_file = settings.admin_key_file
+    if key_file.exists() and admin_key_installed(dsn):
+        return key_file.read_text().strip(), False
+    key = new_key()
+    ensure_admin_key(dsn, hash_key(key))
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.write_text(key + "\n")
+    return key, True
+
+
+def shard_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "batch_max": settings.batch_max,
+        "batch_window_ms": settings.batch_window_ms,
+        "accounts_cached_max": settings.accounts_cached_max,
+    }
+
+
+def start_ray(settings: Settings) -> bool:
+    """Join `ray_address` or start a local head. Returns True if this process started it."""
+    if settings.serve_profile == "fast":
+        for name, value in FAST_SERVE_ENV.items():
+            os.environ.setdefault(name, value)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
+        return False
+    # A local head picks free ports for GCS and friends; it never takes Redis's 6379.
+    ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def deploy(settings: Settings, dsn: str) -> str:
+    from serve_app.app import build_app
+
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(
+        build_app(dsn, settings.shards, shard_config(settings), settings.replicas),
+        name=APP_NAME,
+        route_prefix="/",
+    )
+    return f"http://{settings.host}:{settings.port}"
+
+
+def undeploy(settings: Settings) -> None:
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    for index in range(settings.shards):
+        with contextlib.suppress(Exception):
+            ray.kill(ray.get_actor(shard_name(index), namespace=NAMESPACE))
+
+
+def prepare_database(settings: Settings, dsn: str) -> tuple[str | None, bool]:
+    migrate(dsn)
+    return provision_admin_key(settings, dsn)

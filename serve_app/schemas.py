@@ -1,0 +1,44 @@
+"""Request bodies. Strict: integers are integers (no floats, no strings), unknown fields refused."""
+
+from datetime import datetime, timedelta
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from domain.limits import (
+    EXPIRY_HORIZON_S,
+    POINTS_PER_OPERATION_MAX,
+    PROGRAM_NAME_LENGTH_MAX,
+    REASON_LENGTH_MAX,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProgramPut(_Strict):
+    name: str = Field(min_length=1, max_length=PROGRAM_NAME_LENGTH_MAX)
+
+
+class CreditIn(_Strict):
+    points: StrictInt = Field(ge=1, le=POINTS_PER_OPERATION_MAX)
+    reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX)
+    expires_at: AwareDatetime | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _bounded(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.year < 2000:
+            raise ValueError("expires_at must be a date after 2000-01-01")
+        from datetime import UTC
+
+        if value - datetime.now(UTC) > timedelta(seconds=EXPIRY_HORIZON_S):
+            raise ValueError("expires_at must be within 100 years")
+        return value.astimezone(UTC)
+
+
+class DebitIn(_Strict):
+    points: StrictInt = Field(ge=1, le=POINTS_PER_OPERATION_MAX)
+    reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX)

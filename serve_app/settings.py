@@ -1,0 +1,44 @@
+"""Typed settings, read in one place: environment (DATABASE_URL, REDIS_URL, POINTS_*) and flags."""
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POINTS_", extra="ignore")
+
+    # Unset: `points up` starts an embedded PostgreSQL / Redis in `data_dir`.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "POINTS_DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "POINTS_REDIS_URL")
+    )
+    data_dir: Path = Path.home() / ".points"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Ray: empty = start a local head (on a free port, never Redis's 6379).
+    ray_address: str | None = None
+    # Account shard actors (each owns slots; see actors/routing.py).
+    shards: int = Field(default=2, ge=1, le=1024)
+    replicas: int = Field(default=1, ge=1, le=64)
+    batch_max: int = Field(default=1024, ge=1, le=100_000)
+    batch_window_ms: float = Field(default=0.0, ge=0, le=100)
+    accounts_cached_max: int = Field(default=200_000, ge=1)
+    # Admin API key; unset: generated on first start, stored hashed, saved to data_dir.
+    admin_key: str | None = None
+    # "fast": Ray Serve direct ingress behind HAProxy with throughput-optimized settings.
+    # "default": Serve's standard Python proxy. See docs/architecture.md.
+    serve_profile: str = Field(default="fast", pattern="^(fast|default)$")
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin_key"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Environment first, then explicit (flag) overrides that are not None."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,5 +1,7 @@
 """AccountShard: the Ray actor that owns a set of account slots. A thin wrapper on ShardCore."""
 
+import asyncio
+import os
 from typing import Any
 
 import ray
@@ -29,6 +31,10 @@ class AccountShard:
     async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
         return await self.core.submit(request)
 
+    async def submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many requests in one Ray call (the ingress batches them); one answer each."""
+        return list(await asyncio.gather(*(self.core.submit(r) for r in requests)))
+
     async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
         return await self.core.get_account(program_id, member_id)
 
@@ -36,6 +42,4 @@ class AccountShard:
         return {"shard": self.index, **(await self.core.ping())}
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()

@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from db.ledger_repo import AccountKey, BatchWrite, FencedError, IdemKey, LedgerRepo
+from db.ledger_repo import AccountKey, BatchWrite, FencedError, IdemKey, KeysExist, LedgerRepo
 from domain.errors import HTTP_STATUS, Code, PointsError
 from domain.idempotency import StoredResponse, replay
 from domain.ids import uuid7
@@ -54,6 +55,8 @@ KEYS_CACHED_MAX = 200_000
 # How long to wait for more operations before starting a batch when the queue is not
 # already full. 0 = natural batching only (operations queue while a commit is in flight).
 BATCH_WINDOW_S = 0.0
+# A batch re-runs after finding keys already committed; a second re-run is already unusual.
+KEY_RETRIES_MAX = 3
 
 
 def utcnow() -> datetime:
@@ -137,7 +140,15 @@ class ShardCore:
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._last_now = datetime.min.replace(tzinfo=UTC)
-        self.stats = {"batches": 0, "ops": 0, "commit_failures": 0, "fenced": 0}
+        self.stats: dict[str, float] = {
+            "batches": 0,
+            "ops": 0,
+            "commit_failures": 0,
+            "fenced": 0,
+            "prefetch_s": 0.0,
+            "apply_s": 0.0,
+            "commit_s": 0.0,
+        }
 
     # ----------------------------------------------------------------- public API
 
@@ -217,36 +228,70 @@ class ShardCore:
                         )
 
     async def _process(self, batch: list[Op]) -> None:
+        started = time.perf_counter()
         try:
             await self._prefetch(batch)
         except Exception as exc:
             await self.repo.reset()
             self._fail(batch, f"database unavailable: {type(exc).__name__}")
             return
+        self.stats["prefetch_s"] += time.perf_counter() - started
 
+        for _attempt in range(KEY_RETRIES_MAX):
+            work = await self._apply_and_commit(batch)
+            if work is None:  # failed and answered, or nothing left to do
+                return
+            if isinstance(work, KeysExist):
+                # Keys committed before this shard's cache knew them (a restart, an
+                # eviction): load their stored answers and run the batch again.
+                try:
+                    stored = await self.repo.lookup_idempotency(work.keys)
+                except Exception as exc:
+                    await self.repo.reset()
+                    self._fail(batch, f"database unavailable: {type(exc).__name__}")
+                    return
+                for ikey, response in stored.items():
+                    self._keys.put(ikey, response)
+                batch = [op for op in batch if not op.future.done()]
+                continue
+            self._publish(work, len(batch))
+            return
+        self._fail(batch, "idempotency keys kept changing, retry")
+
+    async def _apply_and_commit(self, batch: list[Op]) -> _Work | KeysExist | None:
+        applied_at = time.perf_counter()
         now = self._now()
         work = _Work()
         # Check and change with no await in between: this loop is the serialization point.
         for op in batch:
             self._apply(op, work, now)
         self._collect_account_writes(work)
+        committing_at = time.perf_counter()
+        self.stats["apply_s"] += committing_at - applied_at
+        if work.write.empty:
+            return work
+        try:
+            await self.repo.commit_batch(work.write, now)
+        except KeysExist as exc:
+            return exc
+        except Exception as exc:
+            self.stats["commit_failures"] += 1
+            if isinstance(exc, FencedError):
+                self.stats["fenced"] += 1
+                log.warning("fenced: %s", exc)
+            else:
+                await self.repo.reset()
+            # Whatever this shard believed about these accounts may be stale: reload later.
+            for key in work.accounts:
+                self._accounts.pop(key, None)
+            self._fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}")
+            return None
+        finally:
+            self.stats["commit_s"] += time.perf_counter() - committing_at
+        return work
 
-        if not work.write.empty:
-            try:
-                await self.repo.commit_batch(work.write, now)
-            except Exception as exc:
-                self.stats["commit_failures"] += 1
-                if isinstance(exc, FencedError):
-                    self.stats["fenced"] += 1
-                    log.warning("fenced: %s", exc)
-                else:
-                    await self.repo.reset()
-                for key in work.accounts:
-                    self._accounts.pop(key, None)
-                self._fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}")
-                return
-
-        # Committed: publish the new state, then answer.
+    def _publish(self, work: _Work, ops: int) -> None:
+        """After COMMIT: swap the new state into the cache, then answer the callers."""
         for key in work.changed:
             account, loaded_version = work.accounts[key]
             account.version = loaded_version + 1
@@ -255,7 +300,7 @@ class ShardCore:
         for ikey, stored in work.write.idempotency:
             self._keys.put(ikey, stored)
         self.stats["batches"] += 1
-        self.stats["ops"] += len(batch)
+        self.stats["ops"] += ops
         for op, index in work.waiting:
             if not op.future.done():
                 op.future.set_result(work.results[index])
@@ -281,7 +326,11 @@ class ShardCore:
             self._accounts.put(key, account)
 
     async def _prefetch(self, batch: list[Op]) -> None:
-        """Load, in a few set-based queries, everything the batch needs that is not cached."""
+        """Load, in set-based queries, the programs and accounts the batch needs.
+
+        Idempotency keys are not looked up here: a new key is the normal case, so the commit
+        inserts keys first and reports any that already exist (KeysExist).
+        """
         programs = list({op.program_id for op in batch} - self._programs)
         if programs:
             self._programs |= await self.repo.existing_programs(programs)
@@ -291,12 +340,6 @@ class ShardCore:
         if missing_accounts:
             for account in (await self.repo.load_accounts(missing_accounts)).values():
                 self._cache_if_absent(account)
-        missing_keys = list(
-            {(op.program_id, op.member_id, op.key) for op in batch} - self._keys.keys()
-        )
-        if missing_keys:
-            for ikey, stored in (await self.repo.lookup_idempotency(missing_keys)).items():
-                self._keys.put(ikey, stored)
 
     # ----------------------------------------------------------------- apply (no await)
 

@@ -1,0 +1,124 @@
+"""The ingress side of the shards: routing, call batching and retries.
+
+A Ray actor call costs far more CPU than applying a debit, so the ingress does not make one
+call per HTTP request. Requests for a shard queue up while that shard's previous call is in
+flight and go together in the next `submit_many` call (the same natural batching the shard
+does for PostgreSQL). Inside the shard they land in the same group commit.
+
+A call that fails because the shard died or is restarting is retried with the very same
+requests: each carries its idempotency key, so a retry can never apply twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from actors.routing import shard_of
+from domain.errors import HTTP_STATUS as _STATUS
+from domain.errors import Code
+
+log = logging.getLogger("points.shard_client")
+
+ACTOR_ERRORS = (ActorDiedError, ActorUnavailableError, RayActorError)
+# Requests per call; a shard splits them into group commits of its own size anyway.
+CALL_REQUESTS_MAX = 2048
+# Calls in flight per shard from one ingress replica (pipelining while one commits).
+CALLS_IN_FLIGHT_MAX = 2
+RETRY_BUDGET_S = 8.0
+CALL_TIMEOUT_S = 20.0
+
+
+def unavailable(detail: str) -> dict[str, Any]:
+    return {
+        "status": _STATUS[Code.UNAVAILABLE],
+        "body": {"code": Code.UNAVAILABLE.value, "detail": detail},
+    }
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: dict[str, Any]
+    future: asyncio.Future[dict[str, Any]]
+    deadline: float
+
+
+class _ShardLane:
+    """Queue and in-flight calls towards one shard."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.queue: list[_Pending] = []
+        self.in_flight = 0
+
+
+class ShardClient:
+    def __init__(self, handles: list[Any]) -> None:
+        assert handles
+        self.lanes = [_ShardLane(h) for h in handles]
+
+    def lane_for(self, program_id: str, member_id: str) -> _ShardLane:
+        return self.lanes[shard_of(program_id, member_id, len(self.lanes))]
+
+    async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        lane = self.lane_for(request["program_id"], request["member_id"])
+        pending = _Pending(request, loop.create_future(), loop.time() + RETRY_BUDGET_S)
+        lane.queue.append(pending)
+        self._pump(lane)
+        return await pending.future
+
+    def _pump(self, lane: _ShardLane) -> None:
+        while lane.queue and lane.in_flight < CALLS_IN_FLIGHT_MAX:
+            batch = lane.queue[:CALL_REQUESTS_MAX]
+            del lane.queue[:CALL_REQUESTS_MAX]
+            lane.in_flight += 1
+            asyncio.get_running_loop().create_task(self._call(lane, batch))
+
+    async def _call(self, lane: _ShardLane, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await asyncio.wait_for(
+                lane.handle.submit_many.remote([p.request for p in batch]), CALL_TIMEOUT_S
+            )
+        except ACTOR_ERRORS as exc:
+            retry = [p for p in batch if loop.time() < p.deadline]
+            for p in batch:
+                if p not in retry and not p.future.done():
+                    p.future.set_result(unavailable(f"account shard unavailable: {exc!r}"[:300]))
+            if retry:
+                await asyncio.sleep(0.1)
+                lane.queue[:0] = retry
+        except Exception as exc:  # timeout or anything unexpected: let the client retry
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result(unavailable(f"account shard call failed: {exc!r}"[:300]))
+        else:
+            assert len(results) == len(batch)
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+        finally:
+            lane.in_flight -= 1
+            self._pump(lane)
+
+    async def call(self, program_id: str, member_id: str, method: str, *args: Any) -> Any:
+        """A single call (reads), retried while the shard restarts. Raises on timeout."""
+        lane = self.lane_for(program_id, member_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_BUDGET_S
+        delay_s = 0.05
+        while True:
+            try:
+                return await asyncio.wait_for(
+                    getattr(lane.handle, method).remote(*args), CALL_TIMEOUT_S
+                )
+            except ACTOR_ERRORS:
+                if loop.time() + delay_s > deadline:
+                    raise
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 1.0)

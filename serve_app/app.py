@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import orjson
 import ray
+import redis.asyncio
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from ray import serve
@@ -61,10 +62,11 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.limit_bytes:
-                    await self._refuse(scope, receive, send)
-                    return
+            if name == b"content-length" and (
+                not value.isdigit() or int(value) > self.limit_bytes
+            ):
+                await self._refuse(scope, receive, send)
+                return
         seen = 0
 
         async def counting_receive() -> Message:
@@ -175,9 +177,14 @@ def _shard_answer(result: dict[str, Any]) -> Response:
 )
 @serve.ingress(app)
 class PointsIngress:
-    def __init__(self, dsn: str, shards: int, shard_config: dict[str, Any]) -> None:
+    def __init__(
+        self, dsn: str, redis_url: str | None, shards: int, shard_config: dict[str, Any]
+    ) -> None:
         assert shards > 0
         self.repo = ApiRepo(dsn)
+        self.redis = (
+            redis.asyncio.Redis.from_url(redis_url, socket_timeout=2) if redis_url else None
+        )
         self.keys = KeyCache()
         self.shard_count = shards
         self.shards = [
@@ -236,7 +243,16 @@ class PointsIngress:
             )
         except Exception as exc:
             return problem_response(Code.UNAVAILABLE, f"not ready: {type(exc).__name__}: {exc}")
-        return JsonResponse({"status": "ready", "database": "ok", "shards": shards})
+        redis_state = "not configured"
+        if self.redis is not None:
+            try:  # reported, not required: no write path depends on Redis yet
+                await asyncio.wait_for(self.redis.ping(), 2)
+                redis_state = "ok"
+            except Exception as exc:
+                redis_state = f"down: {type(exc).__name__}"
+        return JsonResponse(
+            {"status": "ready", "database": "ok", "redis": redis_state, "shards": shards}
+        )
 
     # ------------------------------------------------------------------ programs
 
@@ -367,7 +383,9 @@ class PointsIngress:
         return JsonResponse({"items": items, "next_cursor": next_cursor})
 
 
-def build_app(dsn: str, shards: int, shard_config: dict[str, Any], replicas: int = 1) -> Any:
+def build_app(
+    dsn: str, redis_url: str | None, shards: int, shard_config: dict[str, Any], replicas: int = 1
+) -> Any:
     """The Serve application `points up` (and the e2e tests) deploy."""
     assert ray.is_initialized()
-    return PointsIngress.options(num_replicas=replicas).bind(dsn, shards, shard_config)
+    return PointsIngress.options(num_replicas=replicas).bind(dsn, redis_url, shards, shard_config)

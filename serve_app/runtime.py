@@ -97,12 +97,18 @@ def start_ray(settings: Settings) -> bool:
     return True
 
 
-def deploy(settings: Settings, dsn: str) -> str:
+def deploy(settings: Settings, dsn: str, redis_url: str | None = None) -> str:
     from serve_app.app import build_app
 
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(
-        build_app(dsn, settings.shards, shard_config(settings), settings.replicas),
+        build_app(
+            dsn,
+            redis_url or settings.redis_url,
+            settings.shards,
+            shard_config(settings),
+            settings.replicas,
+        ),
         name=APP_NAME,
         route_prefix="/",
     )

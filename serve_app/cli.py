@@ -1,0 +1,155 @@
+"""`points`: run the service (`up`), apply migrations (`migrate`), check it (`status`)."""
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+
+from serve_app.settings import Settings, load_settings
+
+app = typer.Typer(help="Points: loyalty points service on Ray.", no_args_is_help=True)
+console = Console()
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where embedded PostgreSQL/Redis keep data.")
+]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="PostgreSQL URL (default: embedded).")
+]
+RedisUrl = Annotated[str | None, typer.Option("--redis-url", help="Redis URL (default: embedded).")]
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="HTTP host.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Join this Ray cluster instead of starting one.")
+    ] = None,
+    shards: Annotated[int | None, typer.Option(help="Account shard actors.")] = None,
+    replicas: Annotated[int | None, typer.Option(help="HTTP ingress replicas.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Run the whole service in the foreground until Ctrl-C or SIGTERM."""
+    from serve_app import runtime
+
+    settings = load_settings(
+        host=host,
+        port=port,
+        ray_address=address,
+        shards=shards,
+        replicas=replicas,
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    services = None
+    started_ray = False
+    try:
+        with console.status("starting PostgreSQL and Redis…"):
+            services = runtime.start_services(settings)
+        with console.status("applying migrations…"):
+            admin_key, generated = runtime.prepare_database(settings, services.database_url)
+        with console.status("starting Ray…"):
+            started_ray = runtime.start_ray(settings)
+        if stop.is_set():
+            return
+        with console.status("deploying the Serve application…"):
+            base_url = runtime.deploy(settings, services.database_url, services.redis_url)
+        console.print(f"[bold green]Points is up[/] at {base_url}")
+        console.print(f"  API docs:   {base_url}/docs")
+        console.print(f"  Database:   {_redact(services.database_url)}")
+        console.print(f"  Redis:      {services.redis_url}")
+        if admin_key:
+            note = " (new: shown once here, saved to " if generated else " (from "
+            source = "POINTS_ADMIN_KEY" if settings.admin_key else str(settings.admin_key_file)
+            console.print(f"  Admin key:  {admin_key}{note}{source})")
+        console.print("Press Ctrl-C to stop.")
+        stop.wait()
+    finally:
+        console.print("stopping…")
+        import ray
+
+        with contextlib.suppress(Exception):
+            if ray.is_initialized():
+                runtime.undeploy(settings)
+                ray.shutdown()
+        if services is not None:
+            services.stop()
+        console.print("stopped" + (" (local Ray head shut down)" if started_ray else ""))
+
+
+@app.command()
+def migrate(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Apply every database migration (starting the embedded PostgreSQL if needed)."""
+    from db.embedded import EmbeddedPostgres
+    from db.engine import libpq_url
+    from db.engine import migrate as run_migrations
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    embedded = None
+    url = settings.database_url
+    if not url:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = embedded.start()
+    try:
+        run_migrations(libpq_url(url))
+        console.print("[green]migrations applied[/]")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@app.command()
+def status(
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+) -> None:
+    """Is the service up? Its shards, database and Redis."""
+    settings: Settings = load_settings()
+    base = url or f"http://{settings.host}:{settings.port}"
+    try:
+        health = httpx.get(f"{base}/healthz", timeout=3)
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]down[/]: {base} does not answer ({type(exc).__name__})")
+        raise typer.Exit(1) from exc
+    console.print(f"service:  {'up' if health.status_code == 200 else 'unhealthy'} ({base})")
+    body = ready.json()
+    if ready.status_code != 200:
+        console.print(f"[red]not ready[/]: {body.get('detail')}")
+        raise typer.Exit(1)
+    console.print(f"database: {body['database']}")
+    console.print(f"redis:    {body.get('redis', 'n/a')}")
+    for shard in body["shards"]:
+        console.print(
+            f"shard {shard['shard']}: {shard['cached_accounts']} cached accounts,"
+            f" {int(shard['ops'])} operations in {int(shard['batches'])} group commits,"
+            f" {int(shard['commit_failures'])} failed commits"
+        )
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.split("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+if __name__ == "__main__":
+    app()

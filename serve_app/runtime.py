@@ -116,6 +116,7 @@ def deploy(settings: Settings, dsn: str, redis_url: str | None = None) -> str:
 
 
 def undeploy(settings: Settings) -> None:
+    """Remove Serve (its app, proxies, HAProxy) and the shard actors from the cluster."""
     with contextlib.suppress(Exception):
         serve.shutdown()
     for index in range(settings.shards):

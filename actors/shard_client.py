@@ -28,7 +28,7 @@ ACTOR_ERRORS = (ActorDiedError, ActorUnavailableError, RayActorError)
 # Requests per call; a shard splits them into group commits of its own size anyway.
 CALL_REQUESTS_MAX = 2048
 # Calls in flight per shard from one ingress replica (pipelining while one commits).
-CALLS_IN_FLIGHT_MAX = 2
+CALLS_IN_FLIGHT_MAX = 1
 RETRY_BUDGET_S = 8.0
 CALL_TIMEOUT_S = 20.0
 
@@ -94,6 +94,8 @@ class ShardClient:
                 await asyncio.sleep(0.1)
                 lane.queue[:0] = retry
         except Exception as exc:  # timeout or anything unexpected: let the client retry
+            if not isinstance(exc, TimeoutError):
+                log.exception("shard call failed")
             for p in batch:
                 if not p.future.done():
                     p.future.set_result(unavailable(f"account shard call failed: {exc!r}"[:300]))

@@ -28,7 +28,7 @@ ACTOR_ERRORS = (ActorDiedError, ActorUnavailableError, RayActorError)
 # Requests per call; a shard splits them into group commits of its own size anyway.
 CALL_REQUESTS_MAX = 2048
 # Calls in flight per shard from one ingress replica (pipelining while one commits).
-CALLS_IN_FLIGHT_MAX = 1
+CALLS_IN_FLIGHT_MAX = 2
 RETRY_BUDGET_S = 8.0
 CALL_TIMEOUT_S = 20.0
 

@@ -129,6 +129,8 @@ class ShardCore:
     ) -> None:
         assert batch_max > 0 and batch_window_s >= 0
         self.repo = repo
+        # Reads and pings come from other coroutines than the batch loop: own connection.
+        self.reader = repo.reader()
         self._clock = clock
         self._random_bytes = random_bytes
         self._batch_max = batch_max
@@ -179,7 +181,7 @@ class ShardCore:
         key = (program_id, member_id)
         account = self._accounts.get_fresh(key)
         if account is None:
-            loaded = await self.repo.load_accounts([key])
+            loaded = await self.reader.load_accounts([key])
             account = loaded.get(key)
             if account is None:
                 return None
@@ -187,7 +189,7 @@ class ShardCore:
         return account_view(account, self._clock(), LOTS_IN_VIEW_MAX)
 
     async def ping(self) -> dict[str, Any]:
-        await self.repo.ping()
+        await self.reader.ping()
         return {"cached_accounts": len(self._accounts), "queued": len(self._queue), **self.stats}
 
     def forget_program(self, program_id: str) -> None:
@@ -197,6 +199,7 @@ class ShardCore:
         if self._loop_task is not None:
             self._loop_task.cancel()
         await self.repo.close()
+        await self.reader.close()
 
     # ----------------------------------------------------------------- batch loop
 

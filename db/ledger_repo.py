@@ -9,6 +9,7 @@ version is still the version the shard loaded; otherwise the whole batch rolls b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections import defaultdict
@@ -63,20 +64,41 @@ class BatchWrite:
 class LedgerRepo:
     """One dedicated connection; the shard runs one batch at a time."""
 
-    def __init__(self, dsn: str, connect_timeout_s: int = 5) -> None:
+    def __init__(self, dsn: str, connect_timeout_s: int = 5, *, autocommit: bool = False) -> None:
         assert dsn
         self._dsn = dsn
+        # autocommit: for a reader shared by concurrent coroutines (single statements only).
+        self._autocommit = autocommit
         self._connect_timeout_s = connect_timeout_s
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._connect_lock: asyncio.Lock | None = None
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._dsn,
-                connect_timeout=self._connect_timeout_s,
-                options="-c synchronous_commit=on",
-            )
-        return self._conn
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:  # concurrent readers share one new connection
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._dsn,
+                    connect_timeout=self._connect_timeout_s,
+                    options="-c synchronous_commit=on",
+                    autocommit=self._autocommit,
+                )
+            return self._conn
+
+    def reader(self) -> LedgerRepo:
+        """A second repository on its own connection, for reads outside the batch loop.
+
+        The batch loop owns this repository's connection (one transaction at a time); reads
+        and pings from other coroutines must never open a transaction on it.
+        """
+        return LedgerRepo(self._dsn, self._connect_timeout_s, autocommit=True)
+
+    def _transaction(self, conn: psycopg.AsyncConnection[Any]) -> Any:
+        return contextlib.nullcontext() if self._autocommit else conn.transaction()
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -92,7 +114,7 @@ class LedgerRepo:
 
     async def ping(self) -> None:
         conn = await self._connection()
-        async with conn.transaction():
+        async with self._transaction(conn):
             await conn.execute("SELECT 1")
 
     async def existing_programs(self, program_ids: list[str]) -> set[str]:
@@ -106,43 +128,37 @@ class LedgerRepo:
             return {row[0] for row in await cur.fetchall()}
 
     async def load_accounts(self, keys: list[AccountKey]) -> dict[AccountKey, Account]:
-        """Accounts and their open lots; keys that do not exist are absent from the result."""
+        """Accounts and their open lots; keys that do not exist are absent from the result.
+
+        One statement, so one snapshot: an account row and its lots always agree, even while
+        the shard's batch loop commits on its own connection.
+        """
         if not keys:
             return {}
-        programs = [k[0] for k in keys]
-        members = [k[1] for k in keys]
         conn = await self._connection()
-        async with conn.transaction():
+        async with self._transaction(conn):
             cur = await conn.execute(
                 """
                 SELECT a.program_id, a.member_id, a.version, a.balance,
-                       a.lifetime_earned, a.lifetime_spent
-                FROM accounts a
-                JOIN unnest(%s::text[], %s::text[]) AS k(program_id, member_id)
-                  ON a.program_id = k.program_id AND a.member_id = k.member_id
+                       a.lifetime_earned, a.lifetime_spent,
+                       l.lot_id, l.original, l.remaining, l.expires_at, l.created_at
+                FROM unnest(%s::text[], %s::text[]) AS k(program_id, member_id)
+                JOIN accounts a ON a.program_id = k.program_id AND a.member_id = k.member_id
+                LEFT JOIN lots l ON l.program_id = a.program_id AND l.member_id = a.member_id
+                                AND l.remaining > 0
+                ORDER BY l.created_at, l.lot_id
                 """,
-                (programs, members),
+                ([k[0] for k in keys], [k[1] for k in keys]),
             )
-            found: dict[AccountKey, Account] = {}
-            for program_id, member_id, version, balance, earned, spent in await cur.fetchall():
-                found[(program_id, member_id)] = Account(
-                    program_id, member_id, version, balance, earned, spent, []
-                )
-            if found:
-                cur = await conn.execute(
-                    """
-                    SELECT l.program_id, l.member_id, l.lot_id, l.original, l.remaining,
-                           l.expires_at, l.created_at
-                    FROM lots l
-                    JOIN unnest(%s::text[], %s::text[]) AS k(program_id, member_id)
-                      ON l.program_id = k.program_id AND l.member_id = k.member_id
-                    WHERE l.remaining > 0
-                    ORDER BY l.created_at, l.lot_id
-                    """,
-                    ([k[0] for k in found], [k[1] for k in found]),
-                )
-                for row in await cur.fetchall():
-                    found[(row[0], row[1])].lots.append(Lot(row[2], row[3], row[4], row[5], row[6]))
+            rows = await cur.fetchall()
+        found: dict[AccountKey, Account] = {}
+        for row in rows:
+            key = (row[0], row[1])
+            account = found.get(key)
+            if account is None:
+                account = found[key] = Account(row[0], row[1], row[2], row[3], row[4], row[5])
+            if row[6] is not None:
+                account.lots.append(Lot(row[6], row[7], row[8], row[9], row[10]))
         for account in found.values():
             account.check()
         return found

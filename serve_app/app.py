@@ -225,6 +225,9 @@ class PointsIngress:
             ) from exc
         except TimeoutError as exc:
             raise PointsError(Code.UNAVAILABLE, "account shard timed out") from exc
+        except Exception as exc:  # the shard's database read failed: retryable
+            log.warning("shard %s failed: %r", method, exc)
+            raise PointsError(Code.UNAVAILABLE, "account shard could not read, retry") from exc
 
     # ------------------------------------------------------------------ health
 

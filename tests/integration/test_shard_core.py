@@ -267,3 +267,27 @@ def test_ledger_is_append_only_and_constraints_hold(database_url: str) -> None:
                 " lifetime_spent) VALUES ('cons', 'neg', -1, 1, 0, 0)"
             )
         conn.rollback()
+
+
+async def test_reads_and_pings_during_group_commits_do_not_disturb_writes(
+    core: ShardCore, program: str, database_url: str
+) -> None:
+    """Reads and readiness pings use their own connection, never the batch loop's."""
+    for i in range(20):
+        await core.submit(op("credit", program, f"busy{i}", 1000, "seed"))
+    cold = ShardCore(LedgerRepo(database_url))  # cache misses: every read hits PostgreSQL
+    try:
+        writes = [
+            core.submit(op("debit", program, f"busy{i % 20}", 1, f"w{i}")) for i in range(300)
+        ]
+        reads = [cold.get_account(program, f"busy{i % 20}") for i in range(100)]
+        pings = [core.ping() for _ in range(50)]
+        results = await asyncio.gather(*writes, *reads, *pings)
+    finally:
+        await cold.close()
+    assert [r["status"] for r in results[:300]] == [201] * 300
+    views = results[300:400]
+    assert all(v is not None and 985 <= v["balance"]["available"] <= 1000 for v in views)
+    assert all("queued" in p for p in results[400:])
+    for i in range(20):
+        assert check_member_invariants(database_url, program, f"busy{i}") == 985

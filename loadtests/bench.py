@@ -202,6 +202,8 @@ class WrkResult:
     output: str = field(repr=False)
     # Where the machine's CPU went meanwhile (CpuMeter), in % of all CPUs.
     cpu: dict[str, float] = field(default_factory=dict)
+    # CPU by process kind during the measured run, in % of one CPU (biggest first).
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
 
     @property
     def failures(self) -> int:
@@ -317,49 +319,60 @@ def measure(cfg: LoadConfig, url: str, script: Callable[[], Path | None]) -> Wrk
     meter = CpuMeter()
     result = run_wrk(cfg, url, cfg.duration_s, script())
     result.cpu = meter.stop()
+    result.cpu_by_process = meter.by_process
     return result
 
 
 class CpuMeter:
-    """Where the machine's CPU time went between start and stop, in % of all CPUs.
+    """Where the machine's CPU time went between start and stop.
 
-    On a shared machine the "other" share (neither this benchmark's processes nor
-    PostgreSQL) says how much other work competed with the figures being measured.
-    This benchmark's processes: this one, its live descendants (Ray, the naive app, wrk)
-    and its reaped children (a finished wrk).
+    `stop()` answers shares in % of all CPUs. On a shared machine the "other" share
+    (neither this benchmark's processes nor PostgreSQL) says how much other work competed
+    with the figures being measured. This benchmark's processes: this one, its live
+    descendants (Ray, the naive app) and its reaped children (wrk, once finished).
+    `by_process` then says which kinds of process used it, in % of one CPU: where a
+    phase's CPU goes is the first question when a target is not met.
     """
 
     def __init__(self) -> None:
+        self.by_process: dict[str, float] = {}
         self._started = self._snapshot()
 
     @staticmethod
-    def _snapshot() -> tuple[float, float, dict[tuple[int, float], float], float]:
+    def _snapshot() -> tuple[float, float, dict[tuple[int, float], tuple[str, float]], float]:
         times = psutil.cpu_times()
         busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
         me = psutil.Process()
         own = me.cpu_times()
         own_s = own.user + own.system + own.children_user + own.children_system
-        tracked: dict[tuple[int, float], float] = {}
-        for proc in [*me.children(recursive=True), *_postgres_processes()]:
+        tracked: dict[tuple[int, float], tuple[str, float]] = {}
+        for proc, kind in [
+            *((p, "") for p in me.children(recursive=True)),
+            *((p, "postgres") for p in _postgres_processes()),
+        ]:
             with contextlib.suppress(psutil.Error):
                 cpu = proc.cpu_times()
-                tracked[(proc.pid, proc.create_time())] = cpu.user + cpu.system
+                label = kind or service_label(proc) or _process_name(proc)
+                tracked[(proc.pid, proc.create_time())] = (label, cpu.user + cpu.system)
         return time.monotonic(), busy, tracked, own_s
 
     def stop(self) -> dict[str, float]:
         wall0, busy0, tracked0, own0 = self._started
         wall1, busy1, tracked1, own1 = self._snapshot()
-        capacity = (wall1 - wall0) * (psutil.cpu_count() or 1)
-        postgres_ids = {(p.pid, _create_time(p)) for p in _postgres_processes()}
-        ours = own1 - own0
-        postgres = 0.0
-        for ident, seconds in tracked1.items():
-            delta = seconds - tracked0.get(ident, 0.0)
-            if ident in postgres_ids:
-                postgres += delta
-            else:
-                ours += delta
+        wall = wall1 - wall0
+        capacity = wall * (psutil.cpu_count() or 1)
+        by_label: dict[str, float] = {"wrk + bench script": own1 - own0}
+        for ident, (label, seconds) in tracked1.items():
+            delta = seconds - tracked0.get(ident, (label, 0.0))[1]
+            by_label[label] = by_label.get(label, 0.0) + delta
+        postgres = by_label.get("postgres", 0.0)
+        ours = sum(by_label.values()) - postgres
         busy = busy1 - busy0
+        self.by_process = {
+            label: round(100 * seconds / wall, 1)
+            for label, seconds in sorted(by_label.items(), key=lambda item: -item[1])
+            if seconds > 0.005 * wall
+        }
 
         def share(seconds: float) -> float:
             return round(100 * max(0.0, seconds) / capacity, 1)
@@ -372,11 +385,12 @@ class CpuMeter:
         }
 
 
-def _create_time(proc: psutil.Process) -> float:
-    try:
-        return proc.create_time()
-    except psutil.Error:
-        return 0.0
+def _process_name(proc: psutil.Process) -> str:
+    """A short name: `uvicorn` for the naive app, else the executable's name."""
+    cmdline = proc.cmdline()
+    if "uvicorn" in cmdline:
+        return "uvicorn (naive app)"
+    return proc.name()
 
 
 def _postgres_processes() -> list[psutil.Process]:
@@ -548,11 +562,9 @@ def points_service(
 ) -> Iterator[tuple[str, Any]]:
     """The Points service on a local Ray head; yields (base URL, settings).
 
-    Always undeploys and shuts Ray down, also on error or Ctrl-C: detached shard actors and
-    the Ray head must not outlive the benchmark.
+    Always shuts Ray down, also on error or Ctrl-C: detached shard actors, the Ray head and
+    HAProxy must not outlive the benchmark.
     """
-    import ray
-
     from serve_app import runtime
     from serve_app.settings import load_settings
 
@@ -564,20 +576,14 @@ def points_service(
         port=port,
         serve_profile=profile,
     )
-    # HAProxy (fast profile) binds its metrics and stats ports machine-wide (9101 and 8404
-    # by default): with any other Serve instance running on this machine it would crash at
-    # startup. Free ports keep the benchmark independent of whatever else runs here.
-    for name in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT"):
-        os.environ.setdefault(name, str(free_port()))
     services = runtime.start_services(settings)
     try:
         runtime.prepare_database(settings, services.database_url)
-        runtime.start_ray(settings)
+        started = runtime.start_ray(settings)  # also gives HAProxy free metrics/stats ports
         try:
-            yield runtime.deploy(settings, services.database_url), settings
+            yield runtime.deploy(settings, services.database_url, services.redis_url), settings
         finally:
-            runtime.undeploy(settings)
-            ray.shutdown()
+            runtime.stop_ray(settings, started)
     finally:
         services.stop()
 
@@ -656,8 +662,8 @@ def seed_points(
 
 
 def shard_stats(base_url: str, attempts: int = 10) -> list[dict[str, Any]]:
-    """Shard stats from /readyz, retried for a while: right after a burst of load it may
-    answer 503 until the shards catch up (see the report)."""
+    """Shard stats from /readyz, retried for a while: it answers 503 when its ping collides
+    with a shard's batch (see the module docstring)."""
     for attempt in range(attempts):
         answer = httpx.get(base_url + "/readyz", timeout=30)
         if answer.status_code == 200:
@@ -722,9 +728,16 @@ def cache_members(cfg: LoadConfig, base_url: str, members: int, settle_s: float)
         base_url,
     ]
     started = time.perf_counter()
+    # A credit that never gets an answer (a wrk timeout) would keep its thread waiting:
+    # give up after a generous deadline; the report then shows answered < members.
+    deadline = time.monotonic() + max(300.0, members / 20)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as wrk:
         try:
-            while len(list(markers.iterdir())) < cfg.threads and wrk.poll() is None:
+            while (
+                len(list(markers.iterdir())) < cfg.threads
+                and wrk.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             seconds = time.perf_counter() - started
             wrk.send_signal(signal.SIGINT)  # ends wrk's sleep: it reports and exits
@@ -919,10 +932,20 @@ class Report:
                 f"{other:>9}"
             )
         print(
-            "(other CPU: share of the machine's CPU time, during the measured run, not used by this "
-            "benchmark's\n processes or PostgreSQL: other users' processes, kernel work. Above a "
-            "few % the figures are disturbed.)"
+            "(other CPU: share of the machine's CPU time during the measured run not used by\n"
+            " this benchmark's processes or PostgreSQL: other users' processes, kernel work.\n"
+            " Above a few % the figures are disturbed.)"
         )
+        print()
+        print(
+            "CPU by process during each measured run (% of one CPU; the machine has "
+            f"{psutil.cpu_count()}):"
+        )
+        for key, r in self.phases.items():
+            items = [f"{label} {pct:.0f}%" for label, pct in r.cpu_by_process.items() if pct >= 2]
+            for index, line in enumerate(_wrap_items(items or ["?"], width=100 - 41)):
+                title = self.phase_titles[key] if index == 0 else ""
+                print(f"  {title:<38} {line}")
         if self.applied:
             print()
             print("Debits committed by the shards (from /readyz stats, incl. warm-up):")
@@ -994,6 +1017,18 @@ class Report:
             if self.cache
             else None,
         }
+
+
+def _wrap_items(items: list[str], width: int) -> list[str]:
+    """Comma-joined lines of at most `width` characters, never splitting an item."""
+    lines = [items[0]]
+    for item in items[1:]:
+        if len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += ", " + item
+        else:
+            lines[-1] += ","
+            lines.append(item)
+    return lines
 
 
 def memory_summary(sampler: RssSampler) -> dict[str, Any]:

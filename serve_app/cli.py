@@ -50,7 +50,7 @@ def up(
         database_url=database_url,
         redis_url=redis_url,
     )
-    _become_subreaper()
+    runtime.become_subreaper()
     stop = threading.Event()
 
     def on_signal(*_: object) -> None:
@@ -88,18 +88,11 @@ def up(
         stop.wait()
     finally:
         console.print("stopping…")
-        import ray
-
         with contextlib.suppress(Exception):
-            if ray.is_initialized():
-                # On our own local head, ray.shutdown() ends every actor and the subreaper
-                # ends what they started; on a shared cluster, remove what we deployed.
-                if not started_ray:
-                    runtime.undeploy(settings)
-                ray.shutdown()
+            runtime.stop_ray(settings, started_ray, reap=False)
         if services is not None:
             services.stop()
-        leftovers = _reap_descendants()
+        leftovers = runtime.reap_descendants()
         console.print(
             "stopped"
             + (" (local Ray head shut down)" if started_ray else "")
@@ -157,35 +150,6 @@ def status(
             f" {int(shard['ops'])} operations in {int(shard['batches'])} group commits,"
             f" {int(shard['commit_failures'])} failed commits"
         )
-
-
-def _become_subreaper() -> None:
-    """Adopt every process started below us, even when its parent dies first.
-
-    Ctrl-C reaches the whole process group, so Ray's own processes may be gone before we
-    clean up; whatever they started (HAProxy, for one) would be orphaned. As a subreaper we
-    inherit such processes and end them in `_reap_descendants`.
-    """
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_child_subreaper = 36
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
-
-
-def _reap_descendants(grace_s: float = 10.0) -> int:
-    """Terminate (then kill) any process still running below this one; returns how many."""
-    import psutil
-
-    procs = psutil.Process().children(recursive=True)
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    return len(procs)
 
 
 def _redact(url: str) -> str:

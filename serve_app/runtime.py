@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,18 +84,85 @@ def shard_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def start_ray(settings: Settings) -> bool:
     """Join `ray_address` or start a local head. Returns True if this process started it."""
     if settings.serve_profile == "fast":
         for name, value in FAST_SERVE_ENV.items():
             os.environ.setdefault(name, value)
+        # HAProxy's metrics and stats listeners default to fixed ports (9101, 8404): take
+        # free ones so two services (or a service and its tests) can share a machine.
+        for name in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT"):
+            os.environ.setdefault(name, str(free_port()))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
         return False
     # A local head picks free ports for GCS and friends; it never takes Redis's 6379.
-    ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    # address="local": always a new head, never someone else's cluster found in /tmp/ray.
+    become_subreaper()
+    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     return True
+
+
+def stop_ray(settings: Settings, started_ray: bool, reap: bool = True) -> int:
+    """Stop what `start_ray` + `deploy` started; returns how many leftover processes ended.
+
+    On our own local head, `ray.shutdown()` ends every actor (shards included) and the
+    subreaper ends what they started (HAProxy); `serve.shutdown()` would only add a 30 s
+    wait for the controller. On a shared cluster, remove what we deployed.
+    """
+    if ray.is_initialized():
+        if not started_ray:
+            undeploy(settings)
+        ray.shutdown()
+    return reap_descendants(ray_only=True) if started_ray and reap else 0
+
+
+def become_subreaper() -> None:
+    """Adopt every process started below us, even when its parent dies first.
+
+    Ctrl-C reaches the whole process group, so Ray's own processes may be gone before we
+    clean up; whatever they started (HAProxy, for one) would be orphaned. As a subreaper we
+    inherit such processes and end them in `reap_descendants`.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_child_subreaper = 36
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def reap_descendants(grace_s: float = 10.0, ray_only: bool = False) -> int:
+    """Terminate (then kill) processes still running below this one; returns how many.
+
+    `ray_only`: only Ray's processes and what they started (HAProxy), not, say, an embedded
+    PostgreSQL that is still in use.
+    """
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+    if ray_only:
+        procs = [p for p in procs if _started_by_ray(p)]
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return len(procs)
+
+
+def _started_by_ray(proc: Any) -> bool:
+    with contextlib.suppress(Exception):
+        return "ray" in " ".join(proc.cmdline()[:2]) or proc.name().startswith("ray::")
+    return False
 
 
 def deploy(settings: Settings, dsn: str, redis_url: str | None = None) -> str:

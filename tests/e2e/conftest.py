@@ -1,7 +1,6 @@
 """One Ray session and one deployed Points service for the whole e2e run."""
 
 import secrets
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,16 +19,8 @@ class Service:
     headers: dict[str, str]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def service(database_url: str, redis_url: str) -> Iterator[Service]:
-    import ray
-
     from serve_app import runtime
     from serve_app.settings import load_settings
 
@@ -38,17 +29,16 @@ def service(database_url: str, redis_url: str) -> Iterator[Service]:
         redis_url=redis_url,
         admin_key=ADMIN_KEY,
         data_dir=Path(tempfile.mkdtemp(prefix="points-e2e-")),
-        port=_free_port(),
+        port=runtime.free_port(),
         shards=2,
     )
     runtime.prepare_database(settings, database_url)
-    runtime.start_ray(settings)
+    started = runtime.start_ray(settings)
     try:
         url = runtime.deploy(settings, database_url, redis_url)
         yield Service(url, database_url, {"Authorization": f"Bearer {ADMIN_KEY}"})
     finally:
-        runtime.undeploy(settings)
-        ray.shutdown()
+        runtime.stop_ray(settings, started)
 
 
 @pytest.fixture

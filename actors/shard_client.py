@@ -27,8 +27,10 @@ log = logging.getLogger("points.shard_client")
 ACTOR_ERRORS = (ActorDiedError, ActorUnavailableError, RayActorError)
 # Requests per call; a shard splits them into group commits of its own size anyway.
 CALL_REQUESTS_MAX = 2048
-# Calls in flight per shard from one ingress replica (pipelining while one commits).
-CALLS_IN_FLIGHT_MAX = 2
+# Calls in flight per shard from one ingress replica. One: requests that arrive while it is
+# out travel together in the next call, so Ray's per-call cost is shared by more requests
+# (measured here: less shard CPU per debit and more debits/s than with two).
+CALLS_IN_FLIGHT_MAX = 1
 RETRY_BUDGET_S = 8.0
 CALL_TIMEOUT_S = 20.0
 

@@ -28,6 +28,9 @@ APP_NAME = "points"
 FAST_SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # HAProxy would log every request to a socket that a Python actor parses for Serve's
+    # proxy metrics: 6-17% of a core here. Replica metrics remain.
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
 }
 
 

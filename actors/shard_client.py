@@ -88,9 +88,11 @@ class ShardClient:
                 lane.handle.submit_many.remote([p.request for p in batch]), CALL_TIMEOUT_S
             )
         except ACTOR_ERRORS as exc:
-            retry = [p for p in batch if loop.time() < p.deadline]
+            retry = []
             for p in batch:
-                if p not in retry and not p.future.done():
+                if loop.time() < p.deadline:
+                    retry.append(p)
+                elif not p.future.done():
                     p.future.set_result(unavailable(f"account shard unavailable: {exc!r}"[:300]))
             if retry:
                 await asyncio.sleep(0.1)

@@ -67,6 +67,11 @@ def problem(code: Code, detail: str) -> dict[str, Any]:
     return {"status": HTTP_STATUS[code], "body": {"code": str(code), "detail": detail}}
 
 
+def _answer(op: Op, result: dict[str, Any]) -> None:
+    if not op.future.done():  # a caller that went away must not break the batch
+        op.future.set_result(result)
+
+
 @dataclass(slots=True)
 class Op:
     kind: str
@@ -181,11 +186,12 @@ class ShardCore:
         key = (program_id, member_id)
         account = self._accounts.get_fresh(key)
         if account is None:
-            loaded = await self.reader.load_accounts([key])
-            account = loaded.get(key)
+            # Not cached: read it, but do not cache it. The read's snapshot may predate a
+            # commit that this shard has since published and evicted; only batches (which
+            # fence their writes) put accounts into the cache.
+            account = (await self.reader.load_accounts([key])).get(key)
             if account is None:
                 return None
-            self._cache_if_absent(account)
         return account_view(account, self._clock(), LOTS_IN_VIEW_MAX)
 
     async def ping(self) -> dict[str, Any]:
@@ -233,7 +239,7 @@ class ShardCore:
     async def _process(self, batch: list[Op]) -> None:
         started = time.perf_counter()
         try:
-            await self._prefetch(batch)
+            pinned = await self._prefetch(batch)
         except Exception as exc:
             await self.repo.reset()
             self._fail(batch, f"database unavailable: {type(exc).__name__}")
@@ -241,7 +247,7 @@ class ShardCore:
         self.stats["prefetch_s"] += time.perf_counter() - started
 
         for _attempt in range(KEY_RETRIES_MAX):
-            work = await self._apply_and_commit(batch)
+            work = await self._apply_and_commit(batch, pinned)
             if work is None:  # failed and answered, or nothing left to do
                 return
             if isinstance(work, KeysExist):
@@ -261,13 +267,15 @@ class ShardCore:
             return
         self._fail(batch, "idempotency keys kept changing, retry")
 
-    async def _apply_and_commit(self, batch: list[Op]) -> _Work | KeysExist | None:
+    async def _apply_and_commit(
+        self, batch: list[Op], pinned: dict[AccountKey, Account]
+    ) -> _Work | KeysExist | None:
         applied_at = time.perf_counter()
         now = self._now()
         work = _Work()
         # Check and change with no await in between: this loop is the serialization point.
         for op in batch:
-            self._apply(op, work, now)
+            self._apply(op, work, now, pinned)
         self._collect_account_writes(work)
         committing_at = time.perf_counter()
         self.stats["apply_s"] += committing_at - applied_at
@@ -323,13 +331,12 @@ class ShardCore:
     def _new_id(self, now: datetime) -> Any:
         return uuid7(int(now.timestamp() * 1000), self._random_bytes(10))
 
-    def _cache_if_absent(self, account: Account) -> None:
-        key = (account.program_id, account.member_id)
-        if key not in self._accounts:
-            self._accounts.put(key, account)
-
-    async def _prefetch(self, batch: list[Op]) -> None:
+    async def _prefetch(self, batch: list[Op]) -> dict[AccountKey, Account]:
         """Load, in set-based queries, the programs and accounts the batch needs.
+
+        Returns the committed state of every existing account the batch touches, held for
+        the batch itself: the LRU may evict entries meanwhile, and an evicted account must
+        not look like a new (or unknown) one to this batch.
 
         Idempotency keys are not looked up here: a new key is the normal case, so the commit
         inserts keys first and reports any that already exist (KeysExist).
@@ -337,16 +344,25 @@ class ShardCore:
         programs = list({op.program_id for op in batch} - self._programs)
         if programs:
             self._programs |= await self.repo.existing_programs(programs)
-        missing_accounts = list(
-            {(op.program_id, op.member_id) for op in batch} - self._accounts.keys()
-        )
-        if missing_accounts:
-            for account in (await self.repo.load_accounts(missing_accounts)).values():
-                self._cache_if_absent(account)
+        wanted = {(op.program_id, op.member_id) for op in batch}
+        pinned: dict[AccountKey, Account] = {}
+        for key in wanted:
+            cached = self._accounts.get_fresh(key)
+            if cached is not None:
+                pinned[key] = cached
+        missing = [key for key in wanted if key not in pinned]
+        if missing:
+            loaded = await self.repo.load_accounts(missing)
+            for key, account in loaded.items():
+                # A batch that committed while we loaded cannot exist (one batch at a time),
+                # so what was loaded is the committed state.
+                pinned[key] = account
+                self._accounts.put(key, account)
+        return pinned
 
     # ----------------------------------------------------------------- apply (no await)
 
-    def _apply(self, op: Op, work: _Work, now: datetime) -> None:
+    def _apply(self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]) -> None:
         ikey = (op.program_id, op.member_id, op.key)
 
         stored = self._keys.get_fresh(ikey)
@@ -354,35 +370,38 @@ class ShardCore:
             self._answer_replay(op, stored)
             return
         first = work.keys.get(ikey)
-        if first is not None:  # same key earlier in this very batch
+        if first is not None:  # same key earlier in this very batch: answer after its commit
             if work.hashes[first] != op.request_hash:
-                op.future.set_result(
-                    problem(
-                        Code.IDEMPOTENCY_CONFLICT,
-                        "this Idempotency-Key was already used with a different request body",
-                    )
+                conflict = problem(
+                    Code.IDEMPOTENCY_CONFLICT,
+                    "this Idempotency-Key was already used with a different request body",
                 )
-            else:  # a replay of the first: same status and body, once committed
+                self._wait(op, work, {**conflict, "replayed": False}, op.request_hash)
+            else:  # a replay of the first: same status and body
                 self._wait(op, work, {**work.results[first], "replayed": True}, op.request_hash)
             return
 
         if op.program_id not in self._programs:
-            op.future.set_result(problem(Code.NOT_FOUND, f"program {op.program_id} not found"))
+            _answer(op, problem(Code.NOT_FOUND, f"program {op.program_id} not found"))
             return
 
         akey = (op.program_id, op.member_id)
         entry = work.accounts.get(akey)
+        is_new = False
         if entry is None:
-            cached = self._accounts.get_fresh(akey)
-            if cached is not None:
-                entry = (cached.clone(), cached.version)
+            committed = pinned.get(akey)
+            if committed is not None:
+                entry = (committed.clone(), committed.version)
             elif op.kind == CREDIT:
+                # Joins the batch only if the credit succeeds (below).
                 entry = (new_account(op.program_id, op.member_id), 0)
+                is_new = True
             else:
-                op.future.set_result(problem(Code.NOT_FOUND, f"member {op.member_id} not found"))
+                _answer(op, problem(Code.NOT_FOUND, f"member {op.member_id} not found"))
                 return
-            work.accounts[akey] = entry
-        account, loaded_version = entry
+            if not is_new:
+                work.accounts[akey] = entry
+        account, _ = entry
 
         txn_id = self._new_id(now)
         try:
@@ -393,12 +412,14 @@ class ShardCore:
             else:
                 txn = debit(account, op.points, op.reason, now, txn_id)
         except PointsError as exc:
-            if exc.code is Code.VALIDATION_ERROR or loaded_version == 0:
+            if exc.code is Code.VALIDATION_ERROR or is_new:
                 # Bad input changes nothing and is not remembered under the key.
-                op.future.set_result(problem(exc.code, exc.detail))
+                _answer(op, problem(exc.code, exc.detail))
                 return
             result = problem(exc.code, exc.detail)
         else:
+            if is_new:
+                work.accounts[akey] = entry
             work.write.transactions.append((txn, op.key))
             for lot_id, taken in txn.allocations if txn.kind == DEBIT else ():
                 work.write.lot_deltas[lot_id] += taken
@@ -427,9 +448,9 @@ class ShardCore:
         try:
             original = replay(stored, op.request_hash)
         except PointsError as exc:
-            op.future.set_result(problem(exc.code, exc.detail))
+            _answer(op, problem(exc.code, exc.detail))
             return
-        op.future.set_result({"status": original.status, "body": original.body, "replayed": True})
+        _answer(op, {"status": original.status, "body": original.body, "replayed": True})
 
     def _collect_account_writes(self, work: _Work) -> None:
         for key in work.changed:

@@ -84,7 +84,10 @@ class LedgerRepo:
                 self._conn = await psycopg.AsyncConnection.connect(
                     self._dsn,
                     connect_timeout=self._connect_timeout_s,
-                    options="-c synchronous_commit=on",
+                    # Bounded waits: a stuck statement fails its batch (503, retry) instead
+                    # of holding the shard's batch loop forever.
+                    options="-c synchronous_commit=on -c statement_timeout=15000"
+                    " -c idle_in_transaction_session_timeout=60000",
                     autocommit=self._autocommit,
                 )
             return self._conn

@@ -130,6 +130,8 @@ def _check_reason(reason: str) -> None:
         raise PointsError(
             Code.VALIDATION_ERROR, f"reason must be 1..{REASON_LENGTH_MAX} characters"
         )
+    if "\x00" in reason:
+        raise PointsError(Code.VALIDATION_ERROR, "reason must not contain NUL characters")
 
 
 def available(account: Account, now: datetime) -> int:

@@ -10,10 +10,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
+import psycopg
 import ray
 import redis.asyncio
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from psycopg_pool import PoolTimeout
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -142,6 +144,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 @app.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        # The database is down or overloaded: retryable, not a bug.
+        log.warning("database unavailable: %r", exc)
+        return problem_response(Code.UNAVAILABLE, "database unavailable, retry")
     log.exception("unexpected error")
     return problem_response(Code.INTERNAL, "internal error")
 
@@ -370,8 +376,6 @@ class PointsIngress:
             except (ValueError, UnicodeDecodeError) as exc:
                 raise PointsError(Code.VALIDATION_ERROR, "invalid cursor") from exc
         repo = await self._repo()
-        if not await repo.account_exists(program_id, member_id):
-            raise PointsError(Code.NOT_FOUND, f"member {member_id} not found")
         items, next_cursor = await repo.list_transactions(
             program_id,
             member_id,
@@ -381,6 +385,9 @@ class PointsIngress:
             limit=limit,
             cursor=position,
         )
+        # An empty page is either an unknown member (404) or a filter that matched nothing.
+        if not items and not await repo.account_exists(program_id, member_id):
+            raise PointsError(Code.NOT_FOUND, f"member {member_id} not found")
         return JsonResponse({"items": items, "next_cursor": next_cursor})
 
 

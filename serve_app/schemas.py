@@ -11,18 +11,21 @@ from domain.limits import (
     REASON_LENGTH_MAX,
 )
 
+# PostgreSQL text cannot hold NUL; refuse it here rather than fail a whole group commit.
+NO_NUL = r"^[^\x00]*$"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ProgramPut(_Strict):
-    name: str = Field(min_length=1, max_length=PROGRAM_NAME_LENGTH_MAX)
+    name: str = Field(min_length=1, max_length=PROGRAM_NAME_LENGTH_MAX, pattern=NO_NUL)
 
 
 class CreditIn(_Strict):
     points: StrictInt = Field(ge=1, le=POINTS_PER_OPERATION_MAX)
-    reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX)
+    reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX, pattern=NO_NUL)
     expires_at: AwareDatetime | None = None
 
     @field_validator("expires_at")
@@ -41,4 +44,4 @@ class CreditIn(_Strict):
 
 class DebitIn(_Strict):
     points: StrictInt = Field(ge=1, le=POINTS_PER_OPERATION_MAX)
-    reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX)
+    reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX, pattern=NO_NUL)

@@ -208,6 +208,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any]]] = [
     ("boolean points", {"json": {"points": True, "reason": "x"}}),
     ("missing reason", {"json": {"points": 5}}),
     ("long reason", {"json": {"points": 5, "reason": "r" * 501}}),
+    ("NUL in reason", {"json": {"points": 5, "reason": "a\u0000b"}}),
     ("unknown field", {"json": {"points": 5, "reason": "x", "admin": True}}),
     ("array body", {"json": [1, 2]}),
     (

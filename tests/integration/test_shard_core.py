@@ -291,3 +291,55 @@ async def test_reads_and_pings_during_group_commits_do_not_disturb_writes(
     assert all("queued" in p for p in results[400:])
     for i in range(20):
         assert check_member_invariants(database_url, program, f"busy{i}") == 985
+
+
+async def test_a_tiny_cache_never_turns_known_members_into_unknown_ones(
+    database_url: str, program: str
+) -> None:
+    """The LRU evicts while a batch loads its accounts; the batch must still see them."""
+    seeder = ShardCore(LedgerRepo(database_url))
+    for i in range(8):
+        await seeder.submit(op("credit", program, f"lru{i}", 10, "seed"))
+    await seeder.close()
+    tiny = ShardCore(LedgerRepo(database_url), accounts_cached_max=2)
+    try:
+        results = await asyncio.gather(
+            *(tiny.submit(op("debit", program, f"lru{i % 8}", 1, f"t{i}")) for i in range(40))
+        )
+    finally:
+        await tiny.close()
+    assert [r["status"] for r in results] == [201] * 40
+    for i in range(8):
+        assert check_member_invariants(database_url, program, f"lru{i}") == 5
+
+
+async def test_a_refusal_on_a_member_created_in_the_same_batch_is_remembered(
+    core: ShardCore, program: str
+) -> None:
+    first, refused = await asyncio.gather(
+        core.submit(op("credit", program, "newbie", 5, "c")),
+        core.submit(op("debit", program, "newbie", 50, "d")),
+    )
+    assert first["status"] == 201
+    assert refused["status"] == 409 and refused["body"]["code"] == "insufficient_points"
+    await core.submit(op("credit", program, "newbie", 100, "c2"))
+    again = await core.submit(op("debit", program, "newbie", 50, "d"))
+    assert again["status"] == 409 and again["replayed"] is True
+
+
+async def test_replay_and_conflict_of_an_uncached_key_in_one_batch(
+    database_url: str, program: str, core: ShardCore
+) -> None:
+    """Key K committed with body X; after a restart a batch holds [K/Y, K/X]."""
+    original = await core.submit(op("credit", program, "ivy", 10, "K"))
+    restarted = ShardCore(LedgerRepo(database_url))
+    try:
+        different, same = await asyncio.gather(
+            restarted.submit(op("credit", program, "ivy", 11, "K")),
+            restarted.submit(op("credit", program, "ivy", 10, "K")),
+        )
+    finally:
+        await restarted.close()
+    assert different["status"] == 409 and different["body"]["code"] == "idempotency_conflict"
+    assert same["status"] == 201 and same["replayed"] and same["body"] == original["body"]
+    assert check_member_invariants(database_url, program, "ivy") == 10

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     shards: int = Field(default=2, ge=1, le=1024)
     replicas: int = Field(default=1, ge=1, le=64)
     batch_max: int = Field(default=1024, ge=1, le=100_000)
-    batch_window_ms: float = Field(default=0.0, ge=0, le=100)
+    # Wait this long for more operations before a group commit: bigger batches cost less
+    # CPU per operation (measured: more debits/s, lower p99) for ~2 ms more latency.
+    batch_window_ms: float = Field(default=2.0, ge=0, le=100)
     accounts_cached_max: int = Field(default=200_000, ge=1)
     # Admin API key; unset: generated on first start, stored hashed, saved to data_dir.
     admin_key: str | None = None

@@ -4,7 +4,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -32,7 +31,3 @@ def alembic_config(database_url: str) -> Config:
 def migrate(database_url: str, revision: str = "head") -> None:
     """Apply every Alembic migration up to `revision` (idempotent)."""
     command.upgrade(alembic_config(database_url), revision)
-
-
-def sync_engine(database_url: str) -> Engine:
-    return create_engine(sqlalchemy_url(database_url), pool_pre_ping=True)

@@ -152,10 +152,6 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(Code.INTERNAL, "internal error")
 
 
-def _ingress(request: Request) -> "PointsIngress":
-    return request.app.state.ingress  # type: ignore[no-any-return]
-
-
 def _bad_request(detail: str) -> Response:
     body = problem_body(Code.VALIDATION_ERROR, detail)
     body["status"] = 400
@@ -198,7 +194,6 @@ class PointsIngress:
             for i in range(shards)
         ]
         self.client = ShardClient(self.shards)
-        app.state.ingress = self
         self._opened = False
 
     async def _repo(self) -> ApiRepo:

@@ -6,8 +6,9 @@ AccountShard that owns the member's slot; programs and history are read from Pos
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import psycopg
@@ -16,6 +17,7 @@ import redis.asyncio
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from psycopg_pool import PoolTimeout
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -110,11 +112,11 @@ async def _points_error(request: Request, exc: PointsError) -> Response:
     return problem_response(exc.code, exc.detail)
 
 
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+def validation_problem(raw_errors: Sequence[Any]) -> Response:
+    """422 problem listing what failed (400 when the body is not JSON at all)."""
     errors = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
-        for e in exc.errors()
+        for e in raw_errors
     ]
     malformed = any(e["type"] == "json_invalid" for e in errors)
     body = problem_body(
@@ -128,6 +130,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
         status_code=body["status"],
         media_type="application/problem+json",
     )
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return validation_problem(exc.errors())
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -150,6 +157,35 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
         return problem_response(Code.UNAVAILABLE, "database unavailable, retry")
     log.exception("unexpected error")
     return problem_response(Code.INTERNAL, "internal error")
+
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+def _write_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a write that parses its own body: the body schema and the key header."""
+    return {
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "Scoped to program and member; a retry with the same key and "
+                "body returns the original answer.",
+            },
+            {
+                "name": "Authorization",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        },
+    }
 
 
 def _bad_request(detail: str) -> Response:
@@ -287,10 +323,9 @@ class PointsIngress:
         program_id: str,
         member_id: str,
         fields: dict[str, Any],
-        authorization: str | None,
-        idempotency_key: str | None,
+        http_request: Request,
     ) -> Response:
-        await self._authenticate(authorization)
+        idempotency_key = http_request.headers.get("idempotency-key")
         if idempotency_key is None:
             return _bad_request("the Idempotency-Key header is required for this request")
         if IDEMPOTENCY_KEY_RE.fullmatch(idempotency_key) is None:
@@ -307,33 +342,45 @@ class PointsIngress:
         result = await self.client.submit(request)
         return _shard_answer(result)
 
-    @app.post("/v1/programs/{program_id}/members/{member_id}/credits", tags=["members"])
-    async def credit(
-        self,
-        program_id: ProgramId,
-        member_id: MemberId,
-        body: CreditIn,
-        authorization: Annotated[str | None, Header()] = None,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-    ) -> Response:
-        fields = {"points": body.points, "reason": body.reason, "expires_at": body.expires_at}
-        return await self._move(
-            "credit", program_id, member_id, fields, authorization, idempotency_key
-        )
+    # Credits and debits are the hot path: the body and headers are read here rather than
+    # through FastAPI's dependency injection, which cost ~15% of the replica's CPU per debit.
+    # The OpenAPI document still describes both (openapi_extra).
 
-    @app.post("/v1/programs/{program_id}/members/{member_id}/debits", tags=["members"])
-    async def debit(
-        self,
-        program_id: ProgramId,
-        member_id: MemberId,
-        body: DebitIn,
-        authorization: Annotated[str | None, Header()] = None,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    async def _parse(self, request: Request, model: type[BodyT]) -> BodyT | Response:
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return validation_problem([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+
+    @app.post(
+        "/v1/programs/{program_id}/members/{member_id}/credits",
+        tags=["members"],
+        status_code=201,
+        openapi_extra=_write_openapi(CreditIn),
+    )
+    async def credit(
+        self, program_id: ProgramId, member_id: MemberId, request: Request
     ) -> Response:
+        await self._authenticate(request.headers.get("authorization"))
+        body = await self._parse(request, CreditIn)
+        if isinstance(body, Response):
+            return body
+        fields = {"points": body.points, "reason": body.reason, "expires_at": body.expires_at}
+        return await self._move("credit", program_id, member_id, fields, request)
+
+    @app.post(
+        "/v1/programs/{program_id}/members/{member_id}/debits",
+        tags=["members"],
+        status_code=201,
+        openapi_extra=_write_openapi(DebitIn),
+    )
+    async def debit(self, program_id: ProgramId, member_id: MemberId, request: Request) -> Response:
+        await self._authenticate(request.headers.get("authorization"))
+        body = await self._parse(request, DebitIn)
+        if isinstance(body, Response):
+            return body
         fields = {"points": body.points, "reason": body.reason}
-        return await self._move(
-            "debit", program_id, member_id, fields, authorization, idempotency_key
-        )
+        return await self._move("debit", program_id, member_id, fields, request)
 
     @app.get("/v1/programs/{program_id}/members/{member_id}", tags=["members"])
     async def get_member(

@@ -11,6 +11,7 @@ class Code(StrEnum):
     INSUFFICIENT_POINTS = "insufficient_points"
     OUT_OF_STOCK = "out_of_stock"
     LIMIT_EXCEEDED = "limit_exceeded"
+    REWARD_INACTIVE = "reward_inactive"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     NOT_FOUND = "not_found"
     VALIDATION_ERROR = "validation_error"
@@ -47,6 +48,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.INSUFFICIENT_POINTS: 409,
     Code.OUT_OF_STOCK: 409,
     Code.LIMIT_EXCEEDED: 409,
+    Code.REWARD_INACTIVE: 409,
     Code.IDEMPOTENCY_CONFLICT: 409,
     Code.NOT_FOUND: 404,
     Code.VALIDATION_ERROR: 422,

@@ -14,6 +14,7 @@ TITLES: dict[Code, str] = {
     Code.INSUFFICIENT_POINTS: "Insufficient points",
     Code.OUT_OF_STOCK: "Out of stock",
     Code.LIMIT_EXCEEDED: "Limit exceeded",
+    Code.REWARD_INACTIVE: "Reward inactive",
     Code.IDEMPOTENCY_CONFLICT: "Idempotency key reused with a different request",
     Code.NOT_FOUND: "Not found",
     Code.VALIDATION_ERROR: "Invalid request",

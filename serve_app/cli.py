@@ -2,6 +2,7 @@
 
 import contextlib
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -50,6 +51,12 @@ def up(
         database_url=database_url,
         redis_url=redis_url,
     )
+    if not _port_free(settings.host, settings.port):
+        console.print(
+            f"[red]{settings.host}:{settings.port} is already in use[/]: is Points already "
+            "running? Choose another with --port or POINTS_PORT."
+        )
+        raise typer.Exit(1)
     runtime.become_subreaper()
     stop = threading.Event()
 
@@ -150,6 +157,16 @@ def status(
             f" {int(shard['ops'])} operations in {int(shard['batches'])} group commits,"
             f" {int(shard['commit_failures'])} failed commits"
         )
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _redact(url: str) -> str:

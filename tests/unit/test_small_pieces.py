@@ -126,3 +126,19 @@ def test_cursor_round_trip_and_garbage() -> None:
     for garbage in ["", "abc", "x" * 300, encode_cursor(moment, txn)[:-3]]:
         with pytest.raises((ValueError, UnicodeDecodeError)):
             decode_cursor(garbage)
+
+
+def test_points_up_refuses_a_busy_port_before_starting_anything() -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from serve_app.cli import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["up", "--port", str(port)])
+    assert result.exit_code == 1
+    assert "already in use" in result.output

@@ -8,6 +8,7 @@ own fresh database there and drops it afterwards. Unset: the local server on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -58,19 +59,27 @@ def _with_database(admin_url: str, name: str) -> str:
     return base + ("?" + query if query else "")
 
 
+@contextlib.contextmanager
+def temporary_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the server of `admin_url`, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    try:
+        yield _with_database(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="session")
 def database_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh, migrated database for this test session."""
     from db.engine import migrate
 
-    name = f"points_test_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = _with_database(pg_admin_url, name)
-    migrate(url)
-    yield url
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with temporary_database(pg_admin_url, "points_test") as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -82,18 +82,13 @@ def test_admin_key_is_stored_hashed(database_url: str) -> None:
 
 
 def test_migrations_go_down_and_up_again(pg_admin_url: str) -> None:
-    from tests.conftest import _with_database
+    from alembic import command
 
-    name = f"points_mig_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = _with_database(pg_admin_url, name)
-    try:
+    from db.engine import alembic_config
+    from tests.conftest import temporary_database
+
+    with temporary_database(pg_admin_url, "points_mig") as url:
         migrate(url)
-        from alembic import command
-
-        from db.engine import alembic_config
-
         command.downgrade(alembic_config(url), "base")
         with psycopg.connect(url) as conn:
             tables = conn.execute(
@@ -104,6 +99,3 @@ def test_migrations_go_down_and_up_again(pg_admin_url: str) -> None:
         migrate(url)
         with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.RestrictViolation):
             conn.execute("TRUNCATE transactions CASCADE")
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -1,7 +1,6 @@
 """The post-run verifier finds nothing on honest data and flags each kind of corruption."""
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import Iterator
 
@@ -12,22 +11,17 @@ from actors.shard_core import ShardCore
 from db.engine import migrate
 from db.ledger_repo import LedgerRepo
 from loadtests.verify import main as verify_main
-from tests.conftest import _with_database
+from tests.conftest import temporary_database
 from tests.integration.test_shard_core import op
 
 
 @pytest.fixture
 def fresh_db(pg_admin_url: str) -> Iterator[str]:
-    name = f"points_verify_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = _with_database(pg_admin_url, name)
-    migrate(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO programs (program_id, name) VALUES ('shop', 'Shop')")
-    yield url
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with temporary_database(pg_admin_url, "points_verify") as url:
+        migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO programs (program_id, name) VALUES ('shop', 'Shop')")
+        yield url
 
 
 async def activity(url: str) -> None:

@@ -24,25 +24,36 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from db.ledger_repo import AccountKey, BatchWrite, FencedError, IdemKey, KeysExist, LedgerRepo
+from db.ledger_repo import (
+    AccountKey,
+    BatchWrite,
+    FencedError,
+    IdemKey,
+    KeysExist,
+    LedgerRepo,
+    RefundSource,
+)
 from domain.errors import HTTP_STATUS, Code, PointsError
 from domain.idempotency import StoredResponse, replay
 from domain.ids import uuid7
 from domain.ledger import (
     CREDIT,
     DEBIT,
+    REFUND,
     Account,
     account_view,
     available,
     credit,
     debit,
     new_account,
+    refund,
     transaction_view,
 )
 from domain.limits import LOTS_IN_VIEW_MAX
@@ -83,6 +94,8 @@ class Op:
     key: str
     request_hash: str
     future: asyncio.Future[dict[str, Any]]
+    # A refund: the debit it gives back.
+    refund_of: uuid.UUID | None = None
 
 
 @dataclass(slots=True)
@@ -99,6 +112,8 @@ class _Work:
     hashes: list[str] = field(default_factory=list)
     # operations answered only once the batch commits: (op, index in results)
     waiting: list[tuple[Op, int]] = field(default_factory=list)
+    # debits refunded by this batch
+    refunded: set[uuid.UUID] = field(default_factory=set)
 
 
 class _Lru(OrderedDict[Any, Any]):
@@ -143,6 +158,7 @@ class ShardCore:
         self._accounts: _Lru = _Lru(accounts_cached_max)
         self._keys: _Lru = _Lru(keys_cached_max)
         self._programs: set[str] = set()
+        self._sources: dict[uuid.UUID, RefundSource] = {}
         self._queue: list[Op] = []
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -160,8 +176,12 @@ class ShardCore:
     # ----------------------------------------------------------------- public API
 
     async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Apply one credit or debit; answers {"status", "body", "replayed"} after commit."""
-        assert request["kind"] in (CREDIT, DEBIT)
+        """Apply one credit, debit or refund; answers {"status", "body", "replayed"} after commit.
+
+        A refund (`refund_of`: a debit's transaction id) gives back everything that debit took,
+        into the lots it took it from. The redemption saga uses it to compensate.
+        """
+        assert request["kind"] in (CREDIT, DEBIT, REFUND)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.append(
             Op(
@@ -174,6 +194,7 @@ class ShardCore:
                 request["key"],
                 request["request_hash"],
                 future,
+                request.get("refund_of"),
             )
         )
         self._ensure_loop()
@@ -350,6 +371,9 @@ class ShardCore:
             cached = self._accounts.get_fresh(key)
             if cached is not None:
                 pinned[key] = cached
+        # Refunds: the debits they give back and those debits' lots, as stored.
+        sources = [op.refund_of for op in batch if op.refund_of is not None]
+        self._sources = await self.repo.load_refund_sources(sources) if sources else {}
         missing = [key for key in wanted if key not in pinned]
         if missing:
             loaded = await self.repo.load_accounts(missing)
@@ -409,6 +433,8 @@ class ShardCore:
                 txn = credit(
                     account, op.points, op.reason, now, txn_id, self._new_id(now), op.expires_at
                 )
+            elif op.kind == REFUND:
+                txn = self._refund(op, account, work, now, txn_id)
             else:
                 txn = debit(account, op.points, op.reason, now, txn_id)
         except PointsError as exc:
@@ -421,8 +447,14 @@ class ShardCore:
             if is_new:
                 work.accounts[akey] = entry
             work.write.transactions.append((txn, op.key))
-            for lot_id, taken in txn.allocations if txn.kind == DEBIT else ():
-                work.write.lot_deltas[lot_id] += taken
+            if txn.kind == DEBIT:
+                for lot_id, taken in txn.allocations:
+                    work.write.lot_deltas[lot_id] += taken
+            elif txn.kind == REFUND:
+                assert txn.refers_to is not None
+                work.refunded.add(txn.refers_to)
+                for lot_id, taken in txn.allocations:
+                    work.write.lot_deltas[lot_id] -= taken
             body = transaction_view(txn)
             body["balance"] = {"available": available(account, now), "total": account.balance}
             result = {"status": 201, "body": body}
@@ -433,6 +465,24 @@ class ShardCore:
         work.keys[ikey] = self._wait(op, work, {**result, "replayed": False}, op.request_hash)
         work.write.idempotency.append(
             (ikey, StoredResponse(op.request_hash, result["status"], result["body"]))
+        )
+
+    def _refund(
+        self, op: Op, account: Account, work: _Work, now: datetime, txn_id: uuid.UUID
+    ) -> Any:
+        source = self._sources.get(op.refund_of) if op.refund_of is not None else None
+        if (
+            source is None
+            or source.kind != DEBIT
+            or (source.program_id, source.member_id) != (op.program_id, op.member_id)
+        ):
+            raise PointsError(Code.NOT_FOUND, f"debit {op.refund_of} of this member not found")
+        if source.refunded or source.txn_id in work.refunded:
+            raise PointsError(Code.IDEMPOTENCY_CONFLICT, f"debit {source.txn_id} already refunded")
+        if sum(taken for _, taken in source.allocations) != op.points:
+            raise PointsError(Code.VALIDATION_ERROR, "a refund gives back the whole debit")
+        return refund(
+            account, source.txn_id, source.allocations, source.lots, op.reason, now, txn_id
         )
 
     @staticmethod

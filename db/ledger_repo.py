@@ -52,13 +52,26 @@ class BatchWrite:
     # (final state, version it was loaded with); the row gets version + 1.
     updated_accounts: list[tuple[Account, int]] = field(default_factory=list)
     transactions: list[tuple[Transaction, str | None]] = field(default_factory=list)
-    # lot_id -> points taken by debits in this batch
+    # lot_id -> points taken by debits in this batch (negative: given back by refunds)
     lot_deltas: dict[uuid.UUID, int] = field(default_factory=lambda: defaultdict(int))
     idempotency: list[tuple[IdemKey, StoredResponse]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.new_accounts or self.updated_accounts or self.idempotency)
+
+
+@dataclass(slots=True)
+class RefundSource:
+    """A transaction a refund refers to, as stored."""
+
+    txn_id: uuid.UUID
+    program_id: str
+    member_id: str
+    kind: str
+    allocations: list[tuple[uuid.UUID, int]]
+    refunded: bool
+    lots: dict[uuid.UUID, Lot] = field(default_factory=dict)
 
 
 class LedgerRepo:
@@ -164,6 +177,42 @@ class LedgerRepo:
                 account.lots.append(Lot(row[6], row[7], row[8], row[9], row[10]))
         for account in found.values():
             account.check()
+        return found
+
+    async def load_refund_sources(self, txn_ids: list[uuid.UUID]) -> dict[uuid.UUID, RefundSource]:
+        """The debits that refunds of this batch give back, with the lots they took from."""
+        if not txn_ids:
+            return {}
+        conn = await self._connection()
+        async with self._transaction(conn):
+            cur = await conn.execute(
+                """
+                SELECT t.txn_id, t.program_id, t.member_id, t.kind, t.allocations,
+                       EXISTS (SELECT 1 FROM transactions r
+                               WHERE r.refers_to = t.txn_id AND r.kind = 'refund'),
+                       l.lot_id, l.original, l.remaining, l.expires_at, l.created_at
+                FROM transactions t
+                LEFT JOIN LATERAL jsonb_array_elements(t.allocations) AS a(pair) ON true
+                LEFT JOIN lots l ON l.lot_id = (a.pair->>0)::uuid
+                WHERE t.txn_id = ANY(%s::uuid[])
+                """,
+                (txn_ids,),
+            )
+            rows = await cur.fetchall()
+        found: dict[uuid.UUID, RefundSource] = {}
+        for row in rows:
+            source = found.get(row[0])
+            if source is None:
+                source = found[row[0]] = RefundSource(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    [(uuid.UUID(lot), int(points)) for lot, points in row[4]],
+                    bool(row[5]),
+                )
+            if row[6] is not None:
+                source.lots[row[6]] = Lot(row[6], row[7], row[8], row[9], row[10])
         return found
 
     async def lookup_idempotency(self, keys: list[IdemKey]) -> dict[IdemKey, StoredResponse]:
@@ -292,11 +341,11 @@ class LedgerRepo:
                 """
                 INSERT INTO transactions (txn_id, program_id, member_id, kind, points, reason,
                                           balance_after, created_at, idempotency_key,
-                                          expires_at, allocations)
+                                          expires_at, allocations, refers_to)
                 SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
                                      %s::bigint[], %s::text[], %s::bigint[],
                                      %s::timestamptz[], %s::text[], %s::timestamptz[],
-                                     %s::jsonb[])
+                                     %s::jsonb[], %s::uuid[])
                 """,
                 (
                     [t.txn_id for t in txns],
@@ -310,6 +359,7 @@ class LedgerRepo:
                     [key for _, key in batch.transactions],
                     [t.new_lot.expires_at if t.new_lot else None for t in txns],
                     [Jsonb([[str(lot), pts] for lot, pts in t.allocations]) for t in txns],
+                    [t.refers_to for t in txns],
                 ),
             )
             legs = [(t, e) for t in txns for e in t.entries]

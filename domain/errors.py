@@ -13,6 +13,8 @@ class Code(StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"
     REWARD_INACTIVE = "reward_inactive"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    # The resource is in a state that does not allow this (e.g. cancelling a failed one).
+    INVALID_STATE = "invalid_state"
     NOT_FOUND = "not_found"
     VALIDATION_ERROR = "validation_error"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -50,6 +52,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.LIMIT_EXCEEDED: 409,
     Code.REWARD_INACTIVE: 409,
     Code.IDEMPOTENCY_CONFLICT: 409,
+    Code.INVALID_STATE: 409,
     Code.NOT_FOUND: 404,
     Code.VALIDATION_ERROR: 422,
     Code.PAYLOAD_TOO_LARGE: 413,

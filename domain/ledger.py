@@ -29,7 +29,9 @@ MEMBER_ACCOUNT = "member"
 
 CREDIT = "credit"
 DEBIT = "debit"
-TRANSACTION_TYPES = (CREDIT, DEBIT)
+# Gives back what one debit took, into the very lots it took from (their expiry unchanged).
+REFUND = "refund"
+TRANSACTION_TYPES = (CREDIT, DEBIT, REFUND)
 
 
 @dataclass(slots=True)
@@ -108,12 +110,15 @@ class Transaction:
     # (lot_id, points) taken from each lot by a debit, or the one lot a credit created.
     allocations: tuple[tuple[uuid.UUID, int], ...]
     new_lot: Lot | None = None
+    # A refund: the debit it gives back.
+    refers_to: uuid.UUID | None = None
 
     def check(self) -> None:
         """Invariant 2: the legs of one transaction sum to zero."""
         assert sum(entry.amount for entry in self.entries) == 0, "unbalanced transaction"
         assert sum(points for _, points in self.allocations) == self.points
         assert self.kind in TRANSACTION_TYPES
+        assert (self.kind == REFUND) == (self.refers_to is not None)
 
 
 def _check_points(points: int) -> None:
@@ -250,6 +255,69 @@ def debit(
     return txn
 
 
+def refund(
+    account: Account,
+    source_id: uuid.UUID,
+    allocations: list[tuple[uuid.UUID, int]],
+    lots: dict[uuid.UUID, Lot],
+    reason: str,
+    now: datetime,
+    txn_id: uuid.UUID,
+) -> Transaction:
+    """Give back everything debit `source_id` took, into the lots it took it from.
+
+    `allocations` are the debit's (lot_id, points); `lots` describes those lots as stored
+    (needed for the ones fully spent, which the in-memory account no longer holds). Each lot
+    keeps its own expiry: points refunded into an expired lot are expired points. Mutates
+    `account`.
+    """
+    _check_reason(reason)
+    points = sum(taken for _, taken in allocations)
+    _check_points(points)
+    if account.balance + points > BALANCE_MAX:
+        raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
+    if account.lifetime_spent < points:
+        raise PointsError(Code.VALIDATION_ERROR, "refund larger than the points ever spent")
+    held = {lot.lot_id: lot for lot in account.lots}
+    # Validate every lot before changing any.
+    for lot_id, taken in allocations:
+        lot = held.get(lot_id) or lots.get(lot_id)
+        if lot is None or taken <= 0:
+            raise PointsError(Code.VALIDATION_ERROR, f"lot {lot_id} of the debit is unknown")
+    balance_before = account.balance
+    for lot_id, taken in allocations:
+        lot = held.get(lot_id)
+        if lot is None:
+            # A fully spent lot left the in-memory state with remaining 0: bring it back.
+            stored = lots[lot_id]
+            lot = Lot(lot_id, stored.original, 0, stored.expires_at, stored.created_at)
+            account.lots.append(lot)
+            held[lot_id] = lot
+        if lot.remaining + taken > lot.original:
+            raise AssertionError("refund would overfill a lot")
+        lot.remaining += taken
+    account.balance += points
+    account.lifetime_spent -= points
+    txn = Transaction(
+        txn_id,
+        account.program_id,
+        account.member_id,
+        REFUND,
+        points,
+        reason,
+        now,
+        account.balance,
+        (Entry(MEMBER_ACCOUNT, points), Entry(SYSTEM_REDEEMED, -points)),
+        tuple(allocations),
+        None,
+        source_id,
+    )
+    assert account.balance == balance_before + points
+    account.check()
+    txn.check()
+    return txn
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
@@ -299,4 +367,5 @@ def transaction_view(txn: Transaction) -> dict[str, object]:
         "created_at": _iso(txn.created_at),
         "expires_at": _iso(txn.new_lot.expires_at) if txn.new_lot else None,
         "balance_after": txn.balance_after,
+        **({"refers_to": str(txn.refers_to)} if txn.refers_to is not None else {}),
     }

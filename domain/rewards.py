@@ -1,16 +1,20 @@
 """Reward stock and the redemption saga's states: pure, for the stock actors (issue 3).
 
 Stock arithmetic (invariant 5): for a limited reward,
-    available = initial + restocked - reserved - redeemed  >= 0
-so units reserved or redeemed never exceed the units ever stocked. A redemption first
+    available = stocked - reserved - redeemed  >= 0
+where `stocked` is every unit ever made available (the initial stock plus restocks), so
+units reserved or redeemed never exceed the units ever stocked. A redemption first
 *reserves* units (the saga's first step), then *confirms* them once the points are debited,
 or *releases* them when it compensates. Unlimited rewards (stock None) only count.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from domain.errors import Code, PointsError
 
@@ -23,27 +27,26 @@ STOCK_MAX = 10**12
 @dataclass(slots=True)
 class RewardStock:
     reward_id: str
-    initial: int | None  # None: unlimited
-    restocked: int = 0
+    stocked: int | None  # None: unlimited
     reserved: int = 0
     redeemed: int = 0
     active: bool = True
 
     @property
     def limited(self) -> bool:
-        return self.initial is not None
+        return self.stocked is not None
 
     @property
     def available(self) -> int | None:
-        if self.initial is None:
+        if self.stocked is None:
             return None
-        return self.initial + self.restocked - self.reserved - self.redeemed
+        return self.stocked - self.reserved - self.redeemed
 
     def check(self) -> None:
         """Invariant 5: never more reserved and redeemed than ever stocked."""
-        assert self.reserved >= 0 and self.redeemed >= 0 and self.restocked >= 0
-        if self.initial is not None:
-            assert self.initial >= 0
+        assert self.reserved >= 0 and self.redeemed >= 0
+        if self.stocked is not None:
+            assert self.stocked >= 0
             available = self.available
             assert available is not None and available >= 0, "oversold"
 
@@ -107,13 +110,28 @@ def release(stock: RewardStock, quantity: int, *, redeemed: bool = False) -> Non
 
 def restock(stock: RewardStock, quantity: int) -> None:
     _check_quantity(quantity)
-    if stock.initial is None:
+    if stock.stocked is None:
         raise PointsError(Code.VALIDATION_ERROR, "an unlimited reward cannot be restocked")
-    if stock.initial + stock.restocked + quantity > STOCK_MAX:
+    if stock.stocked + quantity > STOCK_MAX:
         raise PointsError(Code.LIMIT_EXCEEDED, f"stock would exceed {STOCK_MAX} units")
     before = stock.available
-    stock.restocked += quantity
+    stock.stocked += quantity
     assert before is not None and stock.available == before + quantity
+    stock.check()
+
+
+def set_available(stock: RewardStock, available: int | None) -> None:
+    """An operator sets how many units are available now (None: unlimited).
+
+    Units already reserved or redeemed stay counted, so `stocked` becomes
+    available + reserved + redeemed.
+    """
+    if available is None:
+        stock.stocked = None
+    else:
+        if type(available) is not int or not 0 <= available <= STOCK_MAX:
+            raise PointsError(Code.VALIDATION_ERROR, f"stock must be 0..{STOCK_MAX} or null")
+        stock.stocked = available + stock.reserved + stock.redeemed
     stock.check()
 
 
@@ -137,7 +155,10 @@ TERMINAL_STATES = frozenset({SagaState.COMPLETED, SagaState.FAILED, SagaState.CA
 # cancelled). A completed redemption may be cancelled by an operator (refund, restock).
 TRANSITIONS: dict[SagaState, frozenset[SagaState]] = {
     SagaState.STARTED: frozenset({SagaState.STOCK_RESERVED, SagaState.FAILED}),
-    SagaState.STOCK_RESERVED: frozenset({SagaState.POINTS_DEBITED, SagaState.COMPENSATING}),
+    # Straight to failed when the debit is refused: nothing to refund, the units go back.
+    SagaState.STOCK_RESERVED: frozenset(
+        {SagaState.POINTS_DEBITED, SagaState.COMPENSATING, SagaState.FAILED}
+    ),
     SagaState.POINTS_DEBITED: frozenset(
         {SagaState.PENDING_FULFILLMENT, SagaState.COMPLETED, SagaState.COMPENSATING}
     ),
@@ -163,3 +184,163 @@ def advance(current: SagaState, target: SagaState) -> SagaState:
             Code.VALIDATION_ERROR, f"a redemption cannot go from {current} to {target}"
         )
     return target
+
+
+# Where a redemption's units are.
+RESERVED = "reserved"
+REDEEMED = "redeemed"
+RELEASED = "released"
+
+
+@dataclass(slots=True)
+class Reward:
+    program_id: str
+    reward_id: str
+    name: str
+    cost_points: int
+    stock: RewardStock
+    per_member_limit: int | None
+    fulfillment: dict[str, Any]
+    version: int  # fencing token, as for accounts; 0 = not in the database yet
+    created_at: datetime
+    updated_at: datetime
+    # member -> units held (reserved or redeemed) by their live redemptions
+    holders: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Redemption:
+    redemption_id: uuid.UUID
+    program_id: str
+    reward_id: str
+    member_id: str
+    key: str
+    request_hash: str
+    quantity: int
+    cost_points: int
+    points: int
+    status: SagaState
+    stock_state: str
+    fulfillment: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    compensate_to: SagaState | None = None
+    debit_txn_id: uuid.UUID | None = None
+    refund_txn_id: uuid.UUID | None = None
+    balance_after: int | None = None
+    attempts: int = 0
+    failure_code: str | None = None
+    failure_reason: str | None = None
+
+
+def start_redemption(
+    reward: Reward,
+    redemption_id: uuid.UUID,
+    member_id: str,
+    quantity: int,
+    key: str,
+    request_hash: str,
+    now: datetime,
+) -> Redemption:
+    """The saga's first step: check and reserve the units. Mutates `reward` only on success."""
+    _check_quantity(quantity)
+    held = reward.holders.get(member_id, 0)
+    reserve(reward.stock, quantity, held, reward.per_member_limit)
+    reward.holders[member_id] = held + quantity
+    points = reward.cost_points * quantity
+    return Redemption(
+        redemption_id,
+        reward.program_id,
+        reward.reward_id,
+        member_id,
+        key,
+        request_hash,
+        quantity,
+        reward.cost_points,
+        points,
+        SagaState.STOCK_RESERVED,
+        RESERVED,
+        dict(reward.fulfillment),
+        now,
+        now,
+    )
+
+
+def move(reward: Reward, redemption: Redemption, target: SagaState, now: datetime) -> None:
+    """One saga step on the reward side, with its effect on stock. Idempotent.
+
+    completed: reserved units become redeemed. failed / cancelled: the units go back
+    (from reserved or from redeemed). Other moves only record progress.
+    """
+    assert (redemption.program_id, redemption.reward_id) == (reward.program_id, reward.reward_id)
+    if target == redemption.status:
+        return
+    redemption.status = advance(redemption.status, target)
+    if target is SagaState.COMPLETED and redemption.stock_state == RESERVED:
+        confirm(reward.stock, redemption.quantity)
+        redemption.stock_state = REDEEMED
+    elif target in (SagaState.FAILED, SagaState.CANCELLED) and redemption.stock_state != RELEASED:
+        release(reward.stock, redemption.quantity, redeemed=redemption.stock_state == REDEEMED)
+        redemption.stock_state = RELEASED
+        held = reward.holders.get(redemption.member_id, 0) - redemption.quantity
+        assert held >= 0
+        if held:
+            reward.holders[redemption.member_id] = held
+        else:
+            reward.holders.pop(redemption.member_id, None)
+    redemption.updated_at = now
+    reward.stock.check()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def reward_view(reward: Reward) -> dict[str, Any]:
+    stock = reward.stock
+    return {
+        "program_id": reward.program_id,
+        "reward_id": reward.reward_id,
+        "name": reward.name,
+        "cost_points": reward.cost_points,
+        "stock": stock.available,
+        "reserved": stock.reserved,
+        "redeemed": stock.redeemed,
+        "per_member_limit": reward.per_member_limit,
+        "active": stock.active,
+        "fulfillment": public_fulfillment(reward.fulfillment),
+        "created_at": _iso(reward.created_at),
+        "updated_at": _iso(reward.updated_at),
+    }
+
+
+def public_fulfillment(fulfillment: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fulfillment.items() if k in ("type", "url")}
+
+
+def redemption_view(redemption: Redemption) -> dict[str, Any]:
+    return {
+        "id": str(redemption.redemption_id),
+        "program_id": redemption.program_id,
+        "reward_id": redemption.reward_id,
+        "member_id": redemption.member_id,
+        "quantity": redemption.quantity,
+        "status": str(redemption.status),
+        "points_spent": redemption.points
+        if redemption.debit_txn_id is not None and redemption.refund_txn_id is None
+        else 0,
+        "points": redemption.points,
+        "balance_after": redemption.balance_after,
+        "debit_transaction_id": _str(redemption.debit_txn_id),
+        "refund_transaction_id": _str(redemption.refund_txn_id),
+        "fulfillment": public_fulfillment(redemption.fulfillment),
+        "failure": None
+        if redemption.failure_code is None
+        else {"code": redemption.failure_code, "detail": redemption.failure_reason},
+        "created_at": _iso(redemption.created_at),
+        "updated_at": _iso(redemption.updated_at),
+    }
+
+
+def _str(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)

@@ -18,7 +18,7 @@ from domain.rewards import (
 
 
 def test_reserve_confirm_release_keep_the_arithmetic() -> None:
-    stock = RewardStock("mug", initial=10)
+    stock = RewardStock("mug", stocked=10)
     reserve(stock, 3)
     assert (stock.available, stock.reserved) == (7, 3)
     confirm(stock, 2)
@@ -32,12 +32,12 @@ def test_reserve_confirm_release_keep_the_arithmetic() -> None:
 
 
 def test_out_of_stock_inactive_and_per_member_limit_change_nothing() -> None:
-    stock = RewardStock("mug", initial=2)
+    stock = RewardStock("mug", stocked=2)
     reserve(stock, 2)
     with pytest.raises(PointsError) as err:
         reserve(stock, 1)
     assert err.value.code is Code.OUT_OF_STOCK
-    limited = RewardStock("tee", initial=None)
+    limited = RewardStock("tee", stocked=None)
     with pytest.raises(PointsError) as err:
         reserve(limited, 2, member_redeemed=1, per_member_limit=2)
     assert err.value.code is Code.LIMIT_EXCEEDED
@@ -51,12 +51,12 @@ def test_out_of_stock_inactive_and_per_member_limit_change_nothing() -> None:
 @pytest.mark.parametrize("quantity", [0, -1, 1.5, True, 10**7])
 def test_bad_quantities_are_refused(quantity: object) -> None:
     with pytest.raises(PointsError) as err:
-        reserve(RewardStock("mug", initial=10), quantity)  # type: ignore[arg-type]
+        reserve(RewardStock("mug", stocked=10), quantity)  # type: ignore[arg-type]
     assert err.value.code is Code.VALIDATION_ERROR
 
 
 def test_unlimited_rewards_only_count_and_cannot_be_restocked() -> None:
-    stock = RewardStock("voucher", initial=None)
+    stock = RewardStock("voucher", stocked=None)
     reserve(stock, 1000)
     assert stock.available is None and stock.reserved == 1000
     with pytest.raises(PointsError):
@@ -72,7 +72,7 @@ def test_unlimited_rewards_only_count_and_cannot_be_restocked() -> None:
     ),
 )
 def test_random_sequences_never_oversell(initial: int, ops: list[tuple[str, int]]) -> None:
-    stock = RewardStock("r", initial=initial)
+    stock = RewardStock("r", stocked=initial)
     granted = 0
     for op, quantity in ops:
         if op == "reserve":
@@ -90,8 +90,8 @@ def test_random_sequences_never_oversell(initial: int, ops: list[tuple[str, int]
         elif op == "restock":
             restock(stock, quantity)
         assert stock.reserved + stock.redeemed == granted
-        assert stock.reserved + stock.redeemed <= initial + stock.restocked
-        assert stock.available == initial + stock.restocked - granted
+        assert stock.reserved + stock.redeemed <= stock.stocked
+        assert stock.available == stock.stocked - granted
 
 
 def test_saga_moves_forward_compensates_and_stops_at_terminal_states() -> None:

@@ -1,0 +1,745 @@
+"""The logic a RewardShard actor runs, as a plain class (no Ray): reward stock and the
+redemption saga.
+
+Stock is owned the way accounts are: every operation on a reward goes through its owner's
+queue, is applied in memory with no `await` between check and change, and is written in one
+group commit fenced by the reward's version. A reward is loaded whole (its row, its
+redemptions and restocks) the first time a batch needs it, so from then on every answer
+that changes nothing (out of stock, per-member limit, inactive, a replayed key) is given
+from memory: a sold-out reward costs neither PostgreSQL nor any account shard.
+
+The redemption saga (states in `domain.rewards.SagaState`, persisted in `redemptions`):
+
+    reserve stock -> debit points -> fulfil -> complete
+                          |            |
+                          v            v
+                        failed <- compensating (refund the debit into its own lots,
+                                                release the units)
+
+Each step is idempotent: the debit and the refund carry keys derived from the redemption
+id, so re-running a step after a crash finds the first result. Whoever finds a redemption
+half-way (the request that started it, a replay of its key, the recovery pass) drives it
+on; one driver per redemption at a time within a shard, and fencing across shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from db.ledger_repo import FencedError
+from db.reward_repo import (
+    LoadedReward,
+    RedemptionKeysExist,
+    Restock,
+    RewardKey,
+    RewardRepo,
+    RewardWrite,
+)
+from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.idempotency import request_hash
+from domain.rewards import (
+    TERMINAL_STATES,
+    Redemption,
+    Reward,
+    RewardStock,
+    SagaState,
+    move,
+    redemption_view,
+    restock,
+    reward_view,
+    set_available,
+    start_redemption,
+)
+
+log = logging.getLogger("points.rewards")
+
+BATCH_MAX = 2048
+# Steps one driver takes before giving up for now (a step keeps failing: recovery retries).
+SAGA_STEPS_MAX = 12
+RECOVERY_INTERVAL_S = 10.0
+# Account-side keys of a redemption's steps. A space cannot appear in a client's key.
+DEBIT_KEY = "saga {} debit"
+REFUND_KEY = "saga {} refund"
+
+Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Fulfil = Callable[[Redemption], Awaitable[tuple[bool, str]]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def problem(code: Code, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"status": HTTP_STATUS[code], "body": {"code": str(code), "detail": detail, **extra}}
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    request: dict[str, Any]
+    future: asyncio.Future[dict[str, Any]]
+
+    @property
+    def reward_key(self) -> RewardKey:
+        return (self.request["program_id"], self.request["reward_id"])
+
+
+@dataclass(slots=True)
+class _State:
+    """A loaded reward: its definition and stock, and every redemption it has."""
+
+    reward: Reward
+    redemptions: dict[uuid.UUID, Redemption] = field(default_factory=dict)
+    keys: dict[tuple[str, str], uuid.UUID] = field(default_factory=dict)  # (member, key)
+    restocks: dict[str, Restock] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Work:
+    write: RewardWrite = field(default_factory=RewardWrite)
+    touched: dict[RewardKey, int] = field(default_factory=dict)  # version loaded
+    new_redemptions: set[uuid.UUID] = field(default_factory=set)
+    updated: dict[uuid.UUID, Redemption] = field(default_factory=dict)
+    waiting: list[tuple[_Op, dict[str, Any]]] = field(default_factory=list)
+
+
+def _answer(op: _Op, result: dict[str, Any]) -> None:
+    if not op.future.done():
+        op.future.set_result(result)
+
+
+class RewardCore:
+    def __init__(
+        self,
+        repo: RewardRepo,
+        accounts: Submit,
+        *,
+        slot_of: Callable[[str, str], int],
+        owned_slots: list[int],
+        fulfil: Fulfil | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        batch_max: int = BATCH_MAX,
+        batch_window_s: float = 0.0,
+        recovery_interval_s: float = RECOVERY_INTERVAL_S,
+    ) -> None:
+        self.repo = repo
+        self.reader = repo.reader()
+        self._accounts = accounts
+        self._slot_of = slot_of
+        self._owned_slots = owned_slots
+        self._fulfil = fulfil
+        self._clock = clock
+        self._batch_max = batch_max
+        self._batch_window_s = batch_window_s
+        self._recovery_interval_s = recovery_interval_s
+        self._rewards: dict[RewardKey, _State] = {}
+        self._programs: set[str] = set()
+        self._queue: list[_Op] = []
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._recovery_task: asyncio.Task[None] | None = None
+        self._drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._fulfilling: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._last_now = datetime.min.replace(tzinfo=UTC)
+        self.stats: dict[str, float] = {
+            "batches": 0,
+            "ops": 0,
+            "commit_failures": 0,
+            "fenced": 0,
+            "recovered": 0,
+            "answered_from_memory": 0,
+        }
+
+    # ----------------------------------------------------------------- public API
+
+    async def put_reward(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self._submit("put", request)
+
+    async def restock(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self._submit("restock", request)
+
+    async def redeem(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Start (or replay) a redemption and drive it as far as it goes without waiting on a
+        third party. Answers {"status", "body", "replayed"}."""
+        started = await self._submit("redeem", request)
+        if "redemption_id" not in started:
+            return started
+        rid = started["redemption_id"]
+        key = (request["program_id"], request["reward_id"])
+        await self.drive(key, rid)
+        state = self._rewards.get(key)
+        redemption = state.redemptions.get(rid) if state else None
+        if redemption is None:  # evicted by a failed commit meanwhile
+            return problem(Code.UNAVAILABLE, "redemption in progress; retry with the same key")
+        return {**self.answer_for(redemption), "replayed": started["replayed"]}
+
+    async def cancel(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Operator cancellation: refund the points, give the units back. Idempotent."""
+        result = await self._submit("cancel", request)
+        if result["status"] >= 400:
+            return result
+        key = (request["program_id"], request["reward_id"])
+        rid = uuid.UUID(request["redemption_id"])
+        await self.drive(key, rid)
+        redemption = self._redemption(key, rid)
+        if redemption is None:
+            return problem(Code.UNAVAILABLE, "cancellation in progress; retry")
+        if redemption.status is not SagaState.CANCELLED:
+            return problem(Code.UNAVAILABLE, "cancellation in progress; retry")
+        return {"status": 200, "body": redemption_view(redemption)}
+
+    async def get_redemption(self, program_id: str, reward_id: str, rid: str) -> dict[str, Any]:
+        redemption = self._redemption((program_id, reward_id), uuid.UUID(rid))
+        return redemption_view(redemption) if redemption else {}
+
+    @staticmethod
+    def answer_for(redemption: Redemption) -> dict[str, Any]:
+        """The HTTP answer for a redemption in its current state (first answer and replays)."""
+        view = redemption_view(redemption)
+        if redemption.status is SagaState.FAILED and redemption.failure_code is not None:
+            code = Code._value2member_map_.get(redemption.failure_code)
+            if isinstance(code, Code) and HTTP_STATUS[code] < 500:
+                return problem(code, redemption.failure_reason or str(code), redemption=view)
+            return {"status": 201, "body": view}
+        if redemption.status in (
+            SagaState.COMPLETED,
+            SagaState.PENDING_FULFILLMENT,
+            SagaState.CANCELLED,
+            SagaState.FAILED,
+        ):
+            return {"status": 201, "body": view}
+        return problem(
+            Code.UNAVAILABLE,
+            "redemption in progress; retry with the same key",
+            redemption=view,
+        )
+
+    async def ping(self) -> dict[str, Any]:
+        self._ensure_loop()
+        await self.reader.ping()
+        return {
+            "rewards_loaded": len(self._rewards),
+            "queued": len(self._queue),
+            "sagas_in_flight": len(self._drivers),
+            "fulfilling": len(self._fulfilling),
+            **self.stats,
+        }
+
+    async def close(self) -> None:
+        for task in (self._loop_task, self._recovery_task, *self._fulfilling.values()):
+            if task is not None:
+                task.cancel()
+        await self.repo.close()
+        await self.reader.close()
+
+    # ----------------------------------------------------------------- saga driver
+
+    async def drive(self, key: RewardKey, rid: uuid.UUID) -> None:
+        """Drive a redemption on until it is terminal, waits on fulfilment, or a step is
+        unavailable (then recovery or a replay resumes it). One driver per redemption."""
+        task = self._drivers.get(rid)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._run_saga(key, rid))
+            self._drivers[rid] = task
+            task.add_done_callback(lambda _t: self._drivers.pop(rid, None))
+        await asyncio.shield(task)
+
+    async def _run_saga(self, key: RewardKey, rid: uuid.UUID) -> None:
+        try:
+            for _step in range(SAGA_STEPS_MAX):
+                redemption = await self._load_redemption(key, rid)
+                if redemption is None or redemption.status in TERMINAL_STATES:
+                    return
+                if not await self._step(key, redemption):
+                    return
+        except Exception:
+            log.exception("saga %s stopped; recovery will resume it", rid)
+
+    async def _step(self, key: RewardKey, r: Redemption) -> bool:
+        """One step; True when the saga moved and should go on."""
+        status = r.status
+        if status is SagaState.STOCK_RESERVED:
+            answer = await self._accounts(
+                {
+                    "kind": "debit",
+                    "program_id": r.program_id,
+                    "member_id": r.member_id,
+                    "points": r.points,
+                    "reason": f"redemption {r.redemption_id} of {r.reward_id}",
+                    "key": DEBIT_KEY.format(r.redemption_id),
+                    "request_hash": request_hash("saga-debit", {"id": str(r.redemption_id)}),
+                }
+            )
+            if answer["status"] == 201:
+                body = answer["body"]
+                return await self._move(
+                    key,
+                    r,
+                    SagaState.POINTS_DEBITED,
+                    debit_txn_id=body["transaction_id"],
+                    balance_after=body["balance_after"],
+                )
+            if answer["status"] >= 500:
+                return False
+            # Refused (not enough points, unknown member): nothing was taken.
+            return await self._move(
+                key,
+                r,
+                SagaState.FAILED,
+                failure_code=answer["body"]["code"],
+                failure_reason=answer["body"]["detail"],
+            )
+        if status is SagaState.POINTS_DEBITED:
+            if r.fulfillment.get("type", "none") == "none":
+                return await self._move(key, r, SagaState.COMPLETED)
+            return await self._move(key, r, SagaState.PENDING_FULFILLMENT)
+        if status is SagaState.PENDING_FULFILLMENT:
+            self._start_fulfilment(key, r)
+            return False  # the caller is told pending_fulfillment; the webhook goes on
+        if status is SagaState.COMPENSATING:
+            refund_txn_id = None
+            if r.debit_txn_id is not None and r.refund_txn_id is None:
+                answer = await self._accounts(
+                    {
+                        "kind": "refund",
+                        "program_id": r.program_id,
+                        "member_id": r.member_id,
+                        "points": r.points,
+                        "reason": f"refund of redemption {r.redemption_id}",
+                        "key": REFUND_KEY.format(r.redemption_id),
+                        "request_hash": request_hash("saga-refund", {"id": str(r.redemption_id)}),
+                        "refund_of": r.debit_txn_id,
+                    }
+                )
+                if answer["status"] != 201:
+                    log.warning("refund of %s: %s", r.redemption_id, answer)
+                    return False
+                refund_txn_id = answer["body"]["transaction_id"]
+            target = r.compensate_to or SagaState.FAILED
+            return await self._move(key, r, target, refund_txn_id=refund_txn_id)
+        raise AssertionError(f"no step from {status}")
+
+    async def _move(self, key: RewardKey, r: Redemption, target: SagaState, **fields: Any) -> bool:
+        request = {
+            "program_id": key[0],
+            "reward_id": key[1],
+            "redemption_id": r.redemption_id,
+            "target": target,
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+        result = await self._submit("move", request)
+        return bool(result["status"] < 400)
+
+    def _start_fulfilment(self, key: RewardKey, r: Redemption) -> None:
+        rid = r.redemption_id
+        if rid in self._fulfilling:
+            return
+        task = asyncio.get_running_loop().create_task(self._fulfil_and_settle(key, rid))
+        self._fulfilling[rid] = task
+        task.add_done_callback(lambda _t: self._fulfilling.pop(rid, None))
+
+    async def _fulfil_and_settle(self, key: RewardKey, rid: uuid.UUID) -> None:
+        try:
+            redemption = await self._load_redemption(key, rid)
+            if redemption is None or redemption.status is not SagaState.PENDING_FULFILLMENT:
+                return
+            if self._fulfil is None:
+                ok, reason = False, "no fulfilment sender configured"
+            else:
+                ok, reason = await self._fulfil(redemption)
+            redemption = await self._load_redemption(key, rid)
+            if redemption is None or redemption.status is not SagaState.PENDING_FULFILLMENT:
+                return
+            if ok:
+                await self._move(key, redemption, SagaState.COMPLETED)
+            else:
+                moved = await self._move(
+                    key,
+                    redemption,
+                    SagaState.COMPENSATING,
+                    compensate_to=SagaState.FAILED,
+                    failure_code="fulfillment_failed",
+                    failure_reason=reason[:500],
+                )
+                if moved:
+                    await self.drive(key, rid)
+        except Exception:
+            log.exception("fulfilment of %s stopped; recovery will resume it", rid)
+
+    # ----------------------------------------------------------------- recovery
+
+    async def recover_once(self) -> int:
+        """Find redemptions left half-way in this shard's slots and drive each on."""
+        keys = await self.reader.open_reward_keys(self._owned_slots)
+        resumed = 0
+        for key in keys:
+            await self._submit("load", {"program_id": key[0], "reward_id": key[1]})
+            state = self._rewards.get(key)
+            if state is None:
+                continue
+            for rid, redemption in list(state.redemptions.items()):
+                if redemption.status in TERMINAL_STATES or rid in self._drivers:
+                    continue
+                if redemption.status is SagaState.PENDING_FULFILLMENT:
+                    if rid not in self._fulfilling:
+                        self._start_fulfilment(key, redemption)
+                        resumed += 1
+                    continue
+                resumed += 1
+                asyncio.get_running_loop().create_task(self.drive(key, rid))
+        self.stats["recovered"] += resumed
+        return resumed
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            try:
+                resumed = await self.recover_once()
+                if resumed:
+                    log.info("recovery resumed %d redemptions", resumed)
+            except Exception as exc:
+                log.warning("recovery pass failed: %r", exc)
+            await asyncio.sleep(self._recovery_interval_s)
+
+    # ----------------------------------------------------------------- batch loop
+
+    async def _submit(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Op(kind, request, future))
+        self._ensure_loop()
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    def _ensure_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop_task is None or self._loop_task.done():
+            self._wakeup = asyncio.Event()
+            self._loop_task = loop.create_task(self._run())
+        if self._recovery_interval_s > 0 and (
+            self._recovery_task is None or self._recovery_task.done()
+        ):
+            self._recovery_task = loop.create_task(self._recovery_loop())
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            if self._batch_window_s and len(self._queue) < self._batch_max:
+                await asyncio.sleep(self._batch_window_s)
+            batch = self._queue[: self._batch_max]
+            del self._queue[: self._batch_max]
+            if not self._queue:
+                self._wakeup.clear()
+            if not batch:
+                continue
+            try:
+                await self._process(batch)
+            except Exception as exc:
+                log.exception("reward batch failed unexpectedly")
+                self._fail(batch, f"reward shard error, retry: {type(exc).__name__}")
+
+    def _fail(self, ops: list[_Op], detail: str) -> None:
+        answer = problem(Code.UNAVAILABLE, detail)
+        for op in ops:
+            _answer(op, answer)
+
+    def _now(self) -> datetime:
+        now = max(self._clock(), self._last_now)
+        self._last_now = now
+        return now
+
+    async def _load_redemption(self, key: RewardKey, rid: uuid.UUID) -> Redemption | None:
+        redemption = self._redemption(key, rid)
+        if redemption is None and key not in self._rewards:
+            await self._submit("load", {"program_id": key[0], "reward_id": key[1]})
+            redemption = self._redemption(key, rid)
+        return redemption
+
+    def _redemption(self, key: RewardKey, rid: uuid.UUID) -> Redemption | None:
+        state = self._rewards.get(key)
+        return state.redemptions.get(rid) if state else None
+
+    async def _process(self, batch: list[_Op]) -> None:
+        try:
+            await self._prefetch(batch)
+        except Exception as exc:
+            await self.repo.reset()
+            self._fail(batch, f"database unavailable: {type(exc).__name__}")
+            return
+        now = self._now()
+        work = _Work()
+        for op in batch:  # check and change, no await in between
+            try:
+                self._apply(op, work, now)
+            except PointsError as exc:
+                _answer(op, problem(exc.code, exc.detail))
+                self.stats["answered_from_memory"] += 1
+        for rkey, version in work.touched.items():
+            reward = self._rewards[rkey].reward
+            reward.updated_at = now
+            if version == 0:
+                work.write.new_rewards.append(reward)
+            else:
+                work.write.updated_rewards.append((reward, version))
+        work.write.updated_redemptions = [
+            r for rid, r in work.updated.items() if rid not in work.new_redemptions
+        ]
+        try:
+            await self.repo.commit_rewards(work.write, now)
+        except RedemptionKeysExist as exc:
+            # A key used before for another reward's redemption: a conflict. Everything
+            # else in the batch runs again from a fresh load.
+            taken = set(exc.keys)
+            self._evict(work)
+            retry = []
+            for op, _ in work.waiting:
+                r = op.request
+                if op.kind == "redeem" and (r["program_id"], r["member_id"], r["key"]) in taken:
+                    _answer(
+                        op,
+                        problem(
+                            Code.IDEMPOTENCY_CONFLICT,
+                            "this Idempotency-Key was already used for another redemption",
+                        ),
+                    )
+                else:
+                    retry.append(op)
+            self._queue[:0] = retry
+            self._ensure_loop()
+            assert self._wakeup is not None
+            self._wakeup.set()
+            return
+        except Exception as exc:
+            self.stats["commit_failures"] += 1
+            if isinstance(exc, FencedError):
+                self.stats["fenced"] += 1
+                log.warning("fenced: %s", exc)
+            else:
+                await self.repo.reset()
+            self._evict(work)
+            self._fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}"[:300])
+            return
+        for rkey, version in work.touched.items():
+            self._rewards[rkey].reward.version = version + 1
+        self.stats["batches"] += 1
+        self.stats["ops"] += len(batch)
+        for op, result in work.waiting:
+            _answer(op, result)
+
+    def _evict(self, work: _Work) -> None:
+        """The batch did not commit: what memory holds for its rewards is ahead of the
+        database. Drop it; the next batch reloads."""
+        for rkey in work.touched:
+            self._rewards.pop(rkey, None)
+
+    async def _prefetch(self, batch: list[_Op]) -> None:
+        programs = list({op.request["program_id"] for op in batch} - self._programs)
+        if programs:
+            self._programs |= await self.repo.existing_programs(programs)
+        missing = list({op.reward_key for op in batch} - self._rewards.keys())
+        if not missing:
+            return
+        loaded = await self.repo.load_rewards(missing)
+        for rkey, item in loaded.items():
+            self._rewards[rkey] = self._install(item)
+
+    @staticmethod
+    def _install(item: LoadedReward) -> _State:
+        state = _State(item.reward, restocks=item.restocks)
+        holders: dict[str, int] = {}
+        for r in item.redemptions:
+            state.redemptions[r.redemption_id] = r
+            state.keys[(r.member_id, r.key)] = r.redemption_id
+            if r.stock_state != "released":
+                holders[r.member_id] = holders.get(r.member_id, 0) + r.quantity
+        item.reward.holders = holders
+        item.reward.stock.check()
+        return state
+
+    # ----------------------------------------------------------------- apply (no await)
+
+    def _touch(self, work: _Work, state: _State) -> None:
+        reward = state.reward
+        work.touched.setdefault((reward.program_id, reward.reward_id), reward.version)
+
+    def _apply(self, op: _Op, work: _Work, now: datetime) -> None:
+        req = op.request
+        if req["program_id"] not in self._programs:
+            raise PointsError(Code.NOT_FOUND, f"program {req['program_id']} not found")
+        state = self._rewards.get(op.reward_key)
+        if op.kind == "load":
+            _answer(op, {"status": 200})
+            return
+        if op.kind == "put":
+            self._apply_put(op, state, work, now)
+            return
+        if state is None:
+            raise PointsError(Code.NOT_FOUND, f"reward {req['reward_id']} not found")
+        if op.kind == "restock":
+            self._apply_restock(op, state, work, now)
+        elif op.kind == "redeem":
+            self._apply_redeem(op, state, work, now)
+        elif op.kind == "move":
+            self._apply_move(op, state, work, now)
+        elif op.kind == "cancel":
+            self._apply_cancel(op, state, work, now)
+        else:
+            raise AssertionError(op.kind)
+
+    def _apply_put(self, op: _Op, state: _State | None, work: _Work, now: datetime) -> None:
+        req = op.request
+        if state is None:
+            stock = RewardStock(req["reward_id"], None, 0, 0, req["active"])
+            set_available(stock, req["stock"])
+            reward = Reward(
+                req["program_id"],
+                req["reward_id"],
+                req["name"],
+                req["cost_points"],
+                stock,
+                req["per_member_limit"],
+                req["fulfillment"],
+                0,
+                now,
+                now,
+            )
+            state = _State(reward)
+            self._rewards[op.reward_key] = state
+            status = 201
+        else:
+            reward = state.reward
+            stocked = req["stock"]
+            if stocked is not None and stocked < reward.stock.reserved + reward.stock.redeemed:
+                raise PointsError(
+                    Code.VALIDATION_ERROR,
+                    f"stock {stocked} is below the {reward.stock.reserved} units reserved and "
+                    f"{reward.stock.redeemed} redeemed",
+                )
+            reward.name = req["name"]
+            reward.cost_points = req["cost_points"]
+            reward.per_member_limit = req["per_member_limit"]
+            reward.fulfillment = req["fulfillment"]
+            reward.stock.active = req["active"]
+            reward.stock.stocked = stocked
+            reward.stock.check()
+            status = 200
+        self._touch(work, state)
+        work.waiting.append((op, {"status": status, "body": reward_view(state.reward)}))
+
+    def _apply_restock(self, op: _Op, state: _State, work: _Work, now: datetime) -> None:
+        req = op.request
+        done = state.restocks.get(req["key"])
+        if done is not None:
+            if done.request_hash != req["request_hash"]:
+                raise PointsError(
+                    Code.IDEMPOTENCY_CONFLICT,
+                    "this Idempotency-Key was already used with a different request body",
+                )
+            _answer(
+                op, {"status": 201, "body": _restock_view(state.reward, done), "replayed": True}
+            )
+            return
+        restock(state.reward.stock, req["quantity"])
+        assert state.reward.stock.stocked is not None
+        record = Restock(
+            req["key"], req["request_hash"], req["quantity"], state.reward.stock.stocked, now
+        )
+        state.restocks[record.key] = record
+        work.write.restocks.append((state.reward, record))
+        self._touch(work, state)
+        work.waiting.append(
+            (op, {"status": 201, "body": _restock_view(state.reward, record), "replayed": False})
+        )
+
+    def _apply_redeem(self, op: _Op, state: _State, work: _Work, now: datetime) -> None:
+        req = op.request
+        rid = state.keys.get((req["member_id"], req["key"]))
+        if rid is not None:
+            if state.redemptions[rid].request_hash != req["request_hash"]:
+                raise PointsError(
+                    Code.IDEMPOTENCY_CONFLICT,
+                    "this Idempotency-Key was already used with a different request body",
+                )
+            _answer(op, {"redemption_id": rid, "replayed": True})
+            return
+        redemption = start_redemption(
+            state.reward,
+            uuid.uuid4(),
+            req["member_id"],
+            req["quantity"],
+            req["key"],
+            req["request_hash"],
+            now,
+        )
+        rid = redemption.redemption_id
+        state.redemptions[rid] = redemption
+        state.keys[(redemption.member_id, redemption.key)] = rid
+        slot = self._slot_of(redemption.program_id, redemption.reward_id)
+        work.write.new_redemptions.append((redemption, slot))
+        work.new_redemptions.add(rid)
+        self._touch(work, state)
+        work.waiting.append((op, {"redemption_id": rid, "replayed": False}))
+
+    def _apply_move(self, op: _Op, state: _State, work: _Work, now: datetime) -> None:
+        req = op.request
+        redemption = state.redemptions.get(req["redemption_id"])
+        if redemption is None:
+            raise PointsError(Code.NOT_FOUND, f"redemption {req['redemption_id']} not found")
+        target: SagaState = req["target"]
+        if redemption.status == target:
+            _answer(op, {"status": 200})  # a step re-run: already there
+            return
+        move(state.reward, redemption, target, now)
+        if "debit_txn_id" in req:
+            redemption.debit_txn_id = uuid.UUID(str(req["debit_txn_id"]))
+            redemption.balance_after = req["balance_after"]
+        if "refund_txn_id" in req:
+            redemption.refund_txn_id = uuid.UUID(str(req["refund_txn_id"]))
+        if "compensate_to" in req:
+            redemption.compensate_to = req["compensate_to"]
+        if "failure_code" in req:
+            redemption.failure_code = req["failure_code"]
+            redemption.failure_reason = req["failure_reason"]
+        work.updated[redemption.redemption_id] = redemption
+        self._touch(work, state)
+        work.waiting.append((op, {"status": 200}))
+
+    def _apply_cancel(self, op: _Op, state: _State, work: _Work, now: datetime) -> None:
+        req = op.request
+        rid = uuid.UUID(req["redemption_id"])
+        redemption = state.redemptions.get(rid)
+        if redemption is None:
+            raise PointsError(Code.NOT_FOUND, f"redemption {rid} not found")
+        status = redemption.status
+        if status is SagaState.CANCELLED or (
+            status is SagaState.COMPENSATING and redemption.compensate_to is SagaState.CANCELLED
+        ):
+            _answer(op, {"status": 200})
+            return
+        if status is SagaState.FAILED:
+            raise PointsError(
+                Code.INVALID_STATE, "a failed redemption was already compensated; nothing to cancel"
+            )
+        if status not in (SagaState.COMPLETED, SagaState.PENDING_FULFILLMENT):
+            raise PointsError(Code.INVALID_STATE, f"redemption is {status}; retry shortly")
+        move(state.reward, redemption, SagaState.COMPENSATING, now)
+        redemption.compensate_to = SagaState.CANCELLED
+        work.updated[rid] = redemption
+        self._touch(work, state)
+        work.waiting.append((op, {"status": 200}))
+
+
+def _restock_view(reward: Reward, record: Restock) -> dict[str, Any]:
+    return {
+        "program_id": reward.program_id,
+        "reward_id": reward.reward_id,
+        "quantity": record.quantity,
+        "stocked_after": record.stocked_after,
+        "created_at": record.created_at.isoformat().replace("+00:00", "Z"),
+    }

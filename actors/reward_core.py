@@ -172,9 +172,13 @@ class RewardCore:
             return started
         rid = started["redemption_id"]
         key = (request["program_id"], request["reward_id"])
-        await self.drive(key, rid)
-        state = self._rewards.get(key)
-        redemption = state.redemptions.get(rid) if state else None
+        redemption = None
+        for _ in range(3):
+            await self.drive(key, rid)
+            redemption = self._redemption(key, rid)
+            # A fulfilment that failed at once may already be compensating: wait for it.
+            if redemption is None or rid not in self._drivers:
+                break
         if redemption is None:  # evicted by a failed commit meanwhile
             return problem(Code.UNAVAILABLE, "redemption in progress; retry with the same key")
         return {**self.answer_for(redemption), "replayed": started["replayed"]}

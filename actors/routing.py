@@ -9,6 +9,7 @@ import hashlib
 
 SLOTS = 1024
 SHARD_NAME_PREFIX = "points-account-shard-"
+REWARD_SHARD_NAME_PREFIX = "points-reward-shard-"
 NAMESPACE = "points"
 
 
@@ -28,3 +29,13 @@ def shard_of(program_id: str, member_id: str, shards: int, slots: int = SLOTS) -
 
 def shard_name(index: int) -> str:
     return f"{SHARD_NAME_PREFIX}{index}"
+
+
+def reward_shard_name(index: int) -> str:
+    return f"{REWARD_SHARD_NAME_PREFIX}{index}"
+
+
+def owned_slots(index: int, shards: int, slots: int = SLOTS) -> list[int]:
+    """The slots shard `index` of `shards` owns (slot % shards == index)."""
+    assert 0 <= index < shards <= slots
+    return [slot for slot in range(slots) if slot % shards == index]

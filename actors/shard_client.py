@@ -59,16 +59,20 @@ class _ShardLane:
 
 
 class ShardClient:
-    def __init__(self, handles: list[Any]) -> None:
+    """`route_field`: the request field that, with `program_id`, picks the shard
+    (`member_id` for account shards, `reward_id` for reward shards)."""
+
+    def __init__(self, handles: list[Any], route_field: str = "member_id") -> None:
         assert handles
         self.lanes = [_ShardLane(h) for h in handles]
+        self.route_field = route_field
 
     def lane_for(self, program_id: str, member_id: str) -> _ShardLane:
         return self.lanes[shard_of(program_id, member_id, len(self.lanes))]
 
     async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        lane = self.lane_for(request["program_id"], request["member_id"])
+        lane = self.lane_for(request["program_id"], request[self.route_field])
         pending = _Pending(request, loop.create_future(), loop.time() + RETRY_BUDGET_S)
         lane.queue.append(pending)
         self._pump(lane)
@@ -93,7 +97,7 @@ class ShardClient:
                 if loop.time() < p.deadline:
                     retry.append(p)
                 elif not p.future.done():
-                    p.future.set_result(unavailable(f"account shard unavailable: {exc!r}"[:300]))
+                    p.future.set_result(unavailable(f"shard unavailable: {exc!r}"[:300]))
             if retry:
                 await asyncio.sleep(0.1)
                 lane.queue[:0] = retry
@@ -102,7 +106,7 @@ class ShardClient:
                 log.exception("shard call failed")
             for p in batch:
                 if not p.future.done():
-                    p.future.set_result(unavailable(f"account shard call failed: {exc!r}"[:300]))
+                    p.future.set_result(unavailable(f"shard call failed: {exc!r}"[:300]))
         else:
             assert len(results) == len(batch)
             for p, result in zip(batch, results, strict=True):

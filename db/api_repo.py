@@ -15,6 +15,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from db.reward_repo import REDEMPTION_COLUMNS, redemption_from_row
+from domain.rewards import Redemption, Reward, RewardStock, redemption_view, reward_view
+
 
 def encode_cursor(created_at: datetime, txn_id: uuid.UUID) -> str:
     raw = f"{created_at.isoformat()}|{txn_id}".encode()
@@ -150,6 +153,73 @@ class ApiRepo:
         )
         return items, next_cursor
 
+    # ----------------------------------------------------------------- rewards (reads)
+
+    async def list_rewards(
+        self, program_id: str, *, limit: int, after: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """By reward id, keyset-paginated (the cursor is the last reward id, encoded)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_REWARD_COLUMNS} FROM rewards WHERE program_id = %s"
+                " AND (%s::text IS NULL OR reward_id > %s) ORDER BY reward_id LIMIT %s",
+                (program_id, after, after, limit + 1),
+            )
+            rows = await cur.fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [reward_view(_reward(row)) for row in rows]
+        next_cursor = _b64(rows[-1][1]) if more and rows else None
+        return items, next_cursor
+
+    async def get_reward(self, program_id: str, reward_id: str) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_REWARD_COLUMNS} FROM rewards WHERE program_id = %s AND reward_id = %s",
+                (program_id, reward_id),
+            )
+            row = await cur.fetchone()
+        return None if row is None else reward_view(_reward(row))
+
+    async def get_redemption(self, program_id: str, redemption_id: uuid.UUID) -> Redemption | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {REDEMPTION_COLUMNS} FROM redemptions"
+                " WHERE program_id = %s AND redemption_id = %s",
+                (program_id, redemption_id),
+            )
+            row = await cur.fetchone()
+        return None if row is None else redemption_from_row(row)
+
+    async def list_member_redemptions(
+        self,
+        program_id: str,
+        member_id: str,
+        *,
+        limit: int,
+        cursor: tuple[datetime, uuid.UUID] | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first, keyset-paginated on (created_at, redemption_id)."""
+        clauses = "program_id = %s AND member_id = %s"
+        params: list[Any] = [program_id, member_id]
+        if cursor is not None:
+            clauses += " AND (created_at, redemption_id) < (%s, %s)"
+            params.extend(cursor)
+        params.append(limit + 1)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {REDEMPTION_COLUMNS} FROM redemptions WHERE {clauses}"
+                " ORDER BY created_at DESC, redemption_id DESC LIMIT %s",
+                params,
+            )
+            rows = await cur.fetchall()
+        more = len(rows) > limit
+        found = [redemption_from_row(row) for row in rows[:limit]]
+        next_cursor = (
+            encode_cursor(found[-1].created_at, found[-1].redemption_id) if more and found else None
+        )
+        return [redemption_view(r) for r in found], next_cursor
+
     async def role_for_key_hash(self, key_hash: str) -> str | None:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
@@ -158,6 +228,26 @@ class ApiRepo:
             )
             row = await cur.fetchone()
         return None if row is None else str(row[0])
+
+
+_REWARD_COLUMNS = """program_id, reward_id, name, cost_points, stocked, reserved, redeemed,
+    active, per_member_limit, fulfillment, version, created_at, updated_at"""
+
+
+def _reward(row: Any) -> Reward:
+    stock = RewardStock(row[1], row[4], row[5], row[6], row[7])
+    return Reward(row[0], row[1], row[2], row[3], stock, row[8], row[9], row[10], row[11], row[12])
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_reward_cursor(cursor: str) -> str:
+    """Raises ValueError on anything that is not a cursor this API produced."""
+    if len(cursor) > 200:
+        raise ValueError("cursor too long")
+    return base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
 
 
 def _program(row: dict[str, Any]) -> dict[str, Any]:

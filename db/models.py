@@ -1,12 +1,16 @@
 """Schema, as SQLAlchemy Core tables. Alembic migrations create it; this is the reference.
 
 Constraints back the invariants: non-negative balances, 0 <= remaining <= original, one
-idempotency record per (program, member, key), positive points on every transaction.
-Ledger tables are append-only: triggers (created in the migration) refuse UPDATE and DELETE.
+idempotency record per (program, member, key), positive points on every transaction, a
+refund refers to the debit it gives back (at most one refund per debit), rewards never
+oversold. Ledger tables are append-only: triggers (created in the migration) refuse UPDATE,
+DELETE and TRUNCATE. tests/integration/test_schema.py checks that this file and the
+migrations describe the same schema.
 """
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -16,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     text,
 )
@@ -66,17 +71,29 @@ transactions = Table(
     Column("expires_at", DateTime(timezone=True)),
     # [[lot_id, points], ...]: which lots a debit consumed (refunds go back there).
     Column("allocations", JSONB, nullable=False),
+    # A refund: the debit it gives back (set exactly when kind = 'refund').
+    Column("refers_to", Uuid),
     ForeignKeyConstraint(
         ["program_id", "member_id"], ["accounts.program_id", "accounts.member_id"]
     ),
     CheckConstraint("points > 0", name="transactions_points_positive"),
-    CheckConstraint("kind IN ('credit', 'debit')", name="transactions_kind_known"),
+    CheckConstraint("kind IN ('credit', 'debit', 'refund')", name="transactions_kind_known"),
+    CheckConstraint(
+        "(kind = 'refund') = (refers_to IS NOT NULL)", name="transactions_refund_refers"
+    ),
     Index(
         "transactions_member_history",
         "program_id",
         "member_id",
         text("created_at DESC"),
         text("txn_id DESC"),
+    ),
+    # A debit is refunded at most once.
+    Index(
+        "transactions_one_refund",
+        "refers_to",
+        unique=True,
+        postgresql_where=text("kind = 'refund'"),
     ),
 )
 
@@ -146,4 +163,97 @@ api_keys = Table(
     Column("role", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("revoked_at", DateTime(timezone=True)),
+)
+
+rewards = Table(
+    "rewards",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("reward_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("cost_points", BigInteger, nullable=False),
+    # Units ever made available (initial + restocks); NULL = unlimited.
+    Column("stocked", BigInteger),
+    Column("reserved", BigInteger, nullable=False),
+    Column("redeemed", BigInteger, nullable=False),
+    Column("per_member_limit", BigInteger),
+    Column("active", Boolean, nullable=False),
+    Column("fulfillment", JSONB, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
+    CheckConstraint("cost_points > 0", name="rewards_cost_positive"),
+    CheckConstraint("reserved >= 0 AND redeemed >= 0", name="rewards_counts_nonnegative"),
+    # Invariant 5: never more units out than stocked.
+    CheckConstraint(
+        "stocked IS NULL OR stocked >= reserved + redeemed", name="rewards_not_oversold"
+    ),
+    CheckConstraint(
+        "per_member_limit IS NULL OR per_member_limit > 0", name="rewards_limit_positive"
+    ),
+    CheckConstraint("version >= 1", name="rewards_version_positive"),
+)
+
+restocks = Table(
+    "restocks",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("reward_id", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("request_hash", Text, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("stocked_after", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["program_id", "reward_id"], ["rewards.program_id", "rewards.reward_id"]),
+    CheckConstraint("quantity > 0", name="restocks_quantity_positive"),
+)
+
+redemptions = Table(
+    "redemptions",
+    metadata,
+    Column("redemption_id", Uuid, primary_key=True),
+    Column("program_id", Text, nullable=False),
+    Column("reward_id", Text, nullable=False),
+    Column("member_id", Text, nullable=False),
+    Column("slot", Integer, nullable=False),
+    Column("idempotency_key", Text, nullable=False),
+    Column("request_hash", Text, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("cost_points", BigInteger, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    # Where this redemption's units are: reserved, redeemed, or released (given back).
+    Column("stock_state", Text, nullable=False),
+    # When compensating: the state it ends in (failed or cancelled).
+    Column("compensate_to", Text),
+    Column("debit_txn_id", Uuid),
+    Column("refund_txn_id", Uuid),
+    Column("balance_after", BigInteger),
+    Column("fulfillment", JSONB, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("failure_code", Text),
+    Column("failure_reason", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["program_id", "reward_id"], ["rewards.program_id", "rewards.reward_id"]),
+    UniqueConstraint("program_id", "member_id", "idempotency_key", name="redemptions_one_per_key"),
+    CheckConstraint("quantity > 0 AND points > 0", name="redemptions_positive"),
+    CheckConstraint(
+        "status IN ('started', 'stock_reserved', 'points_debited', 'pending_fulfillment',"
+        " 'completed', 'compensating', 'failed', 'cancelled')",
+        name="redemptions_status_known",
+    ),
+    CheckConstraint(
+        "stock_state IN ('reserved', 'redeemed', 'released')",
+        name="redemptions_stock_state_known",
+    ),
+    Index("redemptions_by_reward", "program_id", "reward_id"),
+    Index("redemptions_by_member", "program_id", "member_id", text("created_at DESC")),
+    # Sagas not yet finished, by the slot whose reward actor drives them (recovery).
+    Index(
+        "redemptions_open",
+        "slot",
+        postgresql_where=text("status NOT IN ('completed', 'failed', 'cancelled')"),
+    ),
 )

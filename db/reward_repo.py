@@ -68,7 +68,7 @@ class RewardWrite:
         return not (self.new_rewards or self.updated_rewards)
 
 
-_REDEMPTION_COLUMNS = """redemption_id, program_id, reward_id, member_id, idempotency_key,
+REDEMPTION_COLUMNS = """redemption_id, program_id, reward_id, member_id, idempotency_key,
     request_hash, quantity, cost_points, points, status, stock_state, fulfillment, created_at,
     updated_at, compensate_to, debit_txn_id, refund_txn_id, balance_after, attempts,
     failure_code, failure_reason"""
@@ -136,7 +136,7 @@ class RewardRepo(LedgerRepo):
                 return found
             cur = await conn.execute(
                 f"""
-                SELECT {_REDEMPTION_COLUMNS} FROM redemptions
+                SELECT {REDEMPTION_COLUMNS} FROM redemptions
                 WHERE (program_id, reward_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
                 """,
                 (programs, rewards),
@@ -259,7 +259,7 @@ class RewardRepo(LedgerRepo):
             if write.new_redemptions:
                 new_cur = await conn.execute(
                     f"""
-                    INSERT INTO redemptions ({_REDEMPTION_COLUMNS}, slot)
+                    INSERT INTO redemptions ({REDEMPTION_COLUMNS}, slot)
                     SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
                         %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
                         %s::text[], %s::text[], %s::jsonb[], %s::timestamptz[],
@@ -311,7 +311,7 @@ class RewardRepo(LedgerRepo):
 
 
 def _redemption_columns(items: list[Redemption]) -> list[list[Any]]:
-    """Columns in _REDEMPTION_COLUMNS order."""
+    """Columns in REDEMPTION_COLUMNS order."""
     return [
         [r.redemption_id for r in items],
         [r.program_id for r in items],

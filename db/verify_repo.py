@@ -69,14 +69,15 @@ CHECKS: tuple[Check, ...] = (
         "SELECT lot_id, original, remaining FROM lots WHERE remaining < 0 OR remaining > original",
     ),
     Check(
-        "lifetime totals equal the member's credits and debits",
+        "lifetime totals equal the member's credits, and debits less refunds",
         """
         SELECT a.program_id, a.member_id, a.lifetime_earned, coalesce(t.earned, 0),
                a.lifetime_spent, coalesce(t.spent, 0)
         FROM accounts a
         LEFT JOIN (SELECT program_id, member_id,
                           sum(points) FILTER (WHERE kind = 'credit') AS earned,
-                          sum(points) FILTER (WHERE kind = 'debit') AS spent
+                          coalesce(sum(points) FILTER (WHERE kind = 'debit'), 0)
+                          - coalesce(sum(points) FILTER (WHERE kind = 'refund'), 0) AS spent
                    FROM transactions GROUP BY program_id, member_id) t
           USING (program_id, member_id)
         WHERE a.lifetime_earned <> coalesce(t.earned, 0)
@@ -98,6 +99,74 @@ CHECKS: tuple[Check, ...] = (
         WHERE t.idempotency_key IS NOT NULL AND NOT EXISTS (
           SELECT 1 FROM idempotency_keys i WHERE i.program_id = t.program_id
             AND i.member_id = t.member_id AND i.key = t.idempotency_key)
+        """,
+    ),
+    Check(
+        "every refund gives back one debit of the same member, whole",
+        """
+        SELECT r.txn_id, r.refers_to, r.points, d.points, d.kind
+        FROM transactions r LEFT JOIN transactions d ON d.txn_id = r.refers_to
+        WHERE r.kind = 'refund' AND (d.txn_id IS NULL OR d.kind <> 'debit'
+              OR d.program_id <> r.program_id OR d.member_id <> r.member_id
+              OR d.points <> r.points)
+        """,
+    ),
+    Check(
+        "no reward sold beyond its stock",
+        """
+        SELECT program_id, reward_id, stocked, reserved, redeemed FROM rewards
+        WHERE stocked IS NOT NULL AND reserved + redeemed > stocked
+           OR reserved < 0 OR redeemed < 0
+        """,
+    ),
+    Check(
+        "reward counters equal the units its redemptions hold",
+        """
+        SELECT w.program_id, w.reward_id, w.reserved, coalesce(x.reserved, 0),
+               w.redeemed, coalesce(x.redeemed, 0)
+        FROM rewards w
+        LEFT JOIN (SELECT program_id, reward_id,
+                          sum(quantity) FILTER (WHERE stock_state = 'reserved') AS reserved,
+                          sum(quantity) FILTER (WHERE stock_state = 'redeemed') AS redeemed
+                   FROM redemptions GROUP BY program_id, reward_id) x
+          USING (program_id, reward_id)
+        WHERE w.reserved <> coalesce(x.reserved, 0) OR w.redeemed <> coalesce(x.redeemed, 0)
+        """,
+    ),
+    Check(
+        "no member holds more of a reward than its per-member limit",
+        """
+        SELECT d.program_id, d.reward_id, d.member_id, sum(d.quantity), w.per_member_limit
+        FROM redemptions d JOIN rewards w USING (program_id, reward_id)
+        WHERE d.stock_state <> 'released' AND w.per_member_limit IS NOT NULL
+        GROUP BY d.program_id, d.reward_id, d.member_id, w.per_member_limit
+        HAVING sum(d.quantity) > w.per_member_limit
+        """,
+    ),
+    Check(
+        "a redemption's stock state matches its status",
+        """
+        SELECT redemption_id, status, stock_state FROM redemptions
+        WHERE (status = 'completed' AND stock_state <> 'redeemed')
+           OR (status IN ('failed', 'cancelled') AND stock_state <> 'released')
+           OR (status IN ('stock_reserved', 'points_debited', 'pending_fulfillment')
+               AND stock_state <> 'reserved')
+        """,
+    ),
+    Check(
+        "completed redemptions were paid once; failed and cancelled ones cost nothing",
+        """
+        SELECT d.redemption_id, d.status, d.points, x.debited, x.refunded
+        FROM redemptions d
+        CROSS JOIN LATERAL (
+          SELECT coalesce(sum(points) FILTER (WHERE kind = 'debit'), 0) AS debited,
+                 coalesce(sum(points) FILTER (WHERE kind = 'refund'), 0) AS refunded
+          FROM transactions t
+          WHERE t.program_id = d.program_id AND t.member_id = d.member_id
+            AND t.idempotency_key IN ('saga ' || d.redemption_id || ' debit',
+                                      'saga ' || d.redemption_id || ' refund')) x
+        WHERE (d.status = 'completed' AND (x.debited <> d.points OR x.refunded <> 0))
+           OR (d.status IN ('failed', 'cancelled') AND x.debited <> x.refunded)
         """,
     ),
 )

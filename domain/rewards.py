@@ -304,6 +304,7 @@ def reward_view(reward: Reward) -> dict[str, Any]:
         "name": reward.name,
         "cost_points": reward.cost_points,
         "stock": stock.available,
+        "stocked": stock.stocked,
         "reserved": stock.reserved,
         "redeemed": stock.redeemed,
         "per_member_limit": reward.per_member_limit,

@@ -5,7 +5,9 @@ AccountShard that owns the member's slot; programs and history are read from Pos
 """
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -24,9 +26,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.account_shard import AccountShard
-from actors.routing import NAMESPACE, shard_name
+from actors.reward_shard import RewardShard
+from actors.routing import NAMESPACE, reward_shard_name, shard_name
 from actors.shard_client import ACTOR_ERRORS, ShardClient
-from db.api_repo import ApiRepo, decode_cursor
+from db.api_repo import ApiRepo, decode_cursor, decode_reward_cursor
 from domain.errors import HTTP_STATUS, Code, PointsError
 from domain.idempotency import request_hash
 from domain.limits import (
@@ -37,14 +40,25 @@ from domain.limits import (
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
 )
+from domain.rewards import redemption_view
 from serve_app.auth import KEY_LENGTH_MAX, KeyCache, hash_key
 from serve_app.problems import problem_body, problem_response
-from serve_app.schemas import CreditIn, DebitIn, ProgramPut
+from serve_app.schemas import (
+    CreditIn,
+    DebitIn,
+    ProgramPut,
+    RedemptionIn,
+    RestockIn,
+    RewardPut,
+)
 
 log = logging.getLogger("points.api")
 
 ProgramId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
 MemberId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
+RewardId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
+# Reward shards are pinged this often: a restarted one resumes its recovery pass.
+REWARD_KEEPER_INTERVAL_S = 5.0
 
 
 class JsonResponse(Response):
@@ -199,7 +213,8 @@ def _shard_answer(result: dict[str, Any]) -> Response:
     headers = {"Idempotent-Replayed": "true"} if result.get("replayed") else None
     if status >= 400:
         body = result["body"]
-        return problem_response(Code(body["code"]), body["detail"], headers=headers)
+        extra = {k: v for k, v in body.items() if k not in ("code", "detail")}
+        return problem_response(Code(body["code"]), body["detail"], headers=headers, **extra)
     return JsonResponse(result["body"], status_code=status, headers=headers)
 
 
@@ -230,9 +245,33 @@ class PointsIngress:
             for i in range(shards)
         ]
         self.client = ShardClient(self.shards)
+        reward_shards = shard_config.get("reward_shards", 1)
+        reward_config = {**shard_config, "shards": shards}
+        self.reward_shards = [
+            RewardShard.options(
+                name=reward_shard_name(i),
+                namespace=NAMESPACE,
+                get_if_exists=True,
+                lifetime="detached",
+            ).remote(i, reward_shards, dsn, reward_config)
+            for i in range(reward_shards)
+        ]
+        self.rewards = ShardClient(self.reward_shards, route_field="reward_id")
+        self._keeper: asyncio.Task[None] | None = None
         self._opened = False
 
+    async def _keep_reward_shards(self) -> None:
+        """Ping reward shards now and then: a restarted shard starts its recovery pass on
+        its first call, even when no redemption arrives for it."""
+        while True:
+            for handle in self.reward_shards:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(handle.ping.remote(), 5)
+            await asyncio.sleep(REWARD_KEEPER_INTERVAL_S)
+
     async def _repo(self) -> ApiRepo:
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_reward_shards())
         if not self._opened:
             await self.repo.open()
             self._opened = True
@@ -277,7 +316,7 @@ class PointsIngress:
         try:
             await asyncio.wait_for((await self._repo()).ping(), 3)
             shards = await asyncio.wait_for(
-                asyncio.gather(*(s.ping.remote() for s in self.shards)), 5
+                asyncio.gather(*(s.ping.remote() for s in self.shards + self.reward_shards)), 5
             )
         except Exception as exc:
             return problem_response(Code.UNAVAILABLE, f"not ready: {type(exc).__name__}: {exc}")
@@ -400,7 +439,7 @@ class PointsIngress:
         self,
         program_id: ProgramId,
         member_id: MemberId,
-        type: Annotated[str | None, Query(pattern="^(credit|debit)$")] = None,
+        type: Annotated[str | None, Query(pattern="^(credit|debit|refund)$")] = None,
         since: Annotated[datetime | None, Query()] = None,
         until: Annotated[datetime | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
@@ -428,6 +467,171 @@ class PointsIngress:
             cursor=position,
         )
         # An empty page is either an unknown member (404) or a filter that matched nothing.
+        if not items and not await repo.account_exists(program_id, member_id):
+            raise PointsError(Code.NOT_FOUND, f"member {member_id} not found")
+        return JsonResponse({"items": items, "next_cursor": next_cursor})
+
+    # ------------------------------------------------------------------ rewards
+
+    def _key(self, request: Request) -> str | Response:
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is None:
+            return _bad_request("the Idempotency-Key header is required for this request")
+        if IDEMPOTENCY_KEY_RE.fullmatch(idempotency_key) is None:
+            return _bad_request("Idempotency-Key must be 1..255 visible ASCII characters")
+        return idempotency_key
+
+    @app.put("/v1/programs/{program_id}/rewards/{reward_id}", tags=["rewards"])
+    async def put_reward(
+        self,
+        program_id: ProgramId,
+        reward_id: RewardId,
+        body: RewardPut,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        result = await self.rewards.submit(
+            {
+                "op": "put",
+                "program_id": program_id,
+                "reward_id": reward_id,
+                **body.model_dump(mode="json"),
+            }
+        )
+        return _shard_answer(result)
+
+    @app.get("/v1/programs/{program_id}/rewards", tags=["rewards"])
+    async def list_rewards(
+        self,
+        program_id: ProgramId,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        after = None
+        if cursor is not None:
+            try:
+                after = decode_reward_cursor(cursor)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise PointsError(Code.VALIDATION_ERROR, "invalid cursor") from exc
+        repo = await self._repo()
+        items, next_cursor = await repo.list_rewards(program_id, limit=limit, after=after)
+        if not items and cursor is None and await repo.get_program(program_id) is None:
+            raise PointsError(Code.NOT_FOUND, f"program {program_id} not found")
+        return JsonResponse({"items": items, "next_cursor": next_cursor})
+
+    @app.get("/v1/programs/{program_id}/rewards/{reward_id}", tags=["rewards"])
+    async def get_reward(
+        self,
+        program_id: ProgramId,
+        reward_id: RewardId,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        reward = await (await self._repo()).get_reward(program_id, reward_id)
+        if reward is None:
+            raise PointsError(Code.NOT_FOUND, f"reward {reward_id} not found")
+        return JsonResponse(reward)
+
+    @app.post(
+        "/v1/programs/{program_id}/rewards/{reward_id}/restock",
+        tags=["rewards"],
+        status_code=201,
+        openapi_extra=_write_openapi(RestockIn),
+    )
+    async def restock(
+        self, program_id: ProgramId, reward_id: RewardId, request: Request
+    ) -> Response:
+        await self._authenticate(request.headers.get("authorization"))
+        body = await self._parse(request, RestockIn)
+        if isinstance(body, Response):
+            return body
+        key = self._key(request)
+        if isinstance(key, Response):
+            return key
+        fields = {"program_id": program_id, "reward_id": reward_id, "quantity": body.quantity}
+        result = await self.rewards.submit(
+            {"op": "restock", **fields, "key": key, "request_hash": request_hash("restock", fields)}
+        )
+        return _shard_answer(result)
+
+    # ------------------------------------------------------------------ redemptions
+
+    @app.post(
+        "/v1/programs/{program_id}/redemptions",
+        tags=["redemptions"],
+        status_code=201,
+        openapi_extra=_write_openapi(RedemptionIn),
+    )
+    async def redeem(self, program_id: ProgramId, request: Request) -> Response:
+        await self._authenticate(request.headers.get("authorization"))
+        body = await self._parse(request, RedemptionIn)
+        if isinstance(body, Response):
+            return body
+        key = self._key(request)
+        if isinstance(key, Response):
+            return key
+        fields = {"program_id": program_id, **body.model_dump()}
+        result = await self.rewards.submit(
+            {"op": "redeem", **fields, "key": key, "request_hash": request_hash("redeem", fields)}
+        )
+        return _shard_answer(result)
+
+    @app.get("/v1/programs/{program_id}/redemptions/{redemption_id}", tags=["redemptions"])
+    async def get_redemption(
+        self,
+        program_id: ProgramId,
+        redemption_id: uuid.UUID,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        redemption = await (await self._repo()).get_redemption(program_id, redemption_id)
+        if redemption is None:
+            raise PointsError(Code.NOT_FOUND, f"redemption {redemption_id} not found")
+        return JsonResponse(redemption_view(redemption))
+
+    @app.post("/v1/programs/{program_id}/redemptions/{redemption_id}/cancel", tags=["redemptions"])
+    async def cancel_redemption(
+        self,
+        program_id: ProgramId,
+        redemption_id: uuid.UUID,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        redemption = await (await self._repo()).get_redemption(program_id, redemption_id)
+        if redemption is None:
+            raise PointsError(Code.NOT_FOUND, f"redemption {redemption_id} not found")
+        result = await self.rewards.submit(
+            {
+                "op": "cancel",
+                "program_id": program_id,
+                "reward_id": redemption.reward_id,
+                "redemption_id": str(redemption_id),
+            }
+        )
+        return _shard_answer(result)
+
+    @app.get("/v1/programs/{program_id}/members/{member_id}/redemptions", tags=["redemptions"])
+    async def list_member_redemptions(
+        self,
+        program_id: ProgramId,
+        member_id: MemberId,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        await self._authenticate(authorization)
+        position = None
+        if cursor is not None:
+            try:
+                position = decode_cursor(cursor)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise PointsError(Code.VALIDATION_ERROR, "invalid cursor") from exc
+        repo = await self._repo()
+        items, next_cursor = await repo.list_member_redemptions(
+            program_id, member_id, limit=limit, cursor=position
+        )
         if not items and not await repo.account_exists(program_id, member_id):
             raise PointsError(Code.NOT_FOUND, f"member {member_id} not found")
         return JsonResponse({"items": items, "next_cursor": next_cursor})

@@ -16,6 +16,7 @@ TITLES: dict[Code, str] = {
     Code.LIMIT_EXCEEDED: "Limit exceeded",
     Code.REWARD_INACTIVE: "Reward inactive",
     Code.IDEMPOTENCY_CONFLICT: "Idempotency key reused with a different request",
+    Code.INVALID_STATE: "Not allowed in the resource's current state",
     Code.NOT_FOUND: "Not found",
     Code.VALIDATION_ERROR: "Invalid request",
     Code.PAYLOAD_TOO_LARGE: "Request body too large",

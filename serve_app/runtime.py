@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from actors.routing import NAMESPACE, shard_name
+from actors.routing import NAMESPACE, reward_shard_name, shard_name
 from db.api_repo import admin_key_installed, ensure_admin_key
 from db.embedded import EmbeddedPostgres, EmbeddedRedis
 from db.engine import libpq_url, migrate
@@ -84,7 +85,27 @@ def shard_config(settings: Settings) -> dict[str, Any]:
         "batch_max": settings.batch_max,
         "batch_window_ms": settings.batch_window_ms,
         "accounts_cached_max": settings.accounts_cached_max,
+        "reward_shards": settings.reward_shards,
+        "webhook_secret": webhook_secret(settings),
+        "webhook_attempts": settings.webhook_attempts,
+        "webhook_backoff_s": settings.webhook_backoff_s,
+        "recovery_interval_s": settings.recovery_interval_s,
     }
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The key fulfilment webhooks are signed with: the setting, else one generated on first
+    use and kept in data_dir (0600), so receivers keep verifying across restarts."""
+    if settings.webhook_secret:
+        return settings.webhook_secret
+    path = settings.webhook_secret_file
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
 
 
 def free_port() -> int:
@@ -193,6 +214,9 @@ def undeploy(settings: Settings) -> None:
     for index in range(settings.shards):
         with contextlib.suppress(Exception):
             ray.kill(ray.get_actor(shard_name(index), namespace=NAMESPACE))
+    for index in range(settings.reward_shards):
+        with contextlib.suppress(Exception):
+            ray.kill(ray.get_actor(reward_shard_name(index), namespace=NAMESPACE))
 
 
 def prepare_database(settings: Settings, dsn: str) -> tuple[str | None, bool]:

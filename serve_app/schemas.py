@@ -1,15 +1,27 @@
 """Request bodies. Strict: integers are integers (no floats, no strings), unknown fields refused."""
 
 from datetime import datetime, timedelta
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
 
 from domain.limits import (
     EXPIRY_HORIZON_S,
+    ID_LENGTH_MAX,
+    ID_PATTERN,
     POINTS_PER_OPERATION_MAX,
     PROGRAM_NAME_LENGTH_MAX,
     REASON_LENGTH_MAX,
 )
+from domain.rewards import QUANTITY_MAX, STOCK_MAX
 
 # PostgreSQL text cannot hold NUL; refuse it here rather than fail a whole group commit.
 NO_NUL = r"^[^\x00]*$"
@@ -45,3 +57,35 @@ class CreditIn(_Strict):
 class DebitIn(_Strict):
     points: StrictInt = Field(ge=1, le=POINTS_PER_OPERATION_MAX)
     reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX, pattern=NO_NUL)
+
+
+class FulfillmentNone(_Strict):
+    type: Literal["none"]
+
+
+class FulfillmentWebhook(_Strict):
+    type: Literal["webhook"]
+    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s\x00]+$")
+
+
+class RewardPut(_Strict):
+    name: str = Field(min_length=1, max_length=PROGRAM_NAME_LENGTH_MAX, pattern=NO_NUL)
+    cost_points: StrictInt = Field(ge=1, le=POINTS_PER_OPERATION_MAX)
+    # Units stocked in all (null: unlimited). Restocks add to it; redemptions never change
+    # it: the units left are `stock` in the reward's view.
+    stock: StrictInt | None = Field(ge=0, le=STOCK_MAX)
+    per_member_limit: StrictInt | None = Field(default=None, ge=1, le=QUANTITY_MAX)
+    active: StrictBool = True
+    fulfillment: Annotated[FulfillmentNone | FulfillmentWebhook, Field(discriminator="type")] = (
+        FulfillmentNone(type="none")
+    )
+
+
+class RestockIn(_Strict):
+    quantity: StrictInt = Field(ge=1, le=QUANTITY_MAX)
+
+
+class RedemptionIn(_Strict):
+    member_id: str = Field(min_length=1, max_length=ID_LENGTH_MAX, pattern=ID_PATTERN)
+    reward_id: str = Field(min_length=1, max_length=ID_LENGTH_MAX, pattern=ID_PATTERN)
+    quantity: StrictInt = Field(default=1, ge=1, le=QUANTITY_MAX)

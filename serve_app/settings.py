@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     # more latency when idle.
     batch_window_ms: float = Field(default=5.0, ge=0, le=100)
     accounts_cached_max: int = Field(default=200_000, ge=1)
+    # Reward stock actors (a reward's slot picks one; a hot reward is one actor's work).
+    reward_shards: int = Field(default=1, ge=1, le=1024)
+    # Fulfilment webhooks are signed with this (HMAC-SHA256); unset: generated once and
+    # kept in data_dir/webhook_secret.
+    webhook_secret: str | None = None
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=0.5, ge=0, le=60)
+    # How often each reward shard looks for redemptions left half-way (and at start).
+    recovery_interval_s: float = Field(default=10.0, gt=0, le=3600)
     # Admin API key; unset: generated on first start, stored hashed, saved to data_dir.
     admin_key: str | None = None
     # "fast": Ray Serve direct ingress behind HAProxy with throughput-optimized settings.
@@ -39,6 +48,10 @@ class Settings(BaseSettings):
     @property
     def admin_key_file(self) -> Path:
         return self.data_dir / "admin_key"
+
+    @property
+    def webhook_secret_file(self) -> Path:
+        return self.data_dir / "webhook_secret"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 ADMIN_KEY = "pts_e2e_" + secrets.token_hex(16)
+WEBHOOK_SECRET = "whsec_e2e_" + secrets.token_hex(16)
 
 
 @dataclass
@@ -31,6 +32,10 @@ def service(database_url: str, redis_url: str) -> Iterator[Service]:
         data_dir=Path(tempfile.mkdtemp(prefix="points-e2e-")),
         port=runtime.free_port(),
         shards=2,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_attempts=2,
+        webhook_backoff_s=0.05,
+        recovery_interval_s=1.0,
     )
     runtime.prepare_database(settings, database_url)
     started = runtime.start_ray(settings)

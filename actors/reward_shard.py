@@ -1,0 +1,74 @@
+"""RewardShard: the Ray actor that owns a set of reward slots. A thin wrapper on RewardCore.
+
+It calls the account shards (by name) for the saga's debit and refund steps through a
+ShardClient, so those calls are batched like the ingress's and retried while an account
+shard restarts.
+"""
+
+import asyncio
+import os
+from typing import Any
+
+import ray
+
+from actors.reward_core import RewardCore
+from actors.routing import NAMESPACE, owned_slots, shard_name, slot_of
+from actors.shard_client import ShardClient
+from actors.webhook import WebhookSender
+from db.reward_repo import RewardRepo
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=20_000, num_cpus=0)
+class RewardShard:
+    def __init__(self, index: int, count: int, dsn: str, config: dict[str, Any]) -> None:
+        self.index = index
+        self._account_shards = config["shards"]
+        self._accounts: ShardClient | None = None
+        self.webhooks = WebhookSender(
+            config["webhook_secret"].encode(),
+            attempts=config.get("webhook_attempts", 5),
+            backoff_s=config.get("webhook_backoff_s", 0.5),
+        )
+        self.core = RewardCore(
+            RewardRepo(dsn),
+            self._account_call,
+            slot_of=slot_of,
+            owned_slots=owned_slots(index, count),
+            fulfil=self.webhooks.send,
+            batch_window_s=config.get("reward_batch_window_ms", 0.0) / 1000,
+            recovery_interval_s=config.get("recovery_interval_s", 10.0),
+        )
+
+    async def _account_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self._accounts is None:
+            handles = [
+                ray.get_actor(shard_name(i), namespace=NAMESPACE)
+                for i in range(self._account_shards)
+            ]
+            self._accounts = ShardClient(handles)
+        return await self._accounts.submit(request)
+
+    async def submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many requests in one Ray call (the ingress batches them); one answer each."""
+        return list(await asyncio.gather(*(self._dispatch(r) for r in requests)))
+
+    async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request["op"]
+        if op == "redeem":
+            return await self.core.redeem(request)
+        if op == "put":
+            return await self.core.put_reward(request)
+        if op == "restock":
+            return await self.core.restock(request)
+        if op == "cancel":
+            return await self.core.cancel(request)
+        raise ValueError(f"unknown reward operation {op!r}")
+
+    async def recover(self) -> int:
+        return await self.core.recover_once()
+
+    async def ping(self) -> dict[str, Any]:
+        return {"reward_shard": self.index, **(await self.core.ping())}
+
+    def pid(self) -> int:
+        return os.getpid()

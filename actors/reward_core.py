@@ -49,6 +49,7 @@ from domain.rewards import (
     Reward,
     RewardStock,
     SagaState,
+    advance,
     move,
     redemption_view,
     restock,
@@ -198,10 +199,6 @@ class RewardCore:
             return problem(Code.UNAVAILABLE, "cancellation in progress; retry")
         return {"status": 200, "body": redemption_view(redemption)}
 
-    async def get_redemption(self, program_id: str, reward_id: str, rid: str) -> dict[str, Any]:
-        redemption = self._redemption((program_id, reward_id), uuid.UUID(rid))
-        return redemption_view(redemption) if redemption else {}
-
     @staticmethod
     def answer_for(redemption: Redemption) -> dict[str, Any]:
         """The HTTP answer for a redemption in its current state (first answer and replays)."""
@@ -282,10 +279,17 @@ class RewardCore:
             )
             if answer["status"] == 201:
                 body = answer["body"]
+                # Debited, and with no fulfilment to wait for, completed: one commit.
+                after = (
+                    SagaState.COMPLETED
+                    if r.fulfillment.get("type", "none") == "none"
+                    else SagaState.PENDING_FULFILLMENT
+                )
                 return await self._move(
                     key,
                     r,
                     SagaState.POINTS_DEBITED,
+                    then=after,
                     debit_txn_id=body["transaction_id"],
                     balance_after=body["balance_after"],
                 )
@@ -329,12 +333,21 @@ class RewardCore:
             return await self._move(key, r, target, refund_txn_id=refund_txn_id)
         raise AssertionError(f"no step from {status}")
 
-    async def _move(self, key: RewardKey, r: Redemption, target: SagaState, **fields: Any) -> bool:
+    async def _move(
+        self,
+        key: RewardKey,
+        r: Redemption,
+        target: SagaState,
+        then: SagaState | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Persist a step (and, with `then`, the next one in the same commit)."""
         request = {
             "program_id": key[0],
             "reward_id": key[1],
             "redemption_id": r.redemption_id,
             "target": target,
+            "then": then,
             **{k: v for k, v in fields.items() if v is not None},
         }
         result = await self._submit("move", request)
@@ -699,7 +712,11 @@ class RewardCore:
         if redemption.status == target:
             _answer(op, {"status": 200})  # a step re-run: already there
             return
+        if req.get("then") is not None:
+            advance(target, req["then"])  # check both moves before changing anything
         move(state.reward, redemption, target, now)
+        if req.get("then") is not None:
+            move(state.reward, redemption, req["then"], now)
         if "debit_txn_id" in req:
             redemption.debit_txn_id = uuid.UUID(str(req["debit_txn_id"]))
             redemption.balance_after = req["balance_after"]

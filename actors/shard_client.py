@@ -62,10 +62,16 @@ class ShardClient:
     """`route_field`: the request field that, with `program_id`, picks the shard
     (`member_id` for account shards, `reward_id` for reward shards)."""
 
-    def __init__(self, handles: list[Any], route_field: str = "member_id") -> None:
-        assert handles
+    def __init__(
+        self,
+        handles: list[Any],
+        route_field: str = "member_id",
+        calls_in_flight: int = CALLS_IN_FLIGHT_MAX,
+    ) -> None:
+        assert handles and calls_in_flight >= 1
         self.lanes = [_ShardLane(h) for h in handles]
         self.route_field = route_field
+        self.calls_in_flight = calls_in_flight
 
     def lane_for(self, program_id: str, member_id: str) -> _ShardLane:
         return self.lanes[shard_of(program_id, member_id, len(self.lanes))]
@@ -79,7 +85,7 @@ class ShardClient:
         return await pending.future
 
     def _pump(self, lane: _ShardLane) -> None:
-        while lane.queue and lane.in_flight < CALLS_IN_FLIGHT_MAX:
+        while lane.queue and lane.in_flight < self.calls_in_flight:
             batch = lane.queue[:CALL_REQUESTS_MAX]
             del lane.queue[:CALL_REQUESTS_MAX]
             lane.in_flight += 1

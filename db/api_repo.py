@@ -43,8 +43,15 @@ def _iso(moment: datetime | None) -> str | None:
 class ApiRepo:
     def __init__(self, dsn: str, pool_min: int = 1, pool_max: int = 8) -> None:
         assert dsn and 0 < pool_min <= pool_max
+        # check: a connection the server closed (a restart, a failover) is replaced when
+        # it is taken from the pool, instead of failing the request that drew it.
         self._pool = AsyncConnectionPool(
-            dsn, min_size=pool_min, max_size=pool_max, open=False, timeout=5.0
+            dsn,
+            min_size=pool_min,
+            max_size=pool_max,
+            open=False,
+            timeout=5.0,
+            check=AsyncConnectionPool.check_connection,
         )
 
     async def open(self) -> None:

@@ -59,6 +59,7 @@ MemberId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
 RewardId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
 # Reward shards are pinged this often: a restarted one resumes its recovery pass.
 REWARD_KEEPER_INTERVAL_S = 5.0
+REWARD_CALLS_IN_FLIGHT = 4
 
 
 class JsonResponse(Response):
@@ -256,7 +257,11 @@ class PointsIngress:
             ).remote(i, reward_shards, dsn, reward_config)
             for i in range(reward_shards)
         ]
-        self.rewards = ShardClient(self.reward_shards, route_field="reward_id")
+        # A redemption call returns only when its saga has gone as far as it can (reserve,
+        # debit, confirm): several calls in flight keep those stages overlapping.
+        self.rewards = ShardClient(
+            self.reward_shards, route_field="reward_id", calls_in_flight=REWARD_CALLS_IN_FLIGHT
+        )
         self._keeper: asyncio.Task[None] | None = None
         self._opened = False
 

@@ -155,6 +155,9 @@ class RewardCore:
             "fenced": 0,
             "recovered": 0,
             "answered_from_memory": 0,
+            # Round trips to PostgreSQL made by the batch loop (loads and commits).
+            "db_loads": 0,
+            "db_commits": 0,
         }
 
     # ----------------------------------------------------------------- public API
@@ -508,6 +511,8 @@ class RewardCore:
             r for rid, r in work.updated.items() if rid not in work.new_redemptions
         ]
         try:
+            if not work.write.empty:
+                self.stats["db_commits"] += 1
             await self.repo.commit_rewards(work.write, now)
         except RedemptionKeysExist as exc:
             # A key used before for another reward's redemption: a conflict. Everything
@@ -558,10 +563,12 @@ class RewardCore:
     async def _prefetch(self, batch: list[_Op]) -> None:
         programs = list({op.request["program_id"] for op in batch} - self._programs)
         if programs:
+            self.stats["db_loads"] += 1
             self._programs |= await self.repo.existing_programs(programs)
         missing = list({op.reward_key for op in batch} - self._rewards.keys())
         if not missing:
             return
+        self.stats["db_loads"] += 1
         loaded = await self.repo.load_rewards(missing)
         for rkey, item in loaded.items():
             self._rewards[rkey] = self._install(item)

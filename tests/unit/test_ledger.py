@@ -4,12 +4,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from domain.errors import Code, PointsError
 from domain.ledger import (
     MEMBER_ACCOUNT,
+    REFUND,
     SYSTEM_ISSUED,
     SYSTEM_REDEEMED,
     Account,
@@ -19,6 +20,7 @@ from domain.ledger import (
     credit,
     debit,
     new_account,
+    refund,
     spend_order,
 )
 from domain.limits import BALANCE_MAX, POINTS_PER_OPERATION_MAX, REASON_LENGTH_MAX
@@ -125,7 +127,99 @@ def test_credit_with_past_expiry_is_refused() -> None:
         credit(new_account("s", "m"), 1, "x", T0, ids(), ids(), T0 - timedelta(seconds=1))
 
 
+def copy_lot(lot: Lot) -> Lot:
+    return Lot(lot.lot_id, lot.original, lot.remaining, lot.expires_at, lot.created_at)
+
+
+def lots_by_id(account: Account) -> dict[uuid.UUID, Lot]:
+    return {lot.lot_id: copy_lot(lot) for lot in account.lots}
+
+
+@pytest.mark.parametrize("where", ["unknown lot last", "fully spent lot not described"])
+def test_refund_naming_an_unknown_lot_is_refused_and_changes_nothing(where: str) -> None:
+    soon, later = ids(), ids()
+    account = Account("shop", "alice", 1, 60, 160, 100, [])
+    account.lots.append(Lot(soon, 10, 10, T0 + timedelta(days=5), T0))
+    account.lots.append(Lot(later, 50, 50, None, T0))
+    stored = lots_by_id(account)
+    txn = debit(account, 15, "reward", T0, ids())
+    assert txn.allocations == ((soon, 10), (later, 5))
+    assert [lot.lot_id for lot in account.lots] == [later]  # `soon` was spent entirely
+    allocations = list(txn.allocations)
+    if where == "unknown lot last":
+        unknown = ids()
+        allocations.append((unknown, 5))
+    else:
+        unknown = soon
+        allocations.reverse()  # the lot still held comes first
+        del stored[soon]
+    before = account.clone()
+    with pytest.raises(PointsError) as err:
+        refund(account, txn.txn_id, allocations, stored, "refund", T0, ids())
+    assert err.value.code is Code.VALIDATION_ERROR
+    assert str(unknown) in err.value.detail
+    assert account == before
+
+
 # ----------------------------------------------------------------------------- properties
+
+# (original, remaining share of it, expiry in days from now: None = never, <= 0 = expired)
+lot_specs = st.lists(
+    st.tuples(
+        st.integers(min_value=1, max_value=1000),
+        st.floats(min_value=0.001, max_value=1.0),
+        st.one_of(st.none(), st.integers(min_value=-30, max_value=60)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lot_specs, st.data())
+def test_a_refund_restores_the_lots_a_debit_took_from(
+    specs: list[tuple[int, float, int | None]], data: st.DataObject
+) -> None:
+    """Whatever the lots (expiring, not, already expired) and however much a debit took, a
+    refund of it puts every point back into the lot it came from: each lot's remaining,
+    original, expiry and age as before, balance restored, lifetime_spent back down."""
+    now = T0 + timedelta(days=100)
+    account = Account("p", "m", 1, 0, 0, 0, [])
+    for index, (original, share, days) in enumerate(specs):
+        remaining = max(1, round(original * share))
+        expires_at = None if days is None else now + timedelta(days=days)
+        account.lots.append(
+            Lot(ids(), original, remaining, expires_at, T0 + timedelta(hours=index))
+        )
+        account.balance += remaining
+        account.lifetime_earned += original
+        account.lifetime_spent += original - remaining
+    account.check()
+    spendable = available(account, now)
+    assume(spendable > 0)
+    points = data.draw(st.integers(min_value=1, max_value=spendable), label="debit")
+    before = account.clone()
+    stored = lots_by_id(account)  # captured before the debit drops fully spent lots
+
+    txn = debit(account, points, "reward", now, ids())
+    assert account.lifetime_spent == before.lifetime_spent + points
+    later = now + timedelta(days=data.draw(st.integers(min_value=0, max_value=90), label="wait"))
+    back = refund(account, txn.txn_id, list(txn.allocations), stored, "refund", later, ids())
+
+    assert {lot.lot_id: lot for lot in account.lots} == {lot.lot_id: lot for lot in before.lots}
+    assert len(account.lots) == len(before.lots)
+    assert account.balance == before.balance == back.balance_after
+    assert account.lifetime_spent == before.lifetime_spent
+    assert account.lifetime_earned == before.lifetime_earned
+    assert available(account, now) == spendable
+    assert (back.kind, back.points, back.refers_to) == (REFUND, points, txn.txn_id)
+    assert back.allocations == txn.allocations
+    assert {(e.account, e.amount) for e in back.entries} == {
+        (MEMBER_ACCOUNT, points),
+        (SYSTEM_REDEEMED, -points),
+    }
+    account.check()
+
 
 operations = st.lists(
     st.one_of(

@@ -36,6 +36,9 @@ class Wiring:
         self.accounts = ShardCore(LedgerRepo(url))
         self.account_calls: list[dict[str, Any]] = []
         self.fail_accounts: str | None = None  # kind of account call to refuse with 503
+        # kind of account call after which the reward shard "crashes" (the call commits,
+        # its answer is lost)
+        self.crash_after: str | None = None
         self.rewards = self._reward_core()
 
     def _reward_core(self) -> RewardCore:
@@ -52,7 +55,10 @@ class Wiring:
         self.account_calls.append(request)
         if self.fail_accounts == request["kind"]:
             return {"status": 503, "body": {"code": "unavailable", "detail": "injected"}}
-        return await self.accounts.submit(request)
+        answer = await self.accounts.submit(request)
+        if self.crash_after == request["kind"]:
+            raise RuntimeError(f"injected crash after the {request['kind']} committed")
+        return answer
 
     async def restart_rewards(self) -> None:
         await self.rewards.close()
@@ -266,3 +272,91 @@ async def test_webhook_failure_compensates(database_url: str, program: str) -> N
         assert_verifier_clean(database_url)
     finally:
         await w.close()
+
+
+async def wait_status(url: str, program: str, wanted: str) -> str:
+    status = ""
+    for _ in range(200):
+        [(status,)] = db_rows(url, "SELECT status FROM redemptions WHERE program_id=%s", program)
+        if status == wanted:
+            break
+        await asyncio.sleep(0.02)
+    return str(status)
+
+
+async def test_crash_after_the_debit_recovery_completes_without_a_second_debit(
+    wiring: Wiring, program: str, database_url: str
+) -> None:
+    await put_reward(wiring, program, "mug", stock=1)
+    await credit(wiring, program, "dan", 100)
+    wiring.crash_after = "debit"
+    lost = await wiring.rewards.redeem(redeem_request(program, "mug", "dan", "k1"))
+    assert lost["status"] == 503  # the caller never heard; the points are gone already
+    [(balance,)] = db_rows(
+        database_url, "SELECT balance FROM accounts WHERE program_id=%s", program
+    )
+    assert balance == 0
+    await wiring.restart_rewards()
+    wiring.crash_after = None
+    assert await wiring.rewards.recover_once() == 1
+    assert await wait_status(database_url, program, "completed") == "completed"
+    [(debits,)] = db_rows(
+        database_url,
+        "SELECT count(*) FROM transactions WHERE program_id=%s AND kind='debit'",
+        program,
+    )
+    assert debits == 1  # the re-run debit step replayed the first one
+    assert reward_row(database_url, program, "mug") == (1, 0, 1)
+    assert_verifier_clean(database_url)
+
+
+async def test_crash_after_the_refund_recovery_finishes_compensation_once(
+    wiring: Wiring, program: str, database_url: str
+) -> None:
+    await put_reward(wiring, program, "mug", stock=1)
+    await credit(wiring, program, "eli", 100)
+    done = await wiring.rewards.redeem(redeem_request(program, "mug", "eli", "k1"))
+    assert done["status"] == 201
+    wiring.crash_after = "refund"
+    cancel = {"program_id": program, "reward_id": "mug", "redemption_id": done["body"]["id"]}
+    assert (await wiring.rewards.cancel(cancel))["status"] == 503
+    await wiring.restart_rewards()
+    wiring.crash_after = None
+    assert await wiring.rewards.recover_once() == 1
+    assert await wait_status(database_url, program, "cancelled") == "cancelled"
+    [(refunds,)] = db_rows(
+        database_url,
+        "SELECT count(*) FROM transactions WHERE program_id=%s AND kind='refund'",
+        program,
+    )
+    assert refunds == 1
+    assert reward_row(database_url, program, "mug") == (1, 0, 0)
+    assert (await wiring.rewards.cancel(cancel))["status"] == 200
+    assert_verifier_clean(database_url)
+
+
+async def test_a_stale_owner_is_fenced_and_the_new_owner_sells_correctly(
+    database_url: str, program: str
+) -> None:
+    """Two reward shards believe they own the same reward (a restart with a changed shard
+    count): the one with stale state cannot commit, and nothing is oversold."""
+    first = Wiring(database_url)
+    second = Wiring(database_url)
+    try:
+        await put_reward(first, program, "duo", stock=2)
+        for i in range(4):
+            await credit(first, program, f"p{i}", 100)
+        ok = await first.rewards.redeem(redeem_request(program, "duo", "p0", "k0"))
+        assert ok["status"] == 201
+        # The second owner loads the reward now, then the first sells the last unit.
+        ok2 = await second.rewards.redeem(redeem_request(program, "duo", "p1", "k1"))
+        assert ok2["status"] == 201
+        stale = await first.rewards.redeem(redeem_request(program, "duo", "p2", "k2"))
+        assert stale["status"] == 503  # fenced: its view of the reward was stale
+        again = await first.rewards.redeem(redeem_request(program, "duo", "p2", "k2"))
+        assert again["status"] == 409 and again["body"]["code"] == "out_of_stock"
+        assert reward_row(database_url, program, "duo") == (2, 0, 2)
+        assert_verifier_clean(database_url)
+    finally:
+        await first.close()
+        await second.close()

@@ -51,7 +51,7 @@ def migrated_url(pg_admin_url: str) -> Iterator[str]:
 
 def catalog(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql).fetchall()
 
 
 def test_models_match_the_migrations_for_alembic(migrated_url: str) -> None:

@@ -76,6 +76,9 @@ transactions = Table(
     ForeignKeyConstraint(
         ["program_id", "member_id"], ["accounts.program_id", "accounts.member_id"]
     ),
+    ForeignKeyConstraint(
+        ["refers_to"], ["transactions.txn_id"], name="transactions_refers_to_fkey"
+    ),
     CheckConstraint("points > 0", name="transactions_points_positive"),
     CheckConstraint("kind IN ('credit', 'debit', 'refund')", name="transactions_kind_known"),
     CheckConstraint(

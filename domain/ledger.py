@@ -280,10 +280,15 @@ def refund(
         raise PointsError(Code.VALIDATION_ERROR, "refund larger than the points ever spent")
     held = {lot.lot_id: lot for lot in account.lots}
     # Validate every lot before changing any.
+    if len({lot_id for lot_id, _ in allocations}) != len(allocations):
+        raise PointsError(Code.VALIDATION_ERROR, "a debit names each lot once")
     for lot_id, taken in allocations:
         lot = held.get(lot_id) or lots.get(lot_id)
         if lot is None or taken <= 0:
             raise PointsError(Code.VALIDATION_ERROR, f"lot {lot_id} of the debit is unknown")
+        remaining = lot.remaining if lot_id in held else 0
+        if remaining + taken > lot.original:
+            raise PointsError(Code.VALIDATION_ERROR, f"refund would overfill lot {lot_id}")
     balance_before = account.balance
     for lot_id, taken in allocations:
         lot = held.get(lot_id)
@@ -293,9 +298,8 @@ def refund(
             lot = Lot(lot_id, stored.original, 0, stored.expires_at, stored.created_at)
             account.lots.append(lot)
             held[lot_id] = lot
-        if lot.remaining + taken > lot.original:
-            raise AssertionError("refund would overfill a lot")
         lot.remaining += taken
+        assert lot.remaining <= lot.original
     account.balance += points
     account.lifetime_spent -= points
     txn = Transaction(

@@ -26,6 +26,9 @@ def upgrade() -> None:
         "transactions_kind_known", "transactions", "kind IN ('credit', 'debit', 'refund')"
     )
     op.add_column("transactions", sa.Column("refers_to", sa.Uuid(), nullable=True))
+    op.create_foreign_key(
+        "transactions_refers_to_fkey", "transactions", "transactions", ["refers_to"], ["txn_id"]
+    )
     op.create_check_constraint(
         "transactions_refund_refers", "transactions", "(kind = 'refund') = (refers_to IS NOT NULL)"
     )
@@ -153,6 +156,7 @@ def downgrade() -> None:
     op.drop_table("rewards")
     op.drop_index("transactions_one_refund", table_name="transactions")
     op.drop_constraint("transactions_refund_refers", "transactions", type_="check")
+    op.drop_constraint("transactions_refers_to_fkey", "transactions", type_="foreignkey")
     op.drop_column("transactions", "refers_to")
     op.drop_constraint("transactions_kind_known", "transactions", type_="check")
     op.create_check_constraint(

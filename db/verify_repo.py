@@ -102,6 +102,21 @@ CHECKS: tuple[Check, ...] = (
         """,
     ),
     Check(
+        "a redemption's recorded debit and refund are its member's, for its points",
+        """
+        SELECT d.redemption_id, d.debit_txn_id, d.refund_txn_id
+        FROM redemptions d
+        LEFT JOIN transactions t ON t.txn_id = d.debit_txn_id
+        LEFT JOIN transactions r ON r.txn_id = d.refund_txn_id
+        WHERE (d.debit_txn_id IS NOT NULL
+               AND (t.txn_id IS NULL OR t.kind <> 'debit' OR t.member_id <> d.member_id
+                    OR t.program_id <> d.program_id OR t.points <> d.points))
+           OR (d.refund_txn_id IS NOT NULL
+               AND (r.txn_id IS NULL OR r.kind <> 'refund'
+                    OR r.refers_to IS DISTINCT FROM d.debit_txn_id))
+        """,
+    ),
+    Check(
         "every refund gives back one debit of the same member, whole",
         """
         SELECT r.txn_id, r.refers_to, r.points, d.points, d.kind
@@ -165,7 +180,8 @@ CHECKS: tuple[Check, ...] = (
           WHERE t.program_id = d.program_id AND t.member_id = d.member_id
             AND t.idempotency_key IN ('saga ' || d.redemption_id || ' debit',
                                       'saga ' || d.redemption_id || ' refund')) x
-        WHERE (d.status = 'completed' AND (x.debited <> d.points OR x.refunded <> 0))
+        WHERE (d.status IN ('completed', 'points_debited', 'pending_fulfillment')
+               AND (x.debited <> d.points OR x.refunded <> 0))
            OR (d.status IN ('failed', 'cancelled') AND x.debited <> x.refunded)
         """,
     ),

@@ -97,6 +97,7 @@ COUNTERS = "reward counters equal the units its redemptions hold"
 PER_MEMBER = "no member holds more of a reward than its per-member limit"
 PAID = "completed redemptions were paid once; failed and cancelled ones cost nothing"
 REFUND_REFERS = "every refund gives back one debit of the same member, whole"
+RECORDED = "a redemption's recorded debit and refund are its member's, for its points"
 
 
 @dataclass(frozen=True)
@@ -258,4 +259,14 @@ def test_a_refund_of_another_members_debit_is_reported(rewards: Rewards) -> None
             (rewards.m1_debit, f"saga {rewards.cancelled} refund"),
         )
         conn.execute("ALTER TABLE transactions ENABLE TRIGGER USER")
-    assert failed_checks(rewards.url) == {REFUND_REFERS}
+    # The refund no longer refers to its redemption's debit either.
+    assert failed_checks(rewards.url) == {REFUND_REFERS, RECORDED}
+
+
+def test_a_redemption_recording_another_members_debit_is_reported(rewards: Rewards) -> None:
+    with psycopg.connect(rewards.url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE redemptions SET debit_txn_id = %s WHERE redemption_id = %s",
+            (rewards.m1_debit, rewards.completed),
+        )
+    assert failed_checks(rewards.url) == {RECORDED}

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 from domain.errors import Code, PointsError
 from domain.rewards import (
     TERMINAL_STATES,
+    Redemption,
+    Reward,
     RewardStock,
     SagaState,
     advance,
@@ -113,3 +115,73 @@ def test_saga_moves_forward_compensates_and_stops_at_terminal_states() -> None:
     assert {SagaState.FAILED, SagaState.CANCELLED, SagaState.COMPLETED} == TERMINAL_STATES
     with pytest.raises(PointsError):
         advance(SagaState.STARTED, SagaState.COMPLETED)  # no skipping the debit
+
+
+# ----------------------------------------------------------------- redemptions on a reward
+
+
+def _reward(stocked: int | None, limit: int | None) -> Reward:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    return Reward(
+        "p", "r", "R", 10, RewardStock("r", stocked), limit, {"type": "none"}, 1, now, now
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=12),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=3)),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["start", "complete", "fail", "cancel"]),
+            st.integers(0, 4),  # member
+            st.integers(1, 3),  # quantity, or which redemption
+        ),
+        max_size=60,
+    ),
+)
+def test_random_sagas_keep_counters_holders_and_stock_consistent(
+    stocked: int, limit: int | None, ops: list[tuple[str, int, int]]
+) -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from domain.rewards import RELEASED, start_redemption
+    from domain.rewards import move as saga_move
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    reward = _reward(stocked, limit)
+    redemptions: list[Redemption] = []
+    for kind, member, n in ops:
+        if kind == "start":
+            try:
+                redemptions.append(
+                    start_redemption(reward, uuid.uuid4(), f"m{member}", n, "k", "h", now)
+                )
+            except PointsError as exc:
+                assert exc.code in (Code.OUT_OF_STOCK, Code.LIMIT_EXCEEDED)
+        elif redemptions:
+            r = redemptions[n % len(redemptions)]
+            try:
+                if kind == "complete":
+                    saga_move(reward, r, SagaState.POINTS_DEBITED, now)
+                    saga_move(reward, r, SagaState.COMPLETED, now)
+                elif kind == "fail":
+                    saga_move(reward, r, SagaState.FAILED, now)
+                else:
+                    saga_move(reward, r, SagaState.COMPENSATING, now)
+                    saga_move(reward, r, SagaState.CANCELLED, now)
+            except PointsError as exc:
+                assert exc.code is Code.VALIDATION_ERROR  # a move the saga does not allow
+        held = [r for r in redemptions if r.stock_state != RELEASED]
+        stock = reward.stock
+        assert stock.reserved == sum(r.quantity for r in held if r.stock_state == "reserved")
+        assert stock.redeemed == sum(r.quantity for r in held if r.stock_state == "redeemed")
+        assert stock.reserved + stock.redeemed <= stocked
+        for m in range(5):
+            units = sum(r.quantity for r in held if r.member_id == f"m{m}")
+            assert reward.holders.get(f"m{m}", 0) == units
+            if limit is not None:
+                assert units <= limit

@@ -48,6 +48,10 @@ ARG_NAMES = (
     "batch_max",
     "batch_window_ms",
     "accounts_cached_max",
+    "reward_shards",
+    "webhook_attempts",
+    "webhook_backoff_s",
+    "recovery_interval_s",
 )
 
 

@@ -26,6 +26,12 @@ APP_NAME = "points"
 
 # The "fast" serve profile: replicas take HTTP directly (no Python proxy hop) behind
 # HAProxy, with Serve's throughput-optimized defaults. See docs/architecture.md.
+FIXED_PORT_SETTINGS = (
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
 FAST_SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -119,9 +125,12 @@ def start_ray(settings: Settings) -> bool:
     if settings.serve_profile == "fast":
         for name, value in FAST_SERVE_ENV.items():
             os.environ.setdefault(name, value)
-        # HAProxy's metrics and stats listeners default to fixed ports (9101, 8404): take
-        # free ones so two services (or a service and its tests) can share a machine.
-        for name in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT"):
+        # Fixed default ports would be shared by two services on one machine (a service
+        # and its tests, say): HAProxy's metrics and stats listeners (9101, 8404) and the
+        # fallback proxy (8500, 9500) that HAProxy sends requests to while no replica is up
+        # yet. With another service's fallback proxy on 8500, this service's first requests
+        # were answered by that service (seen here: 401 for a key that was valid here).
+        for name in FIXED_PORT_SETTINGS:
             os.environ.setdefault(name, str(free_port()))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if settings.ray_address:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import secrets
 import signal
@@ -173,6 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--stock", type=int, default=1_000)
     parser.add_argument("--database-url", help=f"admin URL (default {DEFAULT_ADMIN_URL})")
+    parser.add_argument("--replicas", type=int, help="HTTP ingress replicas (POINTS_REPLICAS)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     return parser.parse_args(argv)
 
@@ -180,6 +182,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.replicas:
+        os.environ["POINTS_REPLICAS"] = str(args.replicas)
     admin_url = args.database_url
     if admin_url is None and port_open("127.0.0.1", 5432):
         admin_url = DEFAULT_ADMIN_URL

@@ -320,9 +320,10 @@ class PointsIngress:
     async def readyz(self) -> Response:
         try:
             await asyncio.wait_for((await self._repo()).ping(), 3)
-            shards = await asyncio.wait_for(
+            pings = await asyncio.wait_for(
                 asyncio.gather(*(s.ping.remote() for s in self.shards + self.reward_shards)), 5
             )
+            shards, reward_shards = pings[: len(self.shards)], pings[len(self.shards) :]
         except Exception as exc:
             return problem_response(Code.UNAVAILABLE, f"not ready: {type(exc).__name__}: {exc}")
         redis_state = "not configured"
@@ -333,7 +334,13 @@ class PointsIngress:
             except Exception as exc:
                 redis_state = f"down: {type(exc).__name__}"
         return JsonResponse(
-            {"status": "ready", "database": "ok", "redis": redis_state, "shards": shards}
+            {
+                "status": "ready",
+                "database": "ok",
+                "redis": redis_state,
+                "shards": shards,
+                "reward_shards": reward_shards,
+            }
         )
 
     # ------------------------------------------------------------------ programs

@@ -157,6 +157,11 @@ def status(
             f" {int(shard['ops'])} operations in {int(shard['batches'])} group commits,"
             f" {int(shard['commit_failures'])} failed commits"
         )
+    for shard in body.get("reward_shards", []):
+        console.print(
+            f"reward shard {shard['reward_shard']}: {shard['rewards_loaded']} rewards loaded,"
+            f" {shard['sagas_in_flight']} redemptions in flight"
+        )
 
 
 def _port_free(host: str, port: int) -> bool:

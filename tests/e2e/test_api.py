@@ -139,6 +139,7 @@ async def test_auth_and_not_found(
     assert ghost.status_code == 404 and ghost.json()["code"] == "not_found"
     ready = (await client.get("/readyz")).json()
     assert ready["status"] == "ready" and len(ready["shards"]) == 2
+    assert len(ready["reward_shards"]) == 1
 
 
 async def test_300_concurrent_debits_against_100_points(
@@ -261,7 +262,7 @@ async def test_bad_input_is_a_4xx_problem_and_changes_nothing(
         "/v1/programs/{p}/members/m/transactions?limit=0",
         "/v1/programs/{p}/members/m/transactions?limit=100000",
         "/v1/programs/{p}/members/m/transactions?cursor=garbage",
-        "/v1/programs/{p}/members/m/transactions?type=refund",
+        "/v1/programs/{p}/members/m/transactions?type=bonus",
         "/v1/programs/{p}/members/m/transactions?since=yesterday",
     ],
 )

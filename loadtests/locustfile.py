@@ -8,11 +8,15 @@ User classes (name one on the command line):
 - FlashSaleUser: every simulated user is ONE distinct member (fan-0, fan-1, …, one per
   user, handed out by a counter) who redeems one unit of the one reward exactly once. With
   more users than units, the expected answers are exactly `stock` x 201 and the rest
-  409 out_of_stock. After its redemption a user sends nothing more and closes its connection;
-  once every user has had its answer the run ends by itself (the summary follows), so -t is
-  only a bound. (Why users do not raise StopUser: during the ramp-up Locust tops every user
-  class back up to its target count, so users that stop themselves are replaced by new
-  ones: -u 100 would start ~300 users and hand out more members than -u.)
+  409 out_of_stock. Locust starts the users of each second together (in one burst); each
+  user waits uniform(0, --arrival-spread) s (default 1) before its request, so arrivals
+  are spread over the second at the -r rate; --arrival-spread 0 sends each burst at once
+  (latency then includes the queue of the burst). After its redemption a user sends
+  nothing more and closes its connection; once every user has had its answer the run ends
+  by itself (the summary follows), so -t is only a bound. (Why users do not raise
+  StopUser: during the ramp-up Locust tops every user class back up to its target count,
+  so users that stop themselves are replaced by new ones: -u 100 would start ~300 users
+  and hand out more members than -u.)
 - MixedUser: everyday traffic over all members, picked at random, per task weights:
   balance read 50, history read (limit=10) 25, credit 10, debit 10, redemption of an
   unlimited reward 5. Think time: uniform 0..--think-time s (default 1 s) between tasks.
@@ -35,6 +39,7 @@ to `python -m loadtests.setup`'s defaults (loadtests/scenarios.py):
     --members N           LOADTEST_MEMBERS        how many members setup created
     --admin-key KEY       POINTS_ADMIN_KEY        default: ~/.points/admin_key
     --think-time S        LOADTEST_THINK_TIME     max pause between tasks, seconds
+    --arrival-spread S    LOADTEST_ARRIVAL_SPREAD flash sale: spread each burst over S s
 """
 
 from __future__ import annotations
@@ -92,6 +97,14 @@ def _arguments(parser: Any) -> None:
         default=-1.0,
         help="max pause between a user's tasks, s (MixedUser 1, HotMemberUser 0)",
     )
+    parser.add_argument(
+        "--arrival-spread",
+        env_var="LOADTEST_ARRIVAL_SPREAD",
+        type=float,
+        default=1.0,
+        help="FlashSaleUser: each user waits uniform(0, S) s before redeeming, so that the "
+        "users Locust starts together each second arrive over that second (0: all at once)",
+    )
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class Params:
     members: int
     headers: dict[str, str]
     think_time: float
+    arrival_spread: float
 
 
 def params(environment: Environment, scenario: str, think_time: float) -> Params:
@@ -122,6 +136,7 @@ def params(environment: Environment, scenario: str, think_time: float) -> Params
         members=option("members") or base.members,
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
         think_time=think_time if chosen_think is None or chosen_think < 0 else chosen_think,
+        arrival_spread=max(0.0, option("arrival_spread") or 0.0),
     )
 
 
@@ -215,6 +230,8 @@ class FlashSaleUser(PointsUser):
             gevent.sleep(3600)  # stay counted as a running user; the run ends without us
             return
         self.answered = True
+        if self.p.arrival_spread:
+            gevent.sleep(random.uniform(0, self.p.arrival_spread))
         sent = 0
         if self.index >= self.p.members:
             log.warning(

@@ -25,3 +25,47 @@ BODY_BYTES_MAX = 1024 * 1024
 LOTS_IN_VIEW_MAX = 100
 # A lot may not expire more than this far ahead (100 years).
 EXPIRY_HORIZON_S = 100 * 366 * 24 * 3600
+
+# --- Earning programs: policy, rules, tiers (domain/policy.py, rules.py, tiers.py) ---
+# IANA names are short ("America/Argentina/ComodRivadavia" is the longest, 32 characters).
+TIME_ZONE_LENGTH_MAX = 64
+# Expiry counted from availability; ten years of days or months, a century of years.
+EXPIRY_DAYS_MAX = 3650
+EXPIRY_MONTHS_MAX = 120
+EXPIRY_YEARS_MAX = 100
+# Points held pending (refund and chargeback windows are weeks, not years).
+PENDING_DAYS_MAX = 365
+# Tier windows and grace: bounded so a member's per-day buckets stay small.
+TIER_WINDOW_DAYS_MAX = 3660
+TIER_GRACE_DAYS_MAX = 3650
+TIERS_MAX = 20
+TIER_NAME_LENGTH_MAX = 64
+# Any multiplier factor (tier, campaign, rule): at most x100, so one event cannot mint
+# points out of proportion to what the member did.
+MULTIPLIER_MAX = 100
+# Decimal strings (rates, factors, amounts): digits in total, and digits after the point.
+DECIMAL_DIGITS_MAX = 30
+DECIMAL_PLACES_MAX = 12
+# A rule set and its rules.
+RULES_PER_SET_MAX = 200
+RULE_PRIORITY_MAX = 10_000
+RULE_SET_VERSION_MAX = 2**31 - 1
+EVENT_TYPE_LENGTH_MAX = 64
+LADDER_BRACKETS_MAX = 50
+# A per_amount rate, in points per unit of the attribute.
+AWARD_RATE_MAX = 1_000_000
+ATTRIBUTE_NAME_LENGTH_MAX = 64
+# Conditions: parsed once at compile time, then walked per event, so their size bounds
+# the work per event. Depth stays far below Python's recursion limit.
+CONDITION_LENGTH_MAX = 1000
+CONDITION_NODES_MAX = 300
+CONDITION_DEPTH_MAX = 30
+CONDITION_LITERAL_ITEMS_MAX = 100
+# Integer literals in a condition and integer attribute values: a PostgreSQL bigint.
+INTEGER_ABS_MAX = 2**63 - 1
+# Explanation notes, one per rule line.
+NOTE_LENGTH_MAX = 300
+# Event attributes: nesting, total number of values, string and key lengths.
+ATTRIBUTES_DEPTH_MAX = 4
+ATTRIBUTES_VALUES_MAX = 200
+ATTRIBUTE_STRING_LENGTH_MAX = 1000

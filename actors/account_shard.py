@@ -6,8 +6,12 @@ from typing import Any
 
 import ray
 
+from actors.routing import shard_of
 from actors.shard_core import ShardCore
 from db.ledger_repo import LedgerRepo
+
+# How often the expiry job runs in each shard when the config does not say.
+EXPIRY_INTERVAL_S = 60.0
 
 
 @ray.remote(
@@ -27,18 +31,42 @@ class AccountShard:
             batch_window_s=config["batch_window_ms"] / 1000,
             accounts_cached_max=config["accounts_cached_max"],
         )
+        self.shards = int(config.get("shards", 1))
+        self.expiry_interval_s = float(config.get("expiry_interval_s", EXPIRY_INTERVAL_S))
+        self._expiry_started = False
+
+    def _owns(self, program_id: str, member_id: str) -> bool:
+        return shard_of(program_id, member_id, self.shards) == self.index
+
+    def _ensure_expiry(self) -> None:
+        # Started from the first call (the actor's event loop runs by then), and again by
+        # the first call after a restart.
+        if not self._expiry_started:
+            self.core.start_expiry(self._owns, self.expiry_interval_s)
+            self._expiry_started = True
 
     async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._ensure_expiry()
         return await self.core.submit(request)
 
     async def submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Many requests in one Ray call (the ingress batches them); one answer each."""
+        self._ensure_expiry()
         return list(await asyncio.gather(*(self.core.submit(r) for r in requests)))
+
+    async def forget_program(self, program_id: str) -> None:
+        """The program's policy or rules changed: read them again before the next event."""
+        self.core.forget_program(program_id)
+
+    async def expire_due(self) -> dict[str, int]:
+        """Run one pass of the expiry job now (ops, tests)."""
+        return await self.core.expire_due(self._owns)
 
     async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
         return await self.core.get_account(program_id, member_id)
 
     async def ping(self) -> dict[str, Any]:
+        self._ensure_expiry()
         return {"shard": self.index, **(await self.core.ping())}
 
     def pid(self) -> int:

@@ -29,18 +29,26 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from db.ledger_repo import (
     AccountKey,
     BatchWrite,
+    EventRow,
+    EventsTaken,
     FencedError,
     IdemKey,
     KeysExist,
     LedgerRepo,
+    ProgramConfig,
     RefundSource,
+    StoredEvent,
 )
+from domain.earning import member_context, record, tier_view, update_tier
 from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.events import event_json
 from domain.idempotency import StoredResponse, replay
 from domain.ids import uuid7
 from domain.ledger import (
@@ -52,11 +60,16 @@ from domain.ledger import (
     available,
     credit,
     debit,
+    expire,
     new_account,
     refund,
+    reverse,
     transaction_view,
 )
-from domain.limits import LOTS_IN_VIEW_MAX
+from domain.limits import EXPIRING_SOON_DAYS, LOTS_IN_VIEW_MAX
+from domain.numbers import parse_decimal
+from domain.policy import Policy, available_at, expires_at, local_day, parse_policy, zone
+from domain.rules import EventIn, RuleSet, compile_rule_set, evaluate, explanation_json
 
 log = logging.getLogger("points.shard")
 
@@ -68,6 +81,56 @@ KEYS_CACHED_MAX = 200_000
 BATCH_WINDOW_S = 0.0
 # A batch re-runs after finding keys already committed; a second re-run is already unusual.
 KEY_RETRIES_MAX = 3
+# Operations of earning programs (besides CREDIT, DEBIT, REFUND).
+EVENT = "event"
+REVERSE = "reverse"
+EXPIRE = "expire"
+# A program's policy and rule sets are re-read at most this old (a PUT also tells shards).
+PROGRAM_CONFIG_TTL_S = 2.0
+# The expiry job: how many accounts one pass looks at.
+EXPIRY_ACCOUNTS_PER_PASS = 500
+
+
+@dataclass(slots=True)
+class CompiledConfig:
+    """A program's policy and compiled rule sets (newest effective first)."""
+
+    policy: Policy
+    policy_version: int
+    rule_sets: list[tuple[datetime, RuleSet]]
+    loaded_at: float
+
+    def rule_set_at(self, moment: datetime, now: datetime) -> RuleSet | None:
+        """The version in effect when the event occurred. An event older than the first
+        version uses the first one (once it has started): a program's rules apply to the
+        late events of its first days too."""
+        for effective_from, rule_set in self.rule_sets:
+            if effective_from <= moment:
+                return rule_set
+        if self.rule_sets and self.rule_sets[-1][0] <= now:
+            return self.rule_sets[-1][1]
+        return None
+
+
+_AMOUNT_RANGE = (Fraction(-(2**63 - 1)), Fraction(2**63 - 1))
+
+
+def _decimal(value: object, field: str) -> Decimal:
+    """An amount (int or decimal string) as an exact Decimal; validation error otherwise."""
+    return parse_decimal(value, field, *_AMOUNT_RANGE)
+
+
+def compile_config(config: ProgramConfig, loaded_at: float) -> CompiledConfig:
+    policy = parse_policy(config.policy)
+    rule_sets = sorted(
+        (
+            (effective_from, compile_rule_set(rules, version))
+            for version, effective_from, rules in config.rule_sets
+        ),
+        key=lambda item: (item[0], item[1].version),
+        reverse=True,
+    )
+    return CompiledConfig(policy, config.policy_version, rule_sets, loaded_at)
 
 
 def utcnow() -> datetime:
@@ -96,6 +159,12 @@ class Op:
     future: asyncio.Future[dict[str, Any]]
     # A refund: the debit it gives back.
     refund_of: uuid.UUID | None = None
+    # An event to apply (EVENT), or the event to reverse (REVERSE).
+    event: EventIn | None = None
+    event_id: str | None = None
+    # REVERSE: the amount of the event reversed (decimal text; None: all of it).
+    amount: str | None = None
+    dry_run: bool = False
 
 
 @dataclass(slots=True)
@@ -114,6 +183,9 @@ class _Work:
     waiting: list[tuple[Op, int]] = field(default_factory=list)
     # debits refunded by this batch
     refunded: set[uuid.UUID] = field(default_factory=set)
+    # events applied in this batch, and reversal state of events changed by it
+    events: set[tuple[str, str]] = field(default_factory=set)
+    reversals: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
 class _Lru(OrderedDict[Any, Any]):
@@ -159,6 +231,11 @@ class ShardCore:
         self._keys: _Lru = _Lru(keys_cached_max)
         self._programs: set[str] = set()
         self._sources: dict[uuid.UUID, RefundSource] = {}
+        self._configs: dict[str, CompiledConfig] = {}
+        self._stored_events: dict[tuple[str, str], StoredEvent] = {}
+        # Event ids found recorded for another member (bounded like the key cache).
+        self._taken_events: _Lru = _Lru(keys_cached_max)
+        self._expiry_task: asyncio.Task[None] | None = None
         self._queue: list[Op] = []
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -171,6 +248,9 @@ class ShardCore:
             "prefetch_s": 0.0,
             "apply_s": 0.0,
             "commit_s": 0.0,
+            "events": 0,
+            "expiry_passes": 0,
+            "expired_points": 0,
         }
 
     # ----------------------------------------------------------------- public API
@@ -181,20 +261,25 @@ class ShardCore:
         A refund (`refund_of`: a debit's transaction id) gives back everything that debit took,
         into the lots it took it from. The redemption saga uses it to compensate.
         """
-        assert request["kind"] in (CREDIT, DEBIT, REFUND)
+        assert request["kind"] in (CREDIT, DEBIT, REFUND, EVENT, REVERSE, EXPIRE)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        event = request.get("event")
         self._queue.append(
             Op(
                 request["kind"],
                 request["program_id"],
                 request["member_id"],
-                request["points"],
-                request["reason"],
+                request.get("points", 0),
+                request.get("reason", ""),
                 request.get("expires_at"),
-                request["key"],
-                request["request_hash"],
+                request.get("key", ""),
+                request.get("request_hash", ""),
                 future,
                 request.get("refund_of"),
+                event,
+                request.get("event_id") or (event.event_id if event is not None else None),
+                request.get("amount"),
+                bool(request.get("dry_run")),
             )
         )
         self._ensure_loop()
@@ -213,7 +298,29 @@ class ShardCore:
             account = (await self.reader.load_accounts([key])).get(key)
             if account is None:
                 return None
-        return account_view(account, self._clock(), LOTS_IN_VIEW_MAX)
+        config = await self._config_for_read(program_id)
+        now = self._clock()
+        if config is None:
+            return account_view(account, now, LOTS_IN_VIEW_MAX)
+        policy = config.policy
+        view = account_view(
+            account, now, LOTS_IN_VIEW_MAX, zone(policy.time_zone), EXPIRING_SOON_DAYS
+        )
+        tier = tier_view(account.earning, policy, account.lifetime_earned, now)
+        if tier is not None:
+            view["tier"] = tier
+        return view
+
+    async def _config_for_read(self, program_id: str) -> CompiledConfig | None:
+        config = self._configs.get(program_id)
+        if config is not None and time.monotonic() - config.loaded_at < PROGRAM_CONFIG_TTL_S:
+            return config
+        try:
+            loaded = (await self.reader.load_program_configs([program_id])).get(program_id)
+            return None if loaded is None else compile_config(loaded, time.monotonic())
+        except PointsError:
+            log.exception("program %s has an invalid stored policy or rule set", program_id)
+            return None
 
     async def ping(self) -> dict[str, Any]:
         await self.reader.ping()
@@ -221,8 +328,43 @@ class ShardCore:
 
     def forget_program(self, program_id: str) -> None:
         self._programs.discard(program_id)
+        self._configs.pop(program_id, None)
+
+    # ----------------------------------------------------------------- expiry job
+
+    def start_expiry(self, owns: Callable[[str, str], bool], interval_s: float) -> None:
+        """Every `interval_s`, write off the points past expiry of the accounts this shard
+        owns (`owns(program_id, member_id)`), through the batch loop like any operation:
+        serialized with traffic, idempotent (an expire finds nothing due the second time)."""
+        assert interval_s > 0
+        if self._expiry_task is None or self._expiry_task.done():
+            self._expiry_task = asyncio.get_running_loop().create_task(
+                self._expiry_loop(owns, interval_s)
+            )
+
+    async def _expiry_loop(self, owns: Callable[[str, str], bool], interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.expire_due(owns)
+            except Exception:  # a pass that fails (database down) is retried next time
+                log.exception("expiry pass failed")
+
+    async def expire_due(self, owns: Callable[[str, str], bool]) -> dict[str, int]:
+        """One pass of the expiry job; returns what it did."""
+        keys = await self.reader.due_expiries(self._clock(), EXPIRY_ACCOUNTS_PER_PASS)
+        mine = [key for key in keys if owns(*key)]
+        results = await asyncio.gather(
+            *(self.submit({"kind": EXPIRE, "program_id": p, "member_id": m}) for p, m in mine)
+        )
+        expired = sum(int(r["body"].get("expired_points", 0)) for r in results if r["status"] < 300)
+        self.stats["expiry_passes"] += 1
+        self.stats["expired_points"] += expired
+        return {"accounts": len(mine), "expired_points": expired}
 
     async def close(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
         await self.repo.close()
@@ -271,6 +413,13 @@ class ShardCore:
             work = await self._apply_and_commit(batch, pinned)
             if work is None:  # failed and answered, or nothing left to do
                 return
+            if isinstance(work, EventsTaken):
+                # The same event id was applied for another member of the program: those
+                # operations are conflicts; the rest of the batch runs again.
+                for taken in work.keys:
+                    self._taken_events.put(taken, True)
+                batch = [op for op in batch if not op.future.done()]
+                continue
             if isinstance(work, KeysExist):
                 # Keys committed before this shard's cache knew them (a restart, an
                 # eviction): load their stored answers and run the batch again.
@@ -290,7 +439,7 @@ class ShardCore:
 
     async def _apply_and_commit(
         self, batch: list[Op], pinned: dict[AccountKey, Account]
-    ) -> _Work | KeysExist | None:
+    ) -> _Work | KeysExist | EventsTaken | None:
         applied_at = time.perf_counter()
         now = self._now()
         work = _Work()
@@ -304,7 +453,7 @@ class ShardCore:
             return work
         try:
             await self.repo.commit_batch(work.write, now)
-        except KeysExist as exc:
+        except (KeysExist, EventsTaken) as exc:
             return exc
         except Exception as exc:
             self.stats["commit_failures"] += 1
@@ -365,6 +514,29 @@ class ShardCore:
         programs = list({op.program_id for op in batch} - self._programs)
         if programs:
             self._programs |= await self.repo.existing_programs(programs)
+        # Earning operations need the program's policy and rule sets.
+        monotonic = time.monotonic()
+        stale = {
+            op.program_id
+            for op in batch
+            if op.kind in (EVENT, REVERSE, EXPIRE)
+            and (
+                op.program_id not in self._configs
+                or monotonic - self._configs[op.program_id].loaded_at >= PROGRAM_CONFIG_TTL_S
+            )
+        }
+        if stale:
+            for program_id, config in (await self.repo.load_program_configs(list(stale))).items():
+                try:
+                    self._configs[program_id] = compile_config(config, monotonic)
+                except PointsError:
+                    log.exception("program %s has an invalid stored policy or rules", program_id)
+        reversed_events = list(
+            {(op.program_id, op.event_id) for op in batch if op.kind == REVERSE and op.event_id}
+        )
+        self._stored_events = (
+            await self.repo.load_events(reversed_events) if reversed_events else {}
+        )
         wanted = {(op.program_id, op.member_id) for op in batch}
         pinned: dict[AccountKey, Account] = {}
         for key in wanted:
@@ -387,6 +559,12 @@ class ShardCore:
     # ----------------------------------------------------------------- apply (no await)
 
     def _apply(self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]) -> None:
+        if op.kind == EXPIRE:
+            self._apply_expire(op, work, now, pinned)
+            return
+        if op.kind == EVENT and op.dry_run:
+            self._apply_dry_run(op, work, now, pinned)
+            return
         ikey = (op.program_id, op.member_id, op.key)
 
         stored = self._keys.get_fresh(ikey)
@@ -416,7 +594,7 @@ class ShardCore:
             committed = pinned.get(akey)
             if committed is not None:
                 entry = (committed.clone(), committed.version)
-            elif op.kind == CREDIT:
+            elif op.kind in (CREDIT, EVENT):
                 # Joins the batch only if the credit succeeds (below).
                 entry = (new_account(op.program_id, op.member_id), 0)
                 is_new = True
@@ -429,6 +607,16 @@ class ShardCore:
 
         txn_id = self._new_id(now)
         try:
+            if op.kind == EVENT:
+                result = self._apply_event(op, account, work, now, txn_id)
+                if is_new:
+                    work.accounts[akey] = entry
+                self._remember(op, work, akey, ikey, result)
+                return
+            if op.kind == REVERSE:
+                result = self._apply_reverse(op, account, work, now, txn_id)
+                self._remember(op, work, akey, ikey, result)
+                return
             if op.kind == CREDIT:
                 txn = credit(
                     account, op.points, op.reason, now, txn_id, self._new_id(now), op.expires_at
@@ -438,8 +626,9 @@ class ShardCore:
             else:
                 txn = debit(account, op.points, op.reason, now, txn_id)
         except PointsError as exc:
-            if exc.code is Code.VALIDATION_ERROR or is_new:
-                # Bad input changes nothing and is not remembered under the key.
+            if exc.code in (Code.VALIDATION_ERROR, Code.NOT_FOUND, Code.UNAVAILABLE) or is_new:
+                # Bad input changes nothing and is not remembered under the key; neither is
+                # an answer that may change (an event not yet known, a passing outage).
                 _answer(op, problem(exc.code, exc.detail))
                 return
             result = problem(exc.code, exc.detail)
@@ -458,7 +647,12 @@ class ShardCore:
             body = transaction_view(txn)
             body["balance"] = {"available": available(account, now), "total": account.balance}
             result = {"status": 201, "body": body}
+        self._remember(op, work, akey, ikey, result)
 
+    def _remember(
+        self, op: Op, work: _Work, akey: AccountKey, ikey: IdemKey, result: dict[str, Any]
+    ) -> None:
+        """Answer after commit and store the answer under the key."""
         # Any remembered answer bumps the account version, so a stale owner cannot record
         # an answer computed from stale state.
         work.changed.add(akey)
@@ -466,6 +660,223 @@ class ShardCore:
         work.write.idempotency.append(
             (ikey, StoredResponse(op.request_hash, result["status"], result["body"]))
         )
+
+    # ----------------------------------------------------------------- earning (no await)
+
+    def _config(self, program_id: str) -> CompiledConfig:
+        config = self._configs.get(program_id)
+        if config is None:
+            raise PointsError(Code.UNAVAILABLE, f"program {program_id}: policy not loaded")
+        return config
+
+    def _evaluate(
+        self, op: Op, account: Account, now: datetime
+    ) -> tuple[CompiledConfig, RuleSet | None, Any]:
+        assert op.event is not None
+        config = self._config(op.program_id)
+        event = op.event
+        rule_set = config.rule_set_at(event.occurred_at, now)
+        if rule_set is None or event.type not in rule_set.by_type:
+            version = f"rule set version {rule_set.version}" if rule_set else "no rule set"
+            raise PointsError(
+                Code.VALIDATION_ERROR,
+                f"unknown event type {event.type!r}: no rule handles it ({version} in effect"
+                f" at {event.occurred_at.isoformat()})",
+            )
+        context = member_context(account.earning, config.policy, event.occurred_at)
+        return config, rule_set, evaluate(rule_set, event, context, config.policy)
+
+    @staticmethod
+    def _event_body(
+        op: Op, rule_set: RuleSet | None, evaluation: Any, dry_run: bool
+    ) -> dict[str, Any]:
+        assert op.event is not None
+        return {
+            "event_id": op.event.event_id,
+            "member_id": op.member_id,
+            "type": op.event.type,
+            "points": evaluation.points if evaluation is not None else 0,
+            "rule_version": rule_set.version if rule_set is not None else None,
+            "why": (
+                explanation_json(evaluation)
+                if evaluation is not None
+                else [{"rule_id": None, "matched": False, "points": 0, "note": "no rule set"}]
+            ),
+            "dry_run": dry_run,
+        }
+
+    def _apply_dry_run(
+        self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]
+    ) -> None:
+        """What the event would earn now; nothing is written or remembered."""
+        if op.program_id not in self._programs:
+            _answer(op, problem(Code.NOT_FOUND, f"program {op.program_id} not found"))
+            return
+        akey = (op.program_id, op.member_id)
+        entry = work.accounts.get(akey)
+        account = entry[0] if entry else pinned.get(akey)
+        if account is None:
+            account = new_account(op.program_id, op.member_id)
+        try:
+            _, rule_set, evaluation = self._evaluate(op, account, now)
+        except PointsError as exc:
+            _answer(op, problem(exc.code, exc.detail))
+            return
+        _answer(op, {"status": 200, "body": self._event_body(op, rule_set, evaluation, True)})
+
+    def _apply_event(
+        self, op: Op, account: Account, work: _Work, now: datetime, txn_id: uuid.UUID
+    ) -> dict[str, Any]:
+        """Evaluate the program's rules for the event and credit what it earns."""
+        event = op.event
+        assert event is not None
+        if (op.program_id, event.event_id) in work.events or (
+            op.program_id,
+            event.event_id,
+        ) in self._taken_events:
+            raise PointsError(
+                Code.IDEMPOTENCY_CONFLICT,
+                f"event id {event.event_id} was already used for another member",
+            )
+        config, rule_set, evaluation = self._evaluate(op, account, now)
+        policy = config.policy
+        body = self._event_body(op, rule_set, evaluation, False)
+        points = body["points"]
+        txn = None
+        if points > 0:
+            becomes_available = available_at(policy.pending, now, policy.time_zone)
+            if becomes_available is None:  # held until confirmed: not supported yet
+                raise PointsError(
+                    Code.VALIDATION_ERROR, "pending 'until_confirmed' is not supported yet"
+                )
+            txn = credit(
+                account,
+                points,
+                f"{event.type} {event.event_id}",
+                now,
+                txn_id,
+                self._new_id(now),
+                expires_at(policy, max(becomes_available, now)),
+                becomes_available,
+                event.event_id,
+            )
+            work.write.transactions.append((txn, op.key))
+            record(account.earning, policy, event.occurred_at, evaluation, local_day(policy, now))
+        before = account.earning.get("tier")
+        decision = update_tier(account.earning, policy, account.lifetime_earned, now)
+        if decision is not None and decision.changed:
+            work.write.tier_changes.append(
+                (op.program_id, op.member_id, before, decision.tier, decision.reason)
+            )
+        work.events.add((op.program_id, event.event_id))
+        work.write.events.append(
+            EventRow(
+                op.program_id,
+                event.event_id,
+                op.member_id,
+                event.type,
+                event.occurred_at,
+                event_json(event)["attributes"],
+                body["rule_version"],
+                points,
+                body["why"],
+                txn.txn_id if txn is not None else None,
+            )
+        )
+        self.stats["events"] += 1
+        if txn is not None:
+            body["transaction"] = transaction_view(txn)
+        body["balance"] = {"available": available(account, now), "total": account.balance}
+        if decision is not None:
+            body["tier"] = decision.tier
+        return {"status": 201, "body": body}
+
+    def _apply_reverse(
+        self, op: Op, account: Account, work: _Work, now: datetime, txn_id: uuid.UUID
+    ) -> dict[str, Any]:
+        """Claw back what an event earned, in proportion to the amount reversed."""
+        assert op.event_id is not None
+        ekey = (op.program_id, op.event_id)
+        stored = self._stored_events.get(ekey)
+        if stored is None or stored.member_id != op.member_id:
+            raise PointsError(Code.NOT_FOUND, f"event {op.event_id} of this member not found")
+        reversed_text, reversed_points = work.reversals.get(
+            ekey, (stored.reversed_amount, stored.reversed_points)
+        )
+        total = stored.attributes.get("amount")
+        already = _decimal(reversed_text, "reversed_amount")
+        if op.amount is None:
+            target = stored.points
+            new_reversed = (
+                _decimal(total, "attributes.amount")
+                if total is not None and not isinstance(total, bool)
+                else Decimal(0)
+            )
+        else:
+            if total is None or isinstance(total, bool):
+                raise PointsError(
+                    Code.VALIDATION_ERROR,
+                    "the event has no amount attribute: only a full reversal (no amount)",
+                )
+            event_amount = _decimal(total, "attributes.amount")
+            amount = _decimal(op.amount, "amount")
+            if amount <= 0:
+                raise PointsError(Code.VALIDATION_ERROR, "amount must be positive")
+            if event_amount <= 0:
+                raise PointsError(Code.VALIDATION_ERROR, "the event's amount is not positive")
+            new_reversed = min(already + amount, event_amount)
+            # Proportional, rounded down: partial reversals never claw back more in total
+            # than a full one, and the last one (reaching the whole amount) takes the rest.
+            target = int(stored.points * new_reversed // event_amount)
+        target = max(min(target, stored.points), reversed_points)
+        claw = target - reversed_points
+        txn, unrecovered = (None, 0)
+        if claw > 0:
+            txn, unrecovered = reverse(
+                account, op.event_id, claw, f"reversal of {op.event_id}", now, txn_id
+            )
+            if txn is not None:
+                work.write.transactions.append((txn, op.key))
+                for lot_id, taken in txn.allocations:
+                    work.write.lot_deltas[lot_id] += taken
+        work.reversals[ekey] = (str(new_reversed), target)
+        work.write.event_reversals[ekey] = (str(new_reversed), target)
+        body = {
+            "event_id": op.event_id,
+            "member_id": op.member_id,
+            "event_points": stored.points,
+            "reversed_amount": str(new_reversed),
+            "clawed_back": claw - unrecovered,
+            "unrecovered": unrecovered,
+            "reversed_points_total": target,
+            "transaction": transaction_view(txn) if txn is not None else None,
+            "balance": {"available": available(account, now), "total": account.balance},
+        }
+        assert 0 <= target <= stored.points
+        return {"status": 201 if txn is not None else 200, "body": body}
+
+    def _apply_expire(
+        self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]
+    ) -> None:
+        akey = (op.program_id, op.member_id)
+        entry = work.accounts.get(akey)
+        if entry is None:
+            committed = pinned.get(akey)
+            if committed is None:
+                _answer(op, {"status": 200, "body": {"expired_points": 0}})
+                return
+            entry = (committed.clone(), committed.version)
+            work.accounts[akey] = entry
+        account = entry[0]
+        txn = expire(account, now, self._new_id(now))
+        if txn is None:
+            _answer(op, {"status": 200, "body": {"expired_points": 0}})
+            return
+        work.write.transactions.append((txn, None))
+        for lot_id, taken in txn.allocations:
+            work.write.lot_deltas[lot_id] += taken
+        work.changed.add(akey)
+        self._wait(op, work, {"status": 200, "body": {"expired_points": txn.points}}, "")
 
     def _refund(
         self, op: Op, account: Account, work: _Work, now: datetime, txn_id: uuid.UUID

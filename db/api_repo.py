@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from db.reward_repo import REDEMPTION_COLUMNS, redemption_from_row
@@ -64,23 +65,48 @@ class ApiRepo:
         async with self._pool.connection() as conn:
             await conn.execute("SELECT 1")
 
-    async def put_program(self, program_id: str, name: str) -> tuple[bool, dict[str, Any]]:
-        """Create or rename a program. Returns (created, program)."""
-        async with self._pool.connection() as conn:
+    async def put_program(
+        self, program_id: str, name: str, policy: dict[str, Any] | None = None
+    ) -> tuple[bool, dict[str, Any]]:
+        """Create or update a program. Returns (created, program).
+
+        `policy` (already validated, canonical JSON) replaces the current one; a different
+        policy gets the next version and is kept in program_policies (history).
+        """
+        async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 """
-                INSERT INTO programs (program_id, name) VALUES (%s, %s)
+                INSERT INTO programs (program_id, name, policy) VALUES (%s, %s, %s)
                 ON CONFLICT (program_id) DO UPDATE
                   SET name = EXCLUDED.name,
+                      policy = CASE WHEN %s THEN EXCLUDED.policy ELSE programs.policy END,
+                      policy_version = programs.policy_version
+                        + CASE WHEN %s AND programs.policy <> EXCLUDED.policy THEN 1 ELSE 0 END,
                       updated_at = CASE WHEN programs.name = EXCLUDED.name
+                                        AND (NOT %s OR programs.policy = EXCLUDED.policy)
                                    THEN programs.updated_at ELSE now() END
-                RETURNING program_id, name, created_at, updated_at, (xmax = 0) AS created
+                RETURNING program_id, name, policy, policy_version, created_at, updated_at,
+                          (xmax = 0) AS created
                 """,
-                (program_id, name),
+                (
+                    program_id,
+                    name,
+                    Jsonb(policy or {}),
+                    policy is not None,
+                    policy is not None,
+                    policy is not None,
+                ),
             )
             row = await cur.fetchone()
-        assert row is not None
+            assert row is not None
+            await conn.execute(
+                """
+                INSERT INTO program_policies (program_id, version, policy, created_at)
+                VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING
+                """,
+                (program_id, row["policy_version"], Jsonb(row["policy"])),
+            )
         created = bool(row.pop("created"))
         return created, _program(row)
 
@@ -88,12 +114,89 @@ class ApiRepo:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                "SELECT program_id, name, created_at, updated_at FROM programs"
-                " WHERE program_id = %s",
+                "SELECT program_id, name, policy, policy_version, created_at, updated_at"
+                " FROM programs WHERE program_id = %s",
                 (program_id,),
             )
             row = await cur.fetchone()
         return None if row is None else _program(row)
+
+    async def add_rule_set(
+        self, program_id: str, rules: list[dict[str, Any]], effective_from: datetime | None
+    ) -> dict[str, Any] | None:
+        """A new rule set version (the next number); None if the program does not exist."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            # Serializes concurrent PUTs of one program's rules (version numbers stay dense).
+            await cur.execute(
+                "SELECT 1 FROM programs WHERE program_id = %s FOR UPDATE", (program_id,)
+            )
+            if await cur.fetchone() is None:
+                return None
+            await cur.execute(
+                """
+                INSERT INTO rule_sets (program_id, version, rules, effective_from, created_at)
+                SELECT %s, coalesce(max(version), 0) + 1, %s, coalesce(%s, now()), now()
+                FROM rule_sets WHERE program_id = %s
+                RETURNING program_id, version, rules, effective_from, created_at
+                """,
+                (program_id, Jsonb(rules), effective_from, program_id),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return _rule_set(row)
+
+    async def list_rule_sets(self, program_id: str, limit: int) -> list[dict[str, Any]]:
+        """Newest version first."""
+        assert limit > 0
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT program_id, version, rules, effective_from, created_at FROM rule_sets"
+                " WHERE program_id = %s ORDER BY version DESC LIMIT %s",
+                (program_id, limit),
+            )
+            return [_rule_set(row) for row in await cur.fetchall()]
+
+    async def event_member(self, program_id: str, event_id: str) -> str | None:
+        """Who an applied event belongs to (a reversal is routed to that member's shard)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT member_id FROM events WHERE program_id = %s AND event_id = %s",
+                (program_id, event_id),
+            )
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def get_event(self, program_id: str, event_id: str) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT program_id, event_id, member_id, type, occurred_at, attributes,"
+                " rule_version, points, explanation, txn_id, reversed_amount, reversed_points,"
+                " created_at FROM events WHERE program_id = %s AND event_id = %s",
+                (program_id, event_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return {
+            **row,
+            "occurred_at": _iso(row["occurred_at"]),
+            "created_at": _iso(row["created_at"]),
+            "txn_id": str(row["txn_id"]) if row["txn_id"] else None,
+            "why": row.pop("explanation"),
+        }
+
+    async def tier_changes(self, program_id: str, member_id: str, limit: int) -> list[Any]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT from_tier, to_tier, reason, changed_at FROM tier_changes"
+                " WHERE program_id = %s AND member_id = %s ORDER BY change_id DESC LIMIT %s",
+                (program_id, member_id, limit),
+            )
+            return [{**r, "changed_at": _iso(r["changed_at"])} for r in await cur.fetchall()]
 
     async def account_exists(self, program_id: str, member_id: str) -> bool:
         async with self._pool.connection() as conn:
@@ -261,8 +364,20 @@ def _program(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "program_id": row["program_id"],
         "name": row["name"],
+        "policy": row["policy"],
+        "policy_version": row["policy_version"],
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
+    }
+
+
+def _rule_set(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "program_id": row["program_id"],
+        "version": row["version"],
+        "effective_from": _iso(row["effective_from"]),
+        "created_at": _iso(row["created_at"]),
+        "rules": row["rules"],
     }
 
 

@@ -32,6 +32,14 @@ class FencedError(Exception):
     """Another owner committed first: this shard's view of an account is stale."""
 
 
+class EventsTaken(Exception):
+    """Event ids of the batch are already recorded (for another member: same program)."""
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        super().__init__(f"{len(keys)} event ids already recorded")
+        self.keys = keys
+
+
 class KeysExist(Exception):
     """Idempotency keys of the batch are already in the database (committed earlier)."""
 
@@ -55,10 +63,53 @@ class BatchWrite:
     # lot_id -> points taken by debits in this batch (negative: given back by refunds)
     lot_deltas: dict[uuid.UUID, int] = field(default_factory=lambda: defaultdict(int))
     idempotency: list[tuple[IdemKey, StoredResponse]] = field(default_factory=list)
+    # Events applied (the first time): one row each in `events`.
+    events: list[EventRow] = field(default_factory=list)
+    # Reversals: (program_id, event_id) -> (reversed amount as decimal text, points so far)
+    event_reversals: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    # (program_id, member_id, from_tier, to_tier, reason)
+    tier_changes: list[tuple[str, str, str | None, str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.new_accounts or self.updated_accounts or self.idempotency)
+
+
+@dataclass(slots=True)
+class EventRow:
+    program_id: str
+    event_id: str
+    member_id: str
+    type: str
+    occurred_at: datetime
+    attributes: dict[str, Any]
+    rule_version: int | None
+    points: int
+    explanation: list[dict[str, Any]]
+    txn_id: uuid.UUID | None
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    """An applied event as stored: what a reversal needs."""
+
+    program_id: str
+    event_id: str
+    member_id: str
+    attributes: dict[str, Any]
+    points: int
+    reversed_amount: str
+    reversed_points: int
+
+
+@dataclass(slots=True)
+class ProgramConfig:
+    """A program's policy (JSON) and its rule sets (version, effective_from, rules JSON)."""
+
+    program_id: str
+    policy_version: int
+    policy: dict[str, Any]
+    rule_sets: list[tuple[int, datetime, list[dict[str, Any]]]]
 
 
 @dataclass(slots=True)
@@ -157,7 +208,8 @@ class LedgerRepo:
                 """
                 SELECT a.program_id, a.member_id, a.version, a.balance,
                        a.lifetime_earned, a.lifetime_spent,
-                       l.lot_id, l.original, l.remaining, l.expires_at, l.created_at
+                       l.lot_id, l.original, l.remaining, l.expires_at, l.created_at,
+                       l.available_at, l.event_id, a.earning
                 FROM unnest(%s::text[], %s::text[]) AS k(program_id, member_id)
                 JOIN accounts a ON a.program_id = k.program_id AND a.member_id = k.member_id
                 LEFT JOIN lots l ON l.program_id = a.program_id AND l.member_id = a.member_id
@@ -172,9 +224,11 @@ class LedgerRepo:
             key = (row[0], row[1])
             account = found.get(key)
             if account is None:
-                account = found[key] = Account(row[0], row[1], row[2], row[3], row[4], row[5])
+                account = found[key] = Account(
+                    row[0], row[1], row[2], row[3], row[4], row[5], [], row[13] or {}
+                )
             if row[6] is not None:
-                account.lots.append(Lot(row[6], row[7], row[8], row[9], row[10]))
+                account.lots.append(Lot(row[6], row[7], row[8], row[9], row[10], row[11], row[12]))
         for account in found.values():
             account.check()
         return found
@@ -190,7 +244,8 @@ class LedgerRepo:
                 SELECT t.txn_id, t.program_id, t.member_id, t.kind, t.allocations,
                        EXISTS (SELECT 1 FROM transactions r
                                WHERE r.refers_to = t.txn_id AND r.kind = 'refund'),
-                       l.lot_id, l.original, l.remaining, l.expires_at, l.created_at
+                       l.lot_id, l.original, l.remaining, l.expires_at, l.created_at,
+                       l.available_at, l.event_id
                 FROM transactions t
                 LEFT JOIN LATERAL jsonb_array_elements(t.allocations) AS a(pair) ON true
                 LEFT JOIN lots l ON l.lot_id = (a.pair->>0)::uuid
@@ -212,7 +267,7 @@ class LedgerRepo:
                     bool(row[5]),
                 )
             if row[6] is not None:
-                source.lots[row[6]] = Lot(row[6], row[7], row[8], row[9], row[10])
+                source.lots[row[6]] = Lot(row[6], row[7], row[8], row[9], row[10], row[11], row[12])
         return found
 
     async def lookup_idempotency(self, keys: list[IdemKey]) -> dict[IdemKey, StoredResponse]:
@@ -242,7 +297,7 @@ class LedgerRepo:
         # Pipeline mode: every statement of the batch goes out before any answer comes back,
         # so a group commit costs about one round trip plus the COMMIT's fsync.
         async with conn.pipeline() as pipeline, conn.transaction():
-            checks, idem_cur = await self._write(conn, batch, now)
+            checks, idem_cur, events_cur = await self._write(conn, batch, now)
             try:
                 await pipeline.sync()
             except psycopg.errors.IntegrityError as exc:
@@ -257,11 +312,21 @@ class LedgerRepo:
                 missing = [key for key, _ in batch.idempotency if key not in written]
                 if missing:
                     raise KeysExist(missing)
+            if batch.events:
+                recorded = {tuple(row) for row in await events_cur.fetchall()}
+                taken = [
+                    (e.program_id, e.event_id)
+                    for e in batch.events
+                    if (e.program_id, e.event_id) not in recorded
+                ]
+                if taken:
+                    raise EventsTaken(taken)
 
     async def _write(
         self, conn: psycopg.AsyncConnection[Any], batch: BatchWrite, now: datetime
-    ) -> tuple[list[tuple[Any, int, str]], Any]:
+    ) -> tuple[list[tuple[Any, int, str]], Any, Any]:
         checks: list[tuple[Any, int, str]] = []
+        events_cur = None
         # Keys first: a key already in the database (not in this shard's cache, e.g. after a
         # restart) makes the batch roll back and re-run with the stored answer.
         idem_cur = None
@@ -294,10 +359,12 @@ class LedgerRepo:
             cur = await conn.execute(
                 """
                 INSERT INTO accounts (program_id, member_id, balance, version,
-                                      lifetime_earned, lifetime_spent, created_at, updated_at)
-                SELECT p, m, b, 1, e, s, %s, %s
-                FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[])
-                     AS v(p, m, b, e, s)
+                                      lifetime_earned, lifetime_spent, created_at, updated_at,
+                                      earning, tier)
+                SELECT p, m, b, 1, e, s, %s, %s, g, t
+                FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
+                            %s::jsonb[], %s::text[])
+                     AS v(p, m, b, e, s, g, t)
                 ON CONFLICT DO NOTHING
                 """,
                 (
@@ -308,6 +375,8 @@ class LedgerRepo:
                     [a.balance for a in new],
                     [a.lifetime_earned for a in new],
                     [a.lifetime_spent for a in new],
+                    [Jsonb(a.earning, dumps=_dumps) for a in new],
+                    [a.earning.get("tier") for a in new],
                 ),
             )
             checks.append((cur, len(new), "an account this shard created already exists"))
@@ -318,9 +387,9 @@ class LedgerRepo:
                 """
                 UPDATE accounts a
                 SET balance = v.b, lifetime_earned = v.e, lifetime_spent = v.s,
-                    version = v.old + 1, updated_at = %s
+                    version = v.old + 1, updated_at = %s, earning = v.g, tier = v.t
                 FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
-                            %s::bigint[]) AS v(p, m, b, e, s, old)
+                            %s::bigint[], %s::jsonb[], %s::text[]) AS v(p, m, b, e, s, old, g, t)
                 WHERE a.program_id = v.p AND a.member_id = v.m AND a.version = v.old
                 """,
                 (
@@ -331,6 +400,8 @@ class LedgerRepo:
                     [a.lifetime_earned for a, _ in upd],
                     [a.lifetime_spent for a, _ in upd],
                     [old for _, old in upd],
+                    [Jsonb(a.earning, dumps=_dumps) for a, _ in upd],
+                    [a.earning.get("tier") for a, _ in upd],
                 ),
             )
             checks.append((cur, len(upd), "an account changed under this shard (stale version)"))
@@ -341,11 +412,11 @@ class LedgerRepo:
                 """
                 INSERT INTO transactions (txn_id, program_id, member_id, kind, points, reason,
                                           balance_after, created_at, idempotency_key,
-                                          expires_at, allocations, refers_to)
+                                          expires_at, allocations, refers_to, event_id)
                 SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
                                      %s::bigint[], %s::text[], %s::bigint[],
                                      %s::timestamptz[], %s::text[], %s::timestamptz[],
-                                     %s::jsonb[], %s::uuid[])
+                                     %s::jsonb[], %s::uuid[], %s::text[])
                 """,
                 (
                     [t.txn_id for t in txns],
@@ -360,6 +431,7 @@ class LedgerRepo:
                     [t.new_lot.expires_at if t.new_lot else None for t in txns],
                     [Jsonb([[str(lot), pts] for lot, pts in t.allocations]) for t in txns],
                     [t.refers_to for t in txns],
+                    [t.event_id for t in txns],
                 ),
             )
             legs = [(t, e) for t in txns for e in t.entries]
@@ -384,10 +456,11 @@ class LedgerRepo:
                 await conn.execute(
                     """
                     INSERT INTO lots (lot_id, program_id, member_id, txn_id, original,
-                                      remaining, expires_at, created_at)
-                    SELECT l, p, m, t, o, o, x, c
+                                      remaining, expires_at, created_at, available_at, event_id)
+                    SELECT l, p, m, t, o, o, x, c, a, e
                     FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::uuid[], %s::bigint[],
-                                %s::timestamptz[], %s::timestamptz[]) AS v(l, p, m, t, o, x, c)
+                                %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
+                                %s::text[]) AS v(l, p, m, t, o, x, c, a, e)
                     """,
                     (
                         [lot.lot_id for _, lot in new_lots],
@@ -397,6 +470,8 @@ class LedgerRepo:
                         [lot.original for _, lot in new_lots],
                         [lot.expires_at for _, lot in new_lots],
                         [lot.created_at for _, lot in new_lots],
+                        [lot.available_at for _, lot in new_lots],
+                        [lot.event_id for _, lot in new_lots],
                     ),
                 )
 
@@ -411,4 +486,142 @@ class LedgerRepo:
                 (lot_ids, [batch.lot_deltas[i] for i in lot_ids]),
             )
             checks.append((cur, len(lot_ids), "a lot this shard debited is missing"))
-        return checks, idem_cur
+
+        if batch.events:
+            evs = batch.events
+            cur = await conn.execute(
+                """
+                INSERT INTO events (program_id, event_id, member_id, type, occurred_at,
+                                    attributes, rule_version, points, explanation, txn_id,
+                                    created_at)
+                SELECT p, e, m, t, o, a, v, n, x, i, %s
+                FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
+                            %s::jsonb[], %s::int[], %s::bigint[], %s::jsonb[], %s::uuid[])
+                     AS r(p, e, m, t, o, a, v, n, x, i)
+                ON CONFLICT DO NOTHING
+                RETURNING program_id, event_id
+                """,
+                (
+                    now,
+                    [e.program_id for e in evs],
+                    [e.event_id for e in evs],
+                    [e.member_id for e in evs],
+                    [e.type for e in evs],
+                    [e.occurred_at for e in evs],
+                    [Jsonb(e.attributes, dumps=_dumps) for e in evs],
+                    [e.rule_version for e in evs],
+                    [e.points for e in evs],
+                    [Jsonb(e.explanation, dumps=_dumps) for e in evs],
+                    [e.txn_id for e in evs],
+                ),
+            )
+            # An event id recorded first for another member: EventsTaken after the sync.
+            events_cur = cur
+
+        if batch.event_reversals:
+            keys = list(batch.event_reversals)
+            cur = await conn.execute(
+                """
+                UPDATE events SET reversed_amount = v.amount, reversed_points = v.points
+                FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])
+                     AS v(p, e, amount, points)
+                WHERE events.program_id = v.p AND events.event_id = v.e
+                """,
+                (
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [batch.event_reversals[k][0] for k in keys],
+                    [batch.event_reversals[k][1] for k in keys],
+                ),
+            )
+            checks.append((cur, len(keys), "a reversed event is missing"))
+
+        if batch.tier_changes:
+            changes = batch.tier_changes
+            await conn.execute(
+                """
+                INSERT INTO tier_changes (program_id, member_id, from_tier, to_tier, reason,
+                                          changed_at)
+                SELECT p, m, f, t, r, %s
+                FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+                     AS v(p, m, f, t, r)
+                """,
+                (
+                    now,
+                    [c[0] for c in changes],
+                    [c[1] for c in changes],
+                    [c[2] for c in changes],
+                    [c[3] for c in changes],
+                    [c[4] for c in changes],
+                ),
+            )
+        return checks, idem_cur, events_cur
+
+    # ----------------------------------------------------------------- earning programs
+
+    async def load_program_configs(self, program_ids: list[str]) -> dict[str, ProgramConfig]:
+        """Policies and rule sets of these programs (absent: no such program)."""
+        if not program_ids:
+            return {}
+        conn = await self._connection()
+        async with self._transaction(conn):
+            cur = await conn.execute(
+                """
+                SELECT p.program_id, p.policy_version, p.policy,
+                       r.version, r.effective_from, r.rules
+                FROM programs p
+                LEFT JOIN rule_sets r ON r.program_id = p.program_id
+                WHERE p.program_id = ANY(%s)
+                ORDER BY p.program_id, r.version
+                """,
+                (program_ids,),
+            )
+            rows = await cur.fetchall()
+        found: dict[str, ProgramConfig] = {}
+        for row in rows:
+            config = found.get(row[0])
+            if config is None:
+                config = found[row[0]] = ProgramConfig(row[0], row[1], row[2] or {}, [])
+            if row[3] is not None:
+                config.rule_sets.append((row[3], row[4], row[5]))
+        return found
+
+    async def load_events(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], StoredEvent]:
+        """Applied events by (program_id, event_id)."""
+        if not keys:
+            return {}
+        conn = await self._connection()
+        async with self._transaction(conn):
+            cur = await conn.execute(
+                """
+                SELECT e.program_id, e.event_id, e.member_id, e.attributes, e.points,
+                       e.reversed_amount, e.reversed_points
+                FROM unnest(%s::text[], %s::text[]) AS k(p, e)
+                JOIN events e ON e.program_id = k.p AND e.event_id = k.e
+                """,
+                ([k[0] for k in keys], [k[1] for k in keys]),
+            )
+            rows = await cur.fetchall()
+        return {(r[0], r[1]): StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+
+    async def due_expiries(self, now: datetime, limit: int) -> list[AccountKey]:
+        """Accounts holding points past expiry (about `limit`, oldest expiry first).
+
+        Every shard reads the same candidates and keeps those it owns: the slot of an
+        account is a stable hash PostgreSQL does not compute.
+        """
+        assert limit > 0
+        conn = await self._connection()
+        async with self._transaction(conn):
+            cur = await conn.execute(
+                """
+                SELECT DISTINCT program_id, member_id FROM (
+                    SELECT program_id, member_id FROM lots
+                    WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= %s
+                    ORDER BY expires_at LIMIT %s
+                ) due
+                """,
+                (now, limit * 4),
+            )
+            rows = await cur.fetchall()
+        return [(r[0], r[1]) for r in rows]

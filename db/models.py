@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -35,6 +36,32 @@ programs = Table(
     Column("name", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # The program's policy (time zone, expiry, pending, debt, caps, tiers) and its version.
+    Column("policy", JSONB, nullable=False, server_default=text("'{}'")),
+    Column("policy_version", Integer, nullable=False, server_default=text("1")),
+)
+
+program_policies = Table(
+    "program_policies",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("policy", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
+)
+
+rule_sets = Table(
+    "rule_sets",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("rules", JSONB, nullable=False),
+    # Events that occurred from this instant on are evaluated with this version.
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
+    CheckConstraint("version >= 1", name="rule_sets_version_positive"),
 )
 
 accounts = Table(
@@ -48,6 +75,9 @@ accounts = Table(
     Column("lifetime_spent", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # Earning state: counters for caps, earnings by day (tiers), tier state.
+    Column("earning", JSONB, nullable=False, server_default=text("'{}'")),
+    Column("tier", Text),
     ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
     CheckConstraint("balance >= 0", name="accounts_balance_nonnegative"),
     CheckConstraint("version >= 1", name="accounts_version_positive"),
@@ -80,7 +110,11 @@ transactions = Table(
         ["refers_to"], ["transactions.txn_id"], name="transactions_refers_to_fkey"
     ),
     CheckConstraint("points > 0", name="transactions_points_positive"),
-    CheckConstraint("kind IN ('credit', 'debit', 'refund')", name="transactions_kind_known"),
+    Column("event_id", Text),
+    CheckConstraint(
+        "kind IN ('credit', 'debit', 'refund', 'expire', 'reversal')",
+        name="transactions_kind_known",
+    ),
     CheckConstraint(
         "(kind = 'refund') = (refers_to IS NOT NULL)", name="transactions_refund_refers"
     ),
@@ -131,6 +165,10 @@ lots = Table(
     Column("remaining", BigInteger, nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Pending points: not spendable before available_at (NULL: available when created).
+    Column("available_at", DateTime(timezone=True)),
+    # The event that awarded the lot (reversals claw back from it first).
+    Column("event_id", Text),
     ForeignKeyConstraint(
         ["program_id", "member_id"], ["accounts.program_id", "accounts.member_id"]
     ),
@@ -143,6 +181,61 @@ lots = Table(
         "member_id",
         postgresql_where=text("remaining > 0"),
     ),
+    Index(
+        "lots_due_expiry",
+        "expires_at",
+        postgresql_where=text("remaining > 0 AND expires_at IS NOT NULL"),
+    ),
+    Index(
+        "lots_by_event",
+        "program_id",
+        "event_id",
+        postgresql_where=text("event_id IS NOT NULL"),
+    ),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("event_id", Text, primary_key=True),
+    Column("member_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("attributes", JSONB, nullable=False),
+    Column("rule_version", Integer),
+    Column("points", BigInteger, nullable=False),
+    Column("explanation", JSONB, nullable=False),
+    Column("txn_id", Uuid),
+    # Reversals so far: the amount reversed (decimal string) and the points clawed back.
+    Column("reversed_amount", Text, nullable=False, server_default=text("'0'")),
+    Column("reversed_points", BigInteger, nullable=False, server_default=text("0")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(
+        ["program_id", "member_id"], ["accounts.program_id", "accounts.member_id"]
+    ),
+    ForeignKeyConstraint(["txn_id"], ["transactions.txn_id"]),
+    CheckConstraint("points >= 0", name="events_points_nonnegative"),
+    CheckConstraint(
+        "reversed_points >= 0 AND reversed_points <= points", name="events_reversal_bounded"
+    ),
+    Index("events_by_member", "program_id", "member_id", text("occurred_at DESC")),
+)
+
+tier_changes = Table(
+    "tier_changes",
+    metadata,
+    Column("change_id", BigInteger, Identity(), primary_key=True),
+    Column("program_id", Text, nullable=False),
+    Column("member_id", Text, nullable=False),
+    Column("from_tier", Text),
+    Column("to_tier", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(
+        ["program_id", "member_id"], ["accounts.program_id", "accounts.member_id"]
+    ),
+    Index("tier_changes_by_member", "program_id", "member_id"),
 )
 
 idempotency_keys = Table(

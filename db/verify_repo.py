@@ -69,19 +69,49 @@ CHECKS: tuple[Check, ...] = (
         "SELECT lot_id, original, remaining FROM lots WHERE remaining < 0 OR remaining > original",
     ),
     Check(
-        "lifetime totals equal the member's credits, and debits less refunds",
+        "lifetime totals equal credits less reversals, and debits less refunds",
         """
         SELECT a.program_id, a.member_id, a.lifetime_earned, coalesce(t.earned, 0),
                a.lifetime_spent, coalesce(t.spent, 0)
         FROM accounts a
         LEFT JOIN (SELECT program_id, member_id,
-                          sum(points) FILTER (WHERE kind = 'credit') AS earned,
+                          coalesce(sum(points) FILTER (WHERE kind = 'credit'), 0)
+                          - coalesce(sum(points) FILTER (WHERE kind = 'reversal'), 0) AS earned,
                           coalesce(sum(points) FILTER (WHERE kind = 'debit'), 0)
                           - coalesce(sum(points) FILTER (WHERE kind = 'refund'), 0) AS spent
                    FROM transactions GROUP BY program_id, member_id) t
           USING (program_id, member_id)
         WHERE a.lifetime_earned <> coalesce(t.earned, 0)
            OR a.lifetime_spent <> coalesce(t.spent, 0)
+        """,
+    ),
+    Check(
+        "an event's credit carries exactly the points the event earned",
+        """
+        SELECT e.program_id, e.event_id, e.points, t.points FROM events e
+        LEFT JOIN transactions t ON t.txn_id = e.txn_id
+        WHERE (e.txn_id IS NULL) <> (e.points = 0)
+           OR (t.txn_id IS NOT NULL AND (t.points <> e.points OR t.kind <> 'credit'
+               OR t.member_id <> e.member_id))
+        """,
+    ),
+    Check(
+        "reversals never claw back more than their event earned",
+        """
+        SELECT e.program_id, e.event_id, e.points, r.clawed, e.reversed_points FROM events e
+        JOIN (SELECT program_id, event_id, sum(points) AS clawed FROM transactions
+              WHERE kind = 'reversal' GROUP BY program_id, event_id) r
+          USING (program_id, event_id)
+        WHERE r.clawed > e.reversed_points OR e.reversed_points > e.points
+        """,
+    ),
+    Check(
+        "expiry writes off only lots past their expiry",
+        """
+        SELECT t.txn_id, a.pair->>0 FROM transactions t
+        CROSS JOIN LATERAL jsonb_array_elements(t.allocations) AS a(pair)
+        JOIN lots l ON l.lot_id = (a.pair->>0)::uuid
+        WHERE t.kind = 'expire' AND (l.expires_at IS NULL OR l.expires_at > t.created_at)
         """,
     ),
     Check(

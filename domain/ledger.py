@@ -14,9 +14,12 @@ Invariants asserted here (see DESIGN.md):
 
 from __future__ import annotations
 
+import copy
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
 
 from domain.errors import Code, PointsError
 from domain.limits import BALANCE_MAX, POINTS_PER_OPERATION_MAX, REASON_LENGTH_MAX
@@ -31,7 +34,11 @@ CREDIT = "credit"
 DEBIT = "debit"
 # Gives back what one debit took, into the very lots it took from (their expiry unchanged).
 REFUND = "refund"
-TRANSACTION_TYPES = (CREDIT, DEBIT, REFUND)
+# Writes off what is left in lots past their expiry (legs: member / system:expired).
+EXPIRE = "expire"
+# Claws back points an event earned (refunded order): legs member / system:issued.
+REVERSAL = "reversal"
+TRANSACTION_TYPES = (CREDIT, DEBIT, REFUND, EXPIRE, REVERSAL)
 
 
 @dataclass(slots=True)
@@ -41,9 +48,30 @@ class Lot:
     remaining: int
     expires_at: datetime | None
     created_at: datetime
+    # Pending points: booked (in the balance) but not spendable before available_at.
+    available_at: datetime | None = None
+    # The event that awarded this lot, if any (reversals take from it first).
+    event_id: str | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def pending(self, now: datetime) -> bool:
+        return self.available_at is not None and self.available_at > now
 
     def spendable(self, now: datetime) -> bool:
-        return self.remaining > 0 and (self.expires_at is None or self.expires_at > now)
+        return self.remaining > 0 and not self.expired(now) and not self.pending(now)
+
+    def copy(self) -> Lot:
+        return Lot(
+            self.lot_id,
+            self.original,
+            self.remaining,
+            self.expires_at,
+            self.created_at,
+            self.available_at,
+            self.event_id,
+        )
 
 
 @dataclass(slots=True)
@@ -61,6 +89,9 @@ class Account:
     lifetime_earned: int
     lifetime_spent: int
     lots: list[Lot] = field(default_factory=list)
+    # Earning state (JSON-ready): cap counters by local day and month, earnings by day for
+    # tiers, the tier and since when the member is below it. See domain/earning.py.
+    earning: dict[str, Any] = field(default_factory=dict)
 
     def clone(self) -> Account:
         """Copy to mutate inside a batch; the committed state stays untouched until commit."""
@@ -71,10 +102,8 @@ class Account:
             self.balance,
             self.lifetime_earned,
             self.lifetime_spent,
-            [
-                Lot(lot.lot_id, lot.original, lot.remaining, lot.expires_at, lot.created_at)
-                for lot in self.lots
-            ],
+            [lot.copy() for lot in self.lots],
+            copy.deepcopy(self.earning),
         )
 
     def check(self) -> None:
@@ -112,6 +141,8 @@ class Transaction:
     new_lot: Lot | None = None
     # A refund: the debit it gives back.
     refers_to: uuid.UUID | None = None
+    # The event that earned (credit) or is reversed (reversal) by this transaction.
+    event_id: str | None = None
 
     def check(self) -> None:
         """Invariant 2: the legs of one transaction sum to zero."""
@@ -172,17 +203,26 @@ def credit(
     txn_id: uuid.UUID,
     lot_id: uuid.UUID,
     expires_at: datetime | None = None,
+    available_at: datetime | None = None,
+    event_id: str | None = None,
 ) -> Transaction:
-    """Add `points` to the account as a new lot. Mutates `account`."""
+    """Add `points` to the account as a new lot. Mutates `account`.
+
+    `available_at` in the future makes the lot pending: in the balance, not spendable yet.
+    """
     _check_points(points)
     _check_reason(reason)
     if expires_at is not None and expires_at <= now:
         raise PointsError(Code.VALIDATION_ERROR, "expires_at must be in the future")
+    if available_at is not None and available_at <= now:
+        available_at = None  # available already: not pending
+    if available_at is not None and expires_at is not None and expires_at <= available_at:
+        raise PointsError(Code.VALIDATION_ERROR, "points would expire before they are available")
     if account.balance + points > BALANCE_MAX:
         raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
     balance_before = account.balance
 
-    lot = Lot(lot_id, points, points, expires_at, now)
+    lot = Lot(lot_id, points, points, expires_at, now, available_at, event_id)
     account.lots.append(lot)
     account.balance += points
     account.lifetime_earned += points
@@ -198,6 +238,8 @@ def credit(
         (Entry(MEMBER_ACCOUNT, points), Entry(SYSTEM_ISSUED, -points)),
         ((lot_id, points),),
         lot,
+        None,
+        event_id,
     )
 
     assert account.balance == balance_before + points
@@ -295,7 +337,15 @@ def refund(
         if lot is None:
             # A fully spent lot left the in-memory state with remaining 0: bring it back.
             stored = lots[lot_id]
-            lot = Lot(lot_id, stored.original, 0, stored.expires_at, stored.created_at)
+            lot = Lot(
+                lot_id,
+                stored.original,
+                0,
+                stored.expires_at,
+                stored.created_at,
+                stored.available_at,
+                stored.event_id,
+            )
             account.lots.append(lot)
             held[lot_id] = lot
         lot.remaining += taken
@@ -322,24 +372,146 @@ def refund(
     return txn
 
 
+def expire(account: Account, now: datetime, txn_id: uuid.UUID) -> Transaction | None:
+    """Write off what is left in every lot past its expiry, as one transaction.
+
+    None when nothing is due, so running it twice (or concurrently with traffic, since the
+    shard serializes it) never writes anything twice. Mutates `account`.
+    """
+    account.check()
+    due = [lot for lot in account.lots if lot.remaining > 0 and lot.expired(now)]
+    if not due:
+        return None
+    points = sum(lot.remaining for lot in due)
+    balance_before = account.balance
+    allocations = tuple((lot.lot_id, lot.remaining) for lot in due)
+    for lot in due:
+        lot.remaining = 0
+    account.lots = [lot for lot in account.lots if lot.remaining > 0]
+    account.balance -= points
+    txn = Transaction(
+        txn_id,
+        account.program_id,
+        account.member_id,
+        EXPIRE,
+        points,
+        "expired",
+        now,
+        account.balance,
+        (Entry(MEMBER_ACCOUNT, -points), Entry(SYSTEM_EXPIRED, points)),
+        allocations,
+    )
+    assert account.balance == balance_before - points >= 0
+    account.check()
+    txn.check()
+    return txn
+
+
+def reverse(
+    account: Account,
+    event_id: str,
+    points: int,
+    reason: str,
+    now: datetime,
+    txn_id: uuid.UUID,
+) -> tuple[Transaction | None, int]:
+    """Claw back up to `points` an event earned: from that event's own lots first (pending
+    or not), then from the member's other spendable lots, soonest expiry first.
+
+    Returns (transaction or None, points that could not be clawed back because they were
+    already spent). Without debt the shortfall stays with the member and is reported; the
+    balance never goes below zero. Mutates `account`.
+    """
+    _check_points(points)
+    _check_reason(reason)
+    balance_before = account.balance
+    own = sorted(
+        (lot for lot in account.lots if lot.event_id == event_id and lot.remaining > 0),
+        key=lambda lot: (lot.created_at, lot.lot_id),
+    )
+    own_ids = {lot.lot_id for lot in own}
+    others = [lot for lot in spend_order(account.lots, now) if lot.lot_id not in own_ids]
+    allocations: list[tuple[uuid.UUID, int]] = []
+    still = points
+    for lot in [*own, *others]:
+        if still == 0:
+            break
+        take = min(lot.remaining, still)
+        if take == 0:
+            continue
+        lot.remaining -= take
+        allocations.append((lot.lot_id, take))
+        still -= take
+    taken = points - still
+    if taken == 0:
+        return None, still
+    account.lots = [lot for lot in account.lots if lot.remaining > 0]
+    account.balance -= taken
+    # Earned less than was thought: the lifetime total follows the correction.
+    account.lifetime_earned -= min(taken, account.lifetime_earned)
+    txn = Transaction(
+        txn_id,
+        account.program_id,
+        account.member_id,
+        REVERSAL,
+        taken,
+        reason,
+        now,
+        account.balance,
+        (Entry(MEMBER_ACCOUNT, -taken), Entry(SYSTEM_ISSUED, taken)),
+        tuple(allocations),
+        None,
+        None,
+        event_id,
+    )
+    assert account.balance == balance_before - taken >= 0
+    account.check()
+    txn.check()
+    return txn, still
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
-def account_view(account: Account, now: datetime, lots_max: int) -> dict[str, object]:
-    """The member resource as the API shows it (JSON-ready)."""
-    assert lots_max > 0
+def account_view(
+    account: Account,
+    now: datetime,
+    lots_max: int,
+    tz: tzinfo | None = None,
+    soon_days: int = 30,
+) -> dict[str, object]:
+    """The member resource as the API shows it (JSON-ready).
+
+    `available`: spendable now; `pending`: booked but not spendable yet; `total`: the book
+    balance (includes points past expiry not yet written off); `expiring_soon`: spendable
+    or pending points by local expiry date (program time zone `tz`) in the next `soon_days`.
+    """
+    assert lots_max > 0 and soon_days > 0
     account.check()
     lots = spend_order(account.lots, now)
     spendable = sum(lot.remaining for lot in lots)
+    pending = sum(
+        lot.remaining for lot in account.lots if lot.pending(now) and not lot.expired(now)
+    )
+    horizon = now + timedelta(days=soon_days)
+    soon: dict[str, int] = defaultdict(int)
+    for lot in account.lots:
+        if lot.remaining > 0 and lot.expires_at is not None and now < lot.expires_at <= horizon:
+            # The last local day on which the points can still be spent.
+            last_moment = lot.expires_at - timedelta(microseconds=1)
+            local = last_moment.astimezone(tz) if tz is not None else last_moment
+            soon[local.date().isoformat()] += lot.remaining
     view = {
         "program_id": account.program_id,
         "member_id": account.member_id,
         "balance": {
             "available": spendable,
+            "pending": pending,
             # Book balance: includes points in lots past expiry not yet written off.
             "total": account.balance,
         },
+        "expiring_soon": [{"date": day, "points": soon[day]} for day in sorted(soon)],
         "lifetime_earned": account.lifetime_earned,
         "lifetime_spent": account.lifetime_spent,
         "lots": [
@@ -349,12 +521,25 @@ def account_view(account: Account, now: datetime, lots_max: int) -> dict[str, ob
                 "remaining": lot.remaining,
                 "expires_at": _iso(lot.expires_at),
                 "created_at": _iso(lot.created_at),
+                **({"available_at": _iso(lot.available_at)} if lot.available_at else {}),
+                **({"event_id": lot.event_id} if lot.event_id else {}),
             }
             for lot in lots[:lots_max]
         ],
         "lots_total": len(lots),
+        "pending_lots": [
+            {
+                "lot_id": str(lot.lot_id),
+                "points": lot.remaining,
+                "available_at": _iso(lot.available_at),
+                "expires_at": _iso(lot.expires_at),
+                **({"event_id": lot.event_id} if lot.event_id else {}),
+            }
+            for lot in account.lots
+            if lot.remaining > 0 and lot.pending(now) and not lot.expired(now)
+        ][:lots_max],
     }
-    assert spendable <= account.balance
+    assert spendable + pending <= account.balance
     return view
 
 
@@ -372,4 +557,10 @@ def transaction_view(txn: Transaction) -> dict[str, object]:
         "expires_at": _iso(txn.new_lot.expires_at) if txn.new_lot else None,
         "balance_after": txn.balance_after,
         **({"refers_to": str(txn.refers_to)} if txn.refers_to is not None else {}),
+        **({"event_id": txn.event_id} if txn.event_id is not None else {}),
+        **(
+            {"available_at": _iso(txn.new_lot.available_at)}
+            if txn.new_lot is not None and txn.new_lot.available_at is not None
+            else {}
+        ),
     }

@@ -69,3 +69,11 @@ NOTE_LENGTH_MAX = 300
 ATTRIBUTES_DEPTH_MAX = 4
 ATTRIBUTES_VALUES_MAX = 200
 ATTRIBUTE_STRING_LENGTH_MAX = 1000
+# Events: how far from the server's clock occurred_at may be. A little future skew is
+# tolerated (upstream clocks drift); events older than a year award into closed periods.
+EVENT_FUTURE_SKEW_S = 5 * 60
+EVENT_PAST_AGE_S = 366 * 24 * 3600
+# Events in one POST /events/batch (and taken from the stream in one read).
+EVENTS_PER_BATCH_MAX = 1000
+# "expiring_soon" in the member view: amounts by date in this many days ahead.
+EXPIRING_SOON_DAYS = 30

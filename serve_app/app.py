@@ -9,7 +9,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -26,6 +26,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.account_shard import AccountShard
+from actors.earning import EventApplier, ShardApplierFactory, event_request
+from actors.event_consumer import EventConsumer
 from actors.reward_shard import RewardShard
 from actors.routing import NAMESPACE, reward_shard_name, shard_name
 from actors.shard_client import ACTOR_ERRORS, ShardClient
@@ -34,13 +36,16 @@ from domain.errors import HTTP_STATUS, Code, PointsError
 from domain.idempotency import request_hash
 from domain.limits import (
     BODY_BYTES_MAX,
+    EVENTS_PER_BATCH_MAX,
     ID_LENGTH_MAX,
     ID_PATTERN,
     IDEMPOTENCY_KEY_RE,
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
 )
+from domain.policy import parse_policy, policy_to_json
 from domain.rewards import redemption_view
+from domain.rules import compile_rule_set, rule_set_to_json
 from serve_app.auth import KEY_LENGTH_MAX, KeyCache, hash_key
 from serve_app.problems import problem_body, problem_response
 from serve_app.schemas import (
@@ -49,7 +54,9 @@ from serve_app.schemas import (
     ProgramPut,
     RedemptionIn,
     RestockIn,
+    ReverseIn,
     RewardPut,
+    RulesPut,
 )
 
 log = logging.getLogger("points.api")
@@ -60,6 +67,7 @@ RewardId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
 # Reward shards are pinged this often: a restarted one resumes its recovery pass.
 REWARD_KEEPER_INTERVAL_S = 5.0
 REWARD_CALLS_IN_FLIGHT = 1
+EVENT_CONSUMER_NAME = "points-event-consumer"
 
 
 class JsonResponse(Response):
@@ -209,6 +217,24 @@ def _bad_request(detail: str) -> Response:
     return Response(orjson.dumps(body), status_code=400, media_type="application/problem+json")
 
 
+def _result_of(answer: dict[str, Any]) -> dict[str, Any]:
+    """A shard answer as one entry of a batch result (problem fields for failures)."""
+    status = answer["status"]
+    body = answer["body"]
+    if status >= 400:
+        body = problem_body(Code(body["code"]), body["detail"])
+        body["status"] = status
+    result = {"status": status, "body": body}
+    if answer.get("replayed"):
+        result["replayed"] = True
+    return result
+
+
+def _program_view(program: dict[str, Any]) -> dict[str, Any]:
+    """The program with its policy in full (defaults filled in)."""
+    return {**program, "policy": policy_to_json(parse_policy(program.get("policy") or None))}
+
+
 def _shard_answer(result: dict[str, Any]) -> Response:
     status = result["status"]
     headers = {"Idempotent-Replayed": "true"} if result.get("replayed") else None
@@ -246,6 +272,7 @@ class PointsIngress:
             for i in range(shards)
         ]
         self.client = ShardClient(self.shards)
+        self.applier = EventApplier(self.client)
         reward_shards = shard_config.get("reward_shards", 1)
         reward_config = {**shard_config, "shards": shards}
         self.reward_shards = [
@@ -264,6 +291,21 @@ class PointsIngress:
         self.rewards = ShardClient(
             self.reward_shards, route_field="reward_id", calls_in_flight=REWARD_CALLS_IN_FLIGHT
         )
+        # The Redis stream consumer (async earning): one per deployment, found by name.
+        self.event_consumer = None
+        stream = shard_config.get("event_stream")
+        if redis_url and stream:
+            self.event_consumer = EventConsumer.options(
+                name=EVENT_CONSUMER_NAME,
+                namespace=NAMESPACE,
+                get_if_exists=True,
+                lifetime="detached",
+            ).remote(
+                redis_url,
+                ShardApplierFactory(shards),
+                EVENT_CONSUMER_NAME,
+                {"stream": stream, "dead_letter_stream": f"{stream}:dead"},
+            )
         self._keeper: asyncio.Task[None] | None = None
         self._opened = False
 
@@ -274,6 +316,10 @@ class PointsIngress:
             for handle in self.reward_shards:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.ping.remote(), 5)
+            if self.event_consumer is not None:
+                # Idempotent: (re)starts the consumer loop after an actor restart.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.event_consumer.start.remote(), 5)
             await asyncio.sleep(REWARD_KEEPER_INTERVAL_S)
 
     async def _repo(self) -> ApiRepo:
@@ -326,6 +372,9 @@ class PointsIngress:
                 asyncio.gather(*(s.ping.remote() for s in self.shards + self.reward_shards)), 5
             )
             shards, reward_shards = pings[: len(self.shards)], pings[len(self.shards) :]
+            consumer = None
+            if self.event_consumer is not None:
+                consumer = await asyncio.wait_for(self.event_consumer.start.remote(), 5)
         except Exception as exc:
             return problem_response(Code.UNAVAILABLE, f"not ready: {type(exc).__name__}: {exc}")
         redis_state = "not configured"
@@ -342,6 +391,7 @@ class PointsIngress:
                 "redis": redis_state,
                 "shards": shards,
                 "reward_shards": reward_shards,
+                "event_consumer": consumer,
             }
         )
 
@@ -355,8 +405,133 @@ class PointsIngress:
         authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
         await self._authenticate(authorization)
-        created, program = await (await self._repo()).put_program(program_id, body.name)
-        return JsonResponse(program, status_code=201 if created else 200)
+        policy = None if body.policy is None else policy_to_json(parse_policy(body.policy))
+        created, program = await (await self._repo()).put_program(program_id, body.name, policy)
+        if policy is not None:
+            await self._forget_program(program_id)
+        return JsonResponse(_program_view(program), status_code=201 if created else 200)
+
+    async def _forget_program(self, program_id: str) -> None:
+        """Tell every account shard to read the program's policy and rules again (each also
+        re-reads them within PROGRAM_CONFIG_TTL_S on its own)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                asyncio.gather(*(s.forget_program.remote(program_id) for s in self.shards)), 5
+            )
+
+    # ------------------------------------------------------------------ rules
+
+    @app.put("/v1/programs/{program_id}/rules", tags=["rules"], status_code=201)
+    async def put_rules(
+        self,
+        program_id: ProgramId,
+        body: RulesPut,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """A new version of the program's rule set (it never edits an old version)."""
+        await self._authenticate(authorization)
+        compiled = compile_rule_set(body.rules, 1)  # validates; raises validation_error
+        rule_set = await (await self._repo()).add_rule_set(
+            program_id, rule_set_to_json(compiled), body.effective_from
+        )
+        if rule_set is None:
+            raise PointsError(Code.NOT_FOUND, f"program {program_id} not found")
+        await self._forget_program(program_id)
+        return JsonResponse(rule_set, status_code=201)
+
+    @app.get("/v1/programs/{program_id}/rules", tags=["rules"])
+    async def list_rules(
+        self,
+        program_id: ProgramId,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Rule set versions, newest first (a version may start later: effective_from)."""
+        await self._authenticate(authorization)
+        repo = await self._repo()
+        if await repo.get_program(program_id) is None:
+            raise PointsError(Code.NOT_FOUND, f"program {program_id} not found")
+        return JsonResponse({"items": await repo.list_rule_sets(program_id, limit)})
+
+    # ------------------------------------------------------------------ events
+
+    async def _json_body(self, request: Request) -> Any:
+        try:
+            return orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise PointsError(Code.VALIDATION_ERROR, f"the body is not valid JSON: {exc}") from exc
+
+    @app.post("/v1/programs/{program_id}/events", tags=["events"], status_code=201)
+    async def post_event(
+        self,
+        program_id: ProgramId,
+        request: Request,
+        dry_run: Annotated[bool, Query()] = False,
+    ) -> Response:
+        """Apply one business event: the program's rules decide the points (and say why).
+        `?dry_run=true` answers the same without writing anything."""
+        await self._authenticate(request.headers.get("authorization"))
+        raw = await self._json_body(request)
+        shard_request = event_request(program_id, raw, dry_run, datetime.now(UTC))
+        return _shard_answer(await self.client.submit(shard_request))
+
+    @app.post("/v1/programs/{program_id}/events/batch", tags=["events"])
+    async def post_events(
+        self,
+        program_id: ProgramId,
+        request: Request,
+        dry_run: Annotated[bool, Query()] = False,
+    ) -> Response:
+        """Up to EVENTS_PER_BATCH_MAX events; one result per event, in order."""
+        await self._authenticate(request.headers.get("authorization"))
+        body = await self._json_body(request)
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list) or not 1 <= len(events) <= EVENTS_PER_BATCH_MAX:
+            raise PointsError(
+                Code.VALIDATION_ERROR,
+                f'the body must be {{"events": [...]}} with 1..{EVENTS_PER_BATCH_MAX} events',
+            )
+        answers = await self.applier(program_id, events, dry_run)
+        return JsonResponse({"results": [_result_of(answer) for answer in answers]})
+
+    @app.get("/v1/programs/{program_id}/events/{event_id}", tags=["events"])
+    async def get_event(
+        self,
+        program_id: ProgramId,
+        event_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)],
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """An applied event: the points it earned, why, and what was reversed."""
+        await self._authenticate(authorization)
+        event = await (await self._repo()).get_event(program_id, event_id)
+        if event is None:
+            raise PointsError(Code.NOT_FOUND, f"event {event_id} not found")
+        return JsonResponse(event)
+
+    @app.post(
+        "/v1/programs/{program_id}/events/{event_id}/reverse",
+        tags=["events"],
+        status_code=201,
+        openapi_extra=_write_openapi(ReverseIn),
+    )
+    async def reverse_event(
+        self,
+        program_id: ProgramId,
+        event_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)],
+        request: Request,
+    ) -> Response:
+        """Claw back what an event earned (refund, cancelled order), in proportion to the
+        `amount` reversed (omitted: all); never more than it earned, however often."""
+        await self._authenticate(request.headers.get("authorization"))
+        body = await self._parse(request, ReverseIn)
+        if isinstance(body, Response):
+            return body
+        member_id = await (await self._repo()).event_member(program_id, event_id)
+        if member_id is None:
+            raise PointsError(Code.NOT_FOUND, f"event {event_id} not found")
+        amount = None if body.amount is None else str(body.amount)
+        fields = {"event_id": event_id, "amount": amount}
+        return await self._move("reverse", program_id, member_id, fields, request)
 
     @app.get("/v1/programs/{program_id}", tags=["programs"])
     async def get_program(
@@ -366,7 +541,7 @@ class PointsIngress:
         program = await (await self._repo()).get_program(program_id)
         if program is None:
             raise PointsError(Code.NOT_FOUND, f"program {program_id} not found")
-        return JsonResponse(program)
+        return JsonResponse(_program_view(program))
 
     # ------------------------------------------------------------------ members
 
@@ -453,7 +628,9 @@ class PointsIngress:
         self,
         program_id: ProgramId,
         member_id: MemberId,
-        type: Annotated[str | None, Query(pattern="^(credit|debit|refund)$")] = None,
+        type: Annotated[
+            str | None, Query(pattern="^(credit|debit|refund|expire|reversal)$")
+        ] = None,
         since: Annotated[datetime | None, Query()] = None,
         until: Annotated[datetime | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,

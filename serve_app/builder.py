@@ -52,6 +52,8 @@ ARG_NAMES = (
     "webhook_attempts",
     "webhook_backoff_s",
     "recovery_interval_s",
+    "expiry_interval_s",
+    "event_stream",
 )
 
 

@@ -14,6 +14,67 @@ from rich.console import Console
 from serve_app.settings import Settings, load_settings
 
 app = typer.Typer(help="Points: loyalty points service on Ray.", no_args_is_help=True)
+programs_app = typer.Typer(help="Programs: create one from a template.", no_args_is_help=True)
+app.add_typer(programs_app, name="programs")
+
+
+def _admin_key(settings: Settings, key: str | None) -> str:
+    if key:
+        return key
+    if settings.admin_key:
+        return settings.admin_key
+    try:
+        return settings.admin_key_file.read_text().strip()
+    except OSError as exc:
+        console.print(f"[red]no API key[/]: pass --key or set POINTS_ADMIN_KEY ({exc})")
+        raise typer.Exit(2) from exc
+
+
+@programs_app.command("create")
+def programs_create(
+    program_id: Annotated[str, typer.Argument(help="The new program's id, e.g. shop.")],
+    template: Annotated[
+        str, typer.Option(help="ecommerce, education or finance (see docs/earning.md).")
+    ],
+    name: Annotated[str | None, typer.Option(help="Display name (default: template's).")] = None,
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
+) -> None:
+    """Create (or update) a program from a template: its policy and a first rule set."""
+    from domain.templates import TEMPLATES
+
+    if template not in TEMPLATES:
+        console.print(f"[red]unknown template[/] {template!r}: one of {', '.join(TEMPLATES)}")
+        raise typer.Exit(2)
+    chosen = TEMPLATES[template]
+    settings: Settings = load_settings()
+    base = url or f"http://{settings.host}:{settings.port}"
+    headers = {"Authorization": f"Bearer {_admin_key(settings, key)}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            program = client.put(
+                f"/v1/programs/{program_id}",
+                json={"name": name or chosen["name"], "policy": chosen["policy"]},
+            )
+            if program.status_code not in (200, 201):
+                console.print(f"[red]program refused[/] {program.status_code}: {program.text}")
+                raise typer.Exit(1)
+            rules = client.put(f"/v1/programs/{program_id}/rules", json={"rules": chosen["rules"]})
+            if rules.status_code != 201:
+                console.print(f"[red]rules refused[/] {rules.status_code}: {rules.text}")
+                raise typer.Exit(1)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]down[/]: {base} does not answer ({type(exc).__name__})")
+        raise typer.Exit(1) from exc
+    version = rules.json()["version"]
+    console.print(
+        f"program [bold]{program_id}[/] ({'created' if program.status_code == 201 else 'updated'})"
+        f" from template {template}: policy version {program.json()['policy_version']},"
+        f" rule set version {version} ({len(chosen['rules'])} rules)"
+    )
+    console.print(chosen["description"])
+
+
 console = Console()
 
 DataDir = Annotated[

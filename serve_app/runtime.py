@@ -96,6 +96,9 @@ def shard_config(settings: Settings) -> dict[str, Any]:
         "webhook_attempts": settings.webhook_attempts,
         "webhook_backoff_s": settings.webhook_backoff_s,
         "recovery_interval_s": settings.recovery_interval_s,
+        "expiry_interval_s": settings.expiry_interval_s,
+        "shards": settings.shards,
+        "event_stream": settings.event_stream,
     }
 
 

@@ -1,7 +1,7 @@
 """Request bodies. Strict: integers are integers (no floats, no strings), unknown fields refused."""
 
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -20,6 +20,7 @@ from domain.limits import (
     POINTS_PER_OPERATION_MAX,
     PROGRAM_NAME_LENGTH_MAX,
     REASON_LENGTH_MAX,
+    RULES_PER_SET_MAX,
 )
 from domain.rewards import QUANTITY_MAX, STOCK_MAX
 
@@ -33,6 +34,20 @@ class _Strict(BaseModel):
 
 class ProgramPut(_Strict):
     name: str = Field(min_length=1, max_length=PROGRAM_NAME_LENGTH_MAX, pattern=NO_NUL)
+    # Time zone, expiry, pending, debt, caps and tiers (see docs/earning.md); omitted: kept.
+    policy: dict[str, Any] | None = None
+
+
+class RulesPut(_Strict):
+    rules: list[dict[str, Any]] = Field(max_length=RULES_PER_SET_MAX)
+    # Events that occur from then on use this version (default: now).
+    effective_from: AwareDatetime | None = None
+
+
+class ReverseIn(_Strict):
+    # Part of the event's `amount` attribute refunded (int minor units or decimal string);
+    # omitted: the whole event.
+    amount: StrictInt | str | None = None
 
 
 class CreditIn(_Strict):

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=0.5, ge=0, le=60)
     # How often each reward shard looks for redemptions left half-way (and at start).
     recovery_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    # How often each account shard writes off points past their expiry.
+    expiry_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    # Redis stream of business events (consumed by the EventConsumer actor); "" = off.
+    event_stream: str = Field(default="points:events", max_length=200)
     # Admin API key; unset: generated on first start, stored hashed, saved to data_dir.
     admin_key: str | None = None
     # "fast": Ray Serve direct ingress behind HAProxy with throughput-optimized settings.

@@ -82,6 +82,7 @@ def test_the_catalog_comparison_sees_checks_and_partial_indexes(migrated_url: st
     """The rows the comparison above relies on are there (it is not comparing nothing)."""
     constraints = {row[1]: row[3] for row in catalog(migrated_url, CONSTRAINTS)}
     assert "'refund'" in constraints["transactions_kind_known"]
+    assert "'expire'" in constraints["transactions_kind_known"]
     assert "refers_to IS NOT NULL" in constraints["transactions_refund_refers"]
     assert "reserved + redeemed" in constraints["rewards_not_oversold"]
     indexes = {row[1]: row[2] for row in catalog(migrated_url, INDEXES)}

@@ -62,7 +62,7 @@ def test_honest_ledger_passes(fresh_db: str, capsys: pytest.CaptureFixture[str])
         ),
         (
             "UPDATE accounts SET lifetime_spent = lifetime_spent + 1 WHERE member_id = 'm1'",
-            "lifetime totals equal the member's credits, and debits less refunds",
+            "lifetime totals equal credits less reversals, and debits less refunds",
         ),
     ],
 )

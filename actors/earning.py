@@ -1,0 +1,89 @@
+"""Applying business events through the account shards: one path for the HTTP batch
+endpoint and the Redis stream consumer.
+
+`EventApplier` validates each raw event (domain.events.parse_event), turns it into a shard
+request keyed by its event id, sends all of them through a ShardClient (which batches them
+per shard into few Ray calls) and answers one result per event, in order: {"status",
+"body"} with a problem body for failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import ray
+
+from actors.routing import NAMESPACE, shard_name
+from actors.shard_client import ShardClient
+from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.events import event_json, parse_event
+from domain.idempotency import request_hash
+
+
+def event_request(program_id: str, raw: Any, dry_run: bool, now: datetime) -> dict[str, Any]:
+    """Validate one event body into a shard request (raises validation_error)."""
+    event = parse_event(raw, now)
+    canonical = event_json(event)
+    request = {
+        "kind": "event",
+        "program_id": program_id,
+        "member_id": event.member_id,
+        "event": event,
+        # The event id deduplicates (scoped to the program; a reuse for another member is
+        # refused as a conflict by the shard).
+        "key": f"event:{event.event_id}",
+        "request_hash": request_hash("event", {"program_id": program_id, **canonical}),
+        "dry_run": dry_run,
+    }
+    assert request["key"]
+    return request
+
+
+def problem_result(code: Code, detail: str) -> dict[str, Any]:
+    return {"status": HTTP_STATUS[code], "body": {"code": str(code), "detail": detail}}
+
+
+class EventApplier:
+    def __init__(self, client: ShardClient) -> None:
+        self.client = client
+
+    async def __call__(
+        self, program_id: str, events: list[Any], dry_run: bool = False
+    ) -> list[dict[str, Any]]:
+        """One answer per event, in order (shard answers: {"status", "body", "replayed"})."""
+        now = datetime.now(UTC)
+        results: list[dict[str, Any] | None] = [None] * len(events)
+        calls: list[tuple[int, Any]] = []
+        for index, raw in enumerate(events):
+            try:
+                shard_request = event_request(program_id, raw, dry_run, now)
+            except PointsError as exc:
+                results[index] = problem_result(exc.code, exc.detail)
+                continue
+            calls.append((index, self.client.submit(shard_request)))
+        answers = await asyncio.gather(*(call for _, call in calls))
+        for (index, _), answer in zip(calls, answers, strict=True):
+            results[index] = answer
+        done = [result for result in results if result is not None]
+        assert len(done) == len(events)
+        return done
+
+
+class ShardApplierFactory:
+    """Picklable: builds an EventApplier inside another actor (the stream consumer) from the
+    account shards' names."""
+
+    def __init__(self, shards: int) -> None:
+        assert shards > 0
+        self.shards = shards
+
+    def __call__(self) -> EventApplier:
+        handles = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(self.shards)]
+        applier = EventApplier(ShardClient(handles))
+
+        async def apply(program_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return await applier(program_id, events)
+
+        return apply  # type: ignore[return-value]

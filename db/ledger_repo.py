@@ -210,7 +210,7 @@ class LedgerRepo:
                        a.lifetime_earned, a.lifetime_spent,
                        l.lot_id, l.original, l.remaining, l.expires_at, l.created_at,
                        l.available_at, l.event_id, a.earning
-                FROM unnest(%s::text[], %s::text[]) AS k(program_id, member_id)
+                FROM unnest(%b::text[], %b::text[]) AS k(program_id, member_id)
                 JOIN accounts a ON a.program_id = k.program_id AND a.member_id = k.member_id
                 LEFT JOIN lots l ON l.program_id = a.program_id AND l.member_id = a.member_id
                                 AND l.remaining > 0
@@ -249,7 +249,7 @@ class LedgerRepo:
                 FROM transactions t
                 LEFT JOIN LATERAL jsonb_array_elements(t.allocations) AS a(pair) ON true
                 LEFT JOIN lots l ON l.lot_id = (a.pair->>0)::uuid
-                WHERE t.txn_id = ANY(%s::uuid[])
+                WHERE t.txn_id = ANY(%b::uuid[])
                 """,
                 (txn_ids,),
             )
@@ -279,7 +279,7 @@ class LedgerRepo:
                 """
                 SELECT i.program_id, i.member_id, i.key, i.request_hash, i.status, i.response
                 FROM idempotency_keys i
-                JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(program_id, member_id, key)
+                JOIN unnest(%b::text[], %b::text[], %b::text[]) AS k(program_id, member_id, key)
                   ON i.program_id = k.program_id AND i.member_id = k.member_id AND i.key = k.key
                 """,
                 ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
@@ -337,8 +337,8 @@ class LedgerRepo:
                 INSERT INTO idempotency_keys (program_id, member_id, key, request_hash, status,
                                               response, created_at)
                 SELECT p, m, k, h, s, r, %s
-                FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[],
-                            %s::jsonb[]) AS v(p, m, k, h, s, r)
+                FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[],
+                            %b::jsonb[]) AS v(p, m, k, h, s, r)
                 ON CONFLICT DO NOTHING
                 RETURNING program_id, member_id, key
                 """,
@@ -362,8 +362,8 @@ class LedgerRepo:
                                       lifetime_earned, lifetime_spent, created_at, updated_at,
                                       earning, tier)
                 SELECT p, m, b, 1, e, s, %s, %s, g, t
-                FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
-                            %s::jsonb[], %s::text[])
+                FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
+                            %b::jsonb[], %b::text[])
                      AS v(p, m, b, e, s, g, t)
                 ON CONFLICT DO NOTHING
                 """,
@@ -388,8 +388,8 @@ class LedgerRepo:
                 UPDATE accounts a
                 SET balance = v.b, lifetime_earned = v.e, lifetime_spent = v.s,
                     version = v.old + 1, updated_at = %s, earning = v.g, tier = v.t
-                FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
-                            %s::bigint[], %s::jsonb[], %s::text[]) AS v(p, m, b, e, s, old, g, t)
+                FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
+                            %b::bigint[], %b::jsonb[], %b::text[]) AS v(p, m, b, e, s, old, g, t)
                 WHERE a.program_id = v.p AND a.member_id = v.m AND a.version = v.old
                 """,
                 (
@@ -413,10 +413,10 @@ class LedgerRepo:
                 INSERT INTO transactions (txn_id, program_id, member_id, kind, points, reason,
                                           balance_after, created_at, idempotency_key,
                                           expires_at, allocations, refers_to, event_id)
-                SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
-                                     %s::bigint[], %s::text[], %s::bigint[],
-                                     %s::timestamptz[], %s::text[], %s::timestamptz[],
-                                     %s::jsonb[], %s::uuid[], %s::text[])
+                SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],
+                                     %b::bigint[], %b::text[], %b::bigint[],
+                                     %b::timestamptz[], %b::text[], %b::timestamptz[],
+                                     %b::jsonb[], %b::uuid[], %b::text[])
                 """,
                 (
                     [t.txn_id for t in txns],
@@ -429,7 +429,10 @@ class LedgerRepo:
                     [t.created_at for t in txns],
                     [key for _, key in batch.transactions],
                     [t.new_lot.expires_at if t.new_lot else None for t in txns],
-                    [Jsonb([[str(lot), pts] for lot, pts in t.allocations]) for t in txns],
+                    [
+                        Jsonb([[str(lot), pts] for lot, pts in t.allocations], dumps=_dumps)
+                        for t in txns
+                    ],
                     [t.refers_to for t in txns],
                     [t.event_id for t in txns],
                 ),
@@ -439,8 +442,8 @@ class LedgerRepo:
                 """
                 INSERT INTO ledger_entries (txn_id, program_id, account, member_id, amount,
                                             created_at)
-                SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
-                                     %s::bigint[], %s::timestamptz[])
+                SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],
+                                     %b::bigint[], %b::timestamptz[])
                 """,
                 (
                     [t.txn_id for t, _ in legs],
@@ -458,9 +461,9 @@ class LedgerRepo:
                     INSERT INTO lots (lot_id, program_id, member_id, txn_id, original,
                                       remaining, expires_at, created_at, available_at, event_id)
                     SELECT l, p, m, t, o, o, x, c, a, e
-                    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::uuid[], %s::bigint[],
-                                %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
-                                %s::text[]) AS v(l, p, m, t, o, x, c, a, e)
+                    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::uuid[], %b::bigint[],
+                                %b::timestamptz[], %b::timestamptz[], %b::timestamptz[],
+                                %b::text[]) AS v(l, p, m, t, o, x, c, a, e)
                     """,
                     (
                         [lot.lot_id for _, lot in new_lots],
@@ -480,7 +483,7 @@ class LedgerRepo:
             cur = await conn.execute(
                 """
                 UPDATE lots SET remaining = remaining - v.taken
-                FROM unnest(%s::uuid[], %s::bigint[]) AS v(lot_id, taken)
+                FROM unnest(%b::uuid[], %b::bigint[]) AS v(lot_id, taken)
                 WHERE lots.lot_id = v.lot_id
                 """,
                 (lot_ids, [batch.lot_deltas[i] for i in lot_ids]),
@@ -495,8 +498,8 @@ class LedgerRepo:
                                     attributes, rule_version, points, explanation, txn_id,
                                     created_at)
                 SELECT p, e, m, t, o, a, v, n, x, i, %s
-                FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
-                            %s::jsonb[], %s::int[], %s::bigint[], %s::jsonb[], %s::uuid[])
+                FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[],
+                            %b::jsonb[], %b::int[], %b::bigint[], %b::jsonb[], %b::uuid[])
                      AS r(p, e, m, t, o, a, v, n, x, i)
                 ON CONFLICT DO NOTHING
                 RETURNING program_id, event_id
@@ -523,7 +526,7 @@ class LedgerRepo:
             cur = await conn.execute(
                 """
                 UPDATE events SET reversed_amount = v.amount, reversed_points = v.points
-                FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])
+                FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[])
                      AS v(p, e, amount, points)
                 WHERE events.program_id = v.p AND events.event_id = v.e
                 """,
@@ -543,7 +546,7 @@ class LedgerRepo:
                 INSERT INTO tier_changes (program_id, member_id, from_tier, to_tier, reason,
                                           changed_at)
                 SELECT p, m, f, t, r, %s
-                FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+                FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
                      AS v(p, m, f, t, r)
                 """,
                 (
@@ -596,7 +599,7 @@ class LedgerRepo:
                 """
                 SELECT e.program_id, e.event_id, e.member_id, e.attributes, e.points,
                        e.reversed_amount, e.reversed_points
-                FROM unnest(%s::text[], %s::text[]) AS k(p, e)
+                FROM unnest(%b::text[], %b::text[]) AS k(p, e)
                 JOIN events e ON e.program_id = k.p AND e.event_id = k.e
                 """,
                 ([k[0] for k in keys], [k[1] for k in keys]),

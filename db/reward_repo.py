@@ -121,7 +121,7 @@ class RewardRepo(LedgerRepo):
                 SELECT r.program_id, r.reward_id, r.name, r.cost_points, r.stocked, r.reserved,
                        r.redeemed, r.active, r.per_member_limit, r.fulfillment, r.version,
                        r.created_at, r.updated_at
-                FROM unnest(%s::text[], %s::text[]) AS k(p, w)
+                FROM unnest(%b::text[], %b::text[]) AS k(p, w)
                 JOIN rewards r ON r.program_id = k.p AND r.reward_id = k.w
                 """,
                 (programs, rewards),
@@ -137,7 +137,7 @@ class RewardRepo(LedgerRepo):
             cur = await conn.execute(
                 f"""
                 SELECT {REDEMPTION_COLUMNS} FROM redemptions
-                WHERE (program_id, reward_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+                WHERE (program_id, reward_id) IN (SELECT * FROM unnest(%b::text[], %b::text[]))
                 """,
                 (programs, rewards),
             )
@@ -149,7 +149,7 @@ class RewardRepo(LedgerRepo):
                 SELECT program_id, reward_id, key, request_hash, quantity, stocked_after,
                        created_at
                 FROM restocks
-                WHERE (program_id, reward_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+                WHERE (program_id, reward_id) IN (SELECT * FROM unnest(%b::text[], %b::text[]))
                 """,
                 (programs, rewards),
             )
@@ -164,7 +164,7 @@ class RewardRepo(LedgerRepo):
             cur = await conn.execute(
                 """
                 SELECT DISTINCT program_id, reward_id FROM redemptions
-                WHERE slot = ANY(%s::int[])
+                WHERE slot = ANY(%b::int[])
                   AND status NOT IN ('completed', 'failed', 'cancelled')
                 """,
                 (slots,),
@@ -186,9 +186,9 @@ class RewardRepo(LedgerRepo):
                                          reserved, redeemed, per_member_limit, active,
                                          fulfillment, version, created_at, updated_at)
                     SELECT p, w, n, c, s, r, d, l, a, f, 1, t, t
-                    FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
-                                %s::bigint[], %s::bigint[], %s::bigint[], %s::bool[],
-                                %s::jsonb[], %s::timestamptz[])
+                    FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
+                                %b::bigint[], %b::bigint[], %b::bigint[], %b::bool[],
+                                %b::jsonb[], %b::timestamptz[])
                          AS v(p, w, n, c, s, r, d, l, a, f, t)
                     ON CONFLICT DO NOTHING
                     """,
@@ -215,9 +215,9 @@ class RewardRepo(LedgerRepo):
                     SET name = v.n, cost_points = v.c, stocked = v.s, reserved = v.r,
                         redeemed = v.d, per_member_limit = v.l, active = v.a, fulfillment = v.f,
                         version = v.old + 1, updated_at = v.t
-                    FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
-                                %s::bigint[], %s::bigint[], %s::bigint[], %s::bool[],
-                                %s::jsonb[], %s::timestamptz[], %s::bigint[])
+                    FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
+                                %b::bigint[], %b::bigint[], %b::bigint[], %b::bool[],
+                                %b::jsonb[], %b::timestamptz[], %b::bigint[])
                          AS v(p, w, n, c, s, r, d, l, a, f, t, old)
                     WHERE r.program_id = v.p AND r.reward_id = v.w AND r.version = v.old
                     """,
@@ -243,8 +243,8 @@ class RewardRepo(LedgerRepo):
                     """
                     INSERT INTO restocks (program_id, reward_id, key, request_hash, quantity,
                                           stocked_after, created_at)
-                    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],
-                                         %s::bigint[], %s::bigint[], %s::timestamptz[])
+                    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],
+                                         %b::bigint[], %b::bigint[], %b::timestamptz[])
                     """,
                     (
                         [r.program_id for r, _ in rows],
@@ -260,11 +260,11 @@ class RewardRepo(LedgerRepo):
                 new_cur = await conn.execute(
                     f"""
                     INSERT INTO redemptions ({REDEMPTION_COLUMNS}, slot)
-                    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
-                        %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
-                        %s::text[], %s::text[], %s::jsonb[], %s::timestamptz[],
-                        %s::timestamptz[], %s::text[], %s::uuid[], %s::uuid[], %s::bigint[],
-                        %s::int[], %s::text[], %s::text[], %s::int[])
+                    SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],
+                        %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
+                        %b::text[], %b::text[], %b::jsonb[], %b::timestamptz[],
+                        %b::timestamptz[], %b::text[], %b::uuid[], %b::uuid[], %b::bigint[],
+                        %b::int[], %b::text[], %b::text[], %b::int[])
                     ON CONFLICT (program_id, member_id, idempotency_key) DO NOTHING
                     RETURNING program_id, member_id, idempotency_key
                     """,
@@ -283,9 +283,9 @@ class RewardRepo(LedgerRepo):
                         compensate_to = v.comp, debit_txn_id = v.debit, refund_txn_id = v.refund,
                         balance_after = v.bal, attempts = v.att, failure_code = v.fc,
                         failure_reason = v.fr
-                    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[],
-                                %s::text[], %s::uuid[], %s::uuid[], %s::bigint[], %s::int[],
-                                %s::text[], %s::text[])
+                    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::timestamptz[],
+                                %b::text[], %b::uuid[], %b::uuid[], %b::bigint[], %b::int[],
+                                %b::text[], %b::text[])
                          AS v(id, status, stock_state, t, comp, debit, refund, bal, att, fc, fr)
                     WHERE r.redemption_id = v.id
                     """,

@@ -508,10 +508,9 @@ def port_open(host: str, port: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    from serve_app.runtime import free_port as runtime_free_port
+
+    return runtime_free_port()
 
 
 def with_dbname(url: str, dbname: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -117,8 +118,23 @@ def webhook_secret(settings: Settings) -> str:
     return secret
 
 
+# Ports handed out below Linux's ephemeral range (32768-60999 by default): a port picked
+# from inside it can be taken by an outgoing connection (Ray opens many) between the pick
+# and the listener's bind, which failed HAProxy's start once ("Address already in use").
+FREE_PORT_RANGE = (20_000, 32_000)
+FREE_PORT_ATTEMPTS = 100
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    for _ in range(FREE_PORT_ATTEMPTS):
+        port = random.randrange(*FREE_PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    with socket.socket() as sock:  # all tried were busy: let the kernel pick one
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

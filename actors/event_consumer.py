@@ -561,6 +561,11 @@ async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout_s)
 
 
+# Consumers of the group run by one EventConsumer actor (batches in flight).
+LANES_DEFAULT = 4
+LANES_MAX = 32
+
+
 @ray.remote(
     # Restart forever on crash: pending entries are reclaimed (or re-read under the same
     # consumer name), so nothing is lost. The owner calls start() again (ping shows
@@ -572,7 +577,10 @@ async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
     num_cpus=0,
 )
 class EventConsumer:
-    """A thin Ray wrapper: one StreamConsumerCore running in the actor's event loop."""
+    """A thin Ray wrapper: `lanes` StreamConsumerCores (consumers "<name>-0", "<name>-1", …
+    of one group) running in the actor's event loop. Several lanes keep several batches in
+    flight to the account shards: one lane waits for its batch's group commits, the others
+    read and apply meanwhile (measured: 1 lane 2.7k events/s; see loadtests/events_bench)."""
 
     def __init__(
         self,
@@ -588,35 +596,55 @@ class EventConsumer:
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             health_check_interval=30,
         )
-        self.core = StreamConsumerCore(
-            self._redis,
-            applier_factory(),
-            consumer=consumer,
-            stream=config.get("stream", STREAM_DEFAULT),
-            group=config.get("group", GROUP_DEFAULT),
-            dead_letter_stream=config.get("dead_letter_stream", DEAD_LETTER_STREAM_DEFAULT),
-            read_count=int(config.get("read_count", READ_COUNT_DEFAULT)),
-            block_ms=block_ms,
-            claim_idle_ms=int(config.get("claim_idle_ms", CLAIM_IDLE_MS_DEFAULT)),
-            deliveries_max=int(config.get("deliveries_max", DELIVERIES_MAX_DEFAULT)),
-        )
+        lanes = int(config.get("lanes", LANES_DEFAULT))
+        assert 1 <= lanes <= LANES_MAX
+        applier = applier_factory()
+        self.cores = [
+            StreamConsumerCore(
+                self._redis,
+                applier,
+                consumer=f"{consumer}-{lane}",
+                stream=config.get("stream", STREAM_DEFAULT),
+                group=config.get("group", GROUP_DEFAULT),
+                dead_letter_stream=config.get("dead_letter_stream", DEAD_LETTER_STREAM_DEFAULT),
+                read_count=int(config.get("read_count", READ_COUNT_DEFAULT)),
+                block_ms=block_ms,
+                claim_idle_ms=int(config.get("claim_idle_ms", CLAIM_IDLE_MS_DEFAULT)),
+                deliveries_max=int(config.get("deliveries_max", DELIVERIES_MAX_DEFAULT)),
+            )
+            for lane in range(lanes)
+        ]
         self._stop: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.time()
 
     async def start(self) -> dict[str, Any]:
-        if self._task is None or self._task.done():
+        if not self._tasks or any(task.done() for task in self._tasks):
+            if self._stop is not None:
+                self._stop.set()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             self._stop = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self.core.run_forever(self._stop))
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(core.run_forever(self._stop)) for core in self.cores]
         return await self.ping()
 
     async def ping(self) -> dict[str, Any]:
-        return {**self.core.stats, "uptime_s": round(time.time() - self._started_at, 3)}
+        lanes = [core.stats for core in self.cores]
+        totals = {
+            name: sum(int(lane.get(name, 0)) for lane in lanes)
+            for name in ("read", "applied", "duplicates", "dead_lettered", "retry_later")
+        }
+        return {
+            **totals,
+            "running": all(lane.get("running") for lane in lanes),
+            "lanes": lanes,
+            "uptime_s": round(time.time() - self._started_at, 3),
+        }
 
     async def stop(self) -> dict[str, Any]:
-        """Finish the current pass (at most block_ms + one apply), then stop."""
-        if self._task is not None and self._stop is not None:
+        """Finish the current passes (at most block_ms + one apply), then stop."""
+        if self._tasks and self._stop is not None:
             self._stop.set()
-            await self._task
-            self._task = None
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
         return await self.ping()

@@ -48,16 +48,17 @@ from db.ledger_repo import (
 )
 from domain.earning import member_context, record, tier_view, update_tier
 from domain.errors import HTTP_STATUS, Code, PointsError
-from domain.events import event_json
 from domain.idempotency import StoredResponse, replay
 from domain.ids import uuid7
 from domain.ledger import (
     CREDIT,
     DEBIT,
+    HELD_UNTIL_CONFIRMED,
     REFUND,
     Account,
     account_view,
     available,
+    confirm,
     credit,
     debit,
     expire,
@@ -85,6 +86,7 @@ KEY_RETRIES_MAX = 3
 EVENT = "event"
 REVERSE = "reverse"
 EXPIRE = "expire"
+CONFIRM = "confirm"
 # A program's policy and rule sets are re-read at most this old (a PUT also tells shards).
 PROGRAM_CONFIG_TTL_S = 2.0
 # The expiry job: how many accounts one pass looks at.
@@ -261,7 +263,7 @@ class ShardCore:
         A refund (`refund_of`: a debit's transaction id) gives back everything that debit took,
         into the lots it took it from. The redemption saga uses it to compensate.
         """
-        assert request["kind"] in (CREDIT, DEBIT, REFUND, EVENT, REVERSE, EXPIRE)
+        assert request["kind"] in (CREDIT, DEBIT, REFUND, EVENT, REVERSE, EXPIRE, CONFIRM)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         event = request.get("event")
         self._queue.append(
@@ -519,7 +521,7 @@ class ShardCore:
         stale = {
             op.program_id
             for op in batch
-            if op.kind in (EVENT, REVERSE, EXPIRE)
+            if op.kind in (EVENT, REVERSE, EXPIRE, CONFIRM)
             and (
                 op.program_id not in self._configs
                 or monotonic - self._configs[op.program_id].loaded_at >= PROGRAM_CONFIG_TTL_S
@@ -532,7 +534,11 @@ class ShardCore:
                 except PointsError:
                     log.exception("program %s has an invalid stored policy or rules", program_id)
         reversed_events = list(
-            {(op.program_id, op.event_id) for op in batch if op.kind == REVERSE and op.event_id}
+            {
+                (op.program_id, op.event_id)
+                for op in batch
+                if op.kind in (REVERSE, CONFIRM) and op.event_id
+            }
         )
         self._stored_events = (
             await self.repo.load_events(reversed_events) if reversed_events else {}
@@ -615,6 +621,10 @@ class ShardCore:
                 return
             if op.kind == REVERSE:
                 result = self._apply_reverse(op, account, work, now, txn_id)
+                self._remember(op, work, akey, ikey, result)
+                return
+            if op.kind == CONFIRM:
+                result = self._apply_confirm(op, account, work, now)
                 self._remember(op, work, akey, ikey, result)
                 return
             if op.kind == CREDIT:
@@ -745,10 +755,6 @@ class ShardCore:
         txn = None
         if points > 0:
             becomes_available = available_at(policy.pending, now, policy.time_zone)
-            if becomes_available is None:  # held until confirmed: not supported yet
-                raise PointsError(
-                    Code.VALIDATION_ERROR, "pending 'until_confirmed' is not supported yet"
-                )
             txn = credit(
                 account,
                 points,
@@ -756,8 +762,9 @@ class ShardCore:
                 now,
                 txn_id,
                 self._new_id(now),
-                expires_at(policy, max(becomes_available, now)),
-                becomes_available,
+                # Held until confirmed: the expiry is set when it is confirmed.
+                None if becomes_available is None else expires_at(policy, becomes_available),
+                HELD_UNTIL_CONFIRMED if becomes_available is None else becomes_available,
                 event.event_id,
             )
             work.write.transactions.append((txn, op.key))
@@ -776,7 +783,7 @@ class ShardCore:
                 op.member_id,
                 event.type,
                 event.occurred_at,
-                event_json(event)["attributes"],
+                event.attributes,
                 body["rule_version"],
                 points,
                 body["why"],
@@ -854,6 +861,27 @@ class ShardCore:
         }
         assert 0 <= target <= stored.points
         return {"status": 201 if txn is not None else 200, "body": body}
+
+    def _apply_confirm(
+        self, op: Op, account: Account, work: _Work, now: datetime
+    ) -> dict[str, Any]:
+        """Release the points an event holds until confirmation (idempotent)."""
+        assert op.event_id is not None
+        stored = self._stored_events.get((op.program_id, op.event_id))
+        if stored is None or stored.member_id != op.member_id:
+            raise PointsError(Code.NOT_FOUND, f"event {op.event_id} of this member not found")
+        policy = self._config(op.program_id).policy
+        released = confirm(account, op.event_id, now, expires_at(policy, now))
+        for lot in released:
+            work.write.lot_states.append(lot)
+        body = {
+            "event_id": op.event_id,
+            "member_id": op.member_id,
+            "released_points": sum(lot.remaining for lot in released),
+            "balance": {"available": available(account, now), "total": account.balance},
+        }
+        assert body["released_points"] >= 0
+        return {"status": 200, "body": body}
 
     def _apply_expire(
         self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]

@@ -67,6 +67,8 @@ class BatchWrite:
     events: list[EventRow] = field(default_factory=list)
     # Reversals: (program_id, event_id) -> (reversed amount as decimal text, points so far)
     event_reversals: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    # Lots whose availability and expiry changed (confirmed pending lots).
+    lot_states: list[Lot] = field(default_factory=list)
     # (program_id, member_id, from_tier, to_tier, reason)
     tier_changes: list[tuple[str, str, str | None, str, str]] = field(default_factory=list)
 
@@ -489,6 +491,22 @@ class LedgerRepo:
                 (lot_ids, [batch.lot_deltas[i] for i in lot_ids]),
             )
             checks.append((cur, len(lot_ids), "a lot this shard debited is missing"))
+
+        if batch.lot_states:
+            states = batch.lot_states
+            cur = await conn.execute(
+                """
+                UPDATE lots SET available_at = v.a, expires_at = v.x
+                FROM unnest(%b::uuid[], %b::timestamptz[], %b::timestamptz[]) AS v(l, a, x)
+                WHERE lots.lot_id = v.l
+                """,
+                (
+                    [lot.lot_id for lot in states],
+                    [lot.available_at for lot in states],
+                    [lot.expires_at for lot in states],
+                ),
+            )
+            checks.append((cur, len(states), "a lot this shard confirmed is missing"))
 
         if batch.events:
             evs = batch.events

@@ -18,7 +18,7 @@ import copy
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from domain.errors import Code, PointsError
@@ -41,6 +41,10 @@ REVERSAL = "reversal"
 TRANSACTION_TYPES = (CREDIT, DEBIT, REFUND, EXPIRE, REVERSAL)
 
 
+# available_at of a lot held until its event is confirmed (no date is known yet).
+HELD_UNTIL_CONFIRMED = datetime(9999, 12, 31, tzinfo=UTC)
+
+
 @dataclass(slots=True)
 class Lot:
     lot_id: uuid.UUID
@@ -58,6 +62,11 @@ class Lot:
 
     def pending(self, now: datetime) -> bool:
         return self.available_at is not None and self.available_at > now
+
+    @property
+    def held(self) -> bool:
+        """Pending until its event is confirmed (no date yet)."""
+        return self.available_at == HELD_UNTIL_CONFIRMED
 
     def spendable(self, now: datetime) -> bool:
         return self.remaining > 0 and not self.expired(now) and not self.pending(now)
@@ -470,6 +479,22 @@ def reverse(
     return txn, still
 
 
+def confirm(
+    account: Account, event_id: str, now: datetime, expires_at: datetime | None
+) -> list[Lot]:
+    """Make the lots an event holds until confirmation spendable now, expiring at
+    `expires_at` (counted from now, by the caller's policy). Returns the lots changed;
+    none when already confirmed (idempotent). No points move: they are booked already."""
+    account.check()
+    held = [lot for lot in account.lots if lot.event_id == event_id and lot.held]
+    for lot in held:
+        lot.available_at = now
+        lot.expires_at = expires_at
+    assert all(not lot.held for lot in account.lots if lot.event_id == event_id)
+    account.check()
+    return held
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
@@ -521,7 +546,11 @@ def account_view(
                 "remaining": lot.remaining,
                 "expires_at": _iso(lot.expires_at),
                 "created_at": _iso(lot.created_at),
-                **({"available_at": _iso(lot.available_at)} if lot.available_at else {}),
+                **(
+                    {"available_at": _iso(lot.available_at)}
+                    if lot.available_at and not lot.held
+                    else {}
+                ),
                 **({"event_id": lot.event_id} if lot.event_id else {}),
             }
             for lot in lots[:lots_max]
@@ -531,7 +560,8 @@ def account_view(
             {
                 "lot_id": str(lot.lot_id),
                 "points": lot.remaining,
-                "available_at": _iso(lot.available_at),
+                "available_at": None if lot.held else _iso(lot.available_at),
+                **({"held_until_confirmed": True} if lot.held else {}),
                 "expires_at": _iso(lot.expires_at),
                 **({"event_id": lot.event_id} if lot.event_id else {}),
             }
@@ -560,7 +590,10 @@ def transaction_view(txn: Transaction) -> dict[str, object]:
         **({"event_id": txn.event_id} if txn.event_id is not None else {}),
         **(
             {"available_at": _iso(txn.new_lot.available_at)}
-            if txn.new_lot is not None and txn.new_lot.available_at is not None
+            if txn.new_lot is not None
+            and txn.new_lot.available_at is not None
+            and not txn.new_lot.held
             else {}
         ),
+        **({"held_until_confirmed": True} if txn.new_lot is not None and txn.new_lot.held else {}),
     }

@@ -508,6 +508,31 @@ class PointsIngress:
             raise PointsError(Code.NOT_FOUND, f"event {event_id} not found")
         return JsonResponse(event)
 
+    @app.post("/v1/programs/{program_id}/events/{event_id}/confirm", tags=["events"])
+    async def confirm_event(
+        self,
+        program_id: ProgramId,
+        event_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)],
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Release the points an event holds until confirmation (policy pending
+        `until_confirmed`): spendable from now, expiring by the policy from now. Safe to
+        repeat: it is keyed by the event id."""
+        await self._authenticate(authorization)
+        member_id = await (await self._repo()).event_member(program_id, event_id)
+        if member_id is None:
+            raise PointsError(Code.NOT_FOUND, f"event {event_id} not found")
+        fields = {"program_id": program_id, "member_id": member_id, "event_id": event_id}
+        result = await self.client.submit(
+            {
+                "kind": "confirm",
+                **fields,
+                "key": f"confirm:{event_id}",
+                "request_hash": request_hash("confirm", fields),
+            }
+        )
+        return _shard_answer(result)
+
     @app.post(
         "/v1/programs/{program_id}/events/{event_id}/reverse",
         tags=["events"],

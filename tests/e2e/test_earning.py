@@ -384,3 +384,28 @@ async def test_events_through_the_redis_stream(
     assert len(dead) == 2 and all(f[b"reason"] for f in dead)
     assert scalar(service, "SELECT count(*) FROM events WHERE program_id=%s", program) == 5
     assert_books_balance(service, program)
+
+
+async def test_points_held_until_confirmed(client: httpx.AsyncClient, service: Service) -> None:
+    program = await make_program(
+        client,
+        {"pending": {"kind": "until_confirmed"}, "expiry": {"kind": "days", "n": 30}},
+    )
+    order = event("hc", amount=5000)
+    answer = await client.post(f"/v1/programs/{program}/events", json=order)
+    assert answer.status_code == 201 and answer.json()["transaction"]["held_until_confirmed"]
+    view = await member(client, program, "hc")
+    assert view["balance"] == {"available": 0, "pending": 50, "total": 50}
+    assert view["pending_lots"][0]["held_until_confirmed"] is True
+    assert view["pending_lots"][0]["available_at"] is None
+    path = f"/v1/programs/{program}/events/{order['id']}/confirm"
+    confirmed = await client.post(path)
+    assert confirmed.status_code == 200 and confirmed.json()["released_points"] == 50
+    again = await client.post(path)
+    assert again.status_code == 200 and again.headers.get("idempotent-replayed") == "true"
+    view = await member(client, program, "hc")
+    assert view["balance"] == {"available": 50, "pending": 0, "total": 50}
+    expires = datetime.fromisoformat(view["lots"][0]["expires_at"])
+    assert timedelta(days=29) < expires - datetime.now(UTC) < timedelta(days=31)
+    assert (await client.post(f"/v1/programs/{program}/events/nope/confirm")).status_code == 404
+    assert_books_balance(service, program)

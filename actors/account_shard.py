@@ -62,6 +62,10 @@ class AccountShard:
         """Run one pass of the expiry job now (ops, tests)."""
         return await self.core.expire_due(self._owns)
 
+    async def retier(self) -> dict[str, int]:
+        """Run one pass of tier maintenance now (ops, tests)."""
+        return await self.core.retier(self._owns)
+
     async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
         return await self.core.get_account(program_id, member_id)
 

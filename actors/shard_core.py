@@ -87,6 +87,9 @@ EVENT = "event"
 REVERSE = "reverse"
 EXPIRE = "expire"
 CONFIRM = "confirm"
+# Re-decide a member's tier without an event (earnings leave a rolling window, grace ends).
+RETIER = "retier"
+TIER_ACCOUNTS_PER_PASS = 2000
 # A program's policy and rule sets are re-read at most this old (a PUT also tells shards).
 PROGRAM_CONFIG_TTL_S = 2.0
 # The expiry job: how many accounts one pass looks at.
@@ -238,6 +241,7 @@ class ShardCore:
         # Event ids found recorded for another member (bounded like the key cache).
         self._taken_events: _Lru = _Lru(keys_cached_max)
         self._expiry_task: asyncio.Task[None] | None = None
+        self._tier_cursor: AccountKey = ("", "")
         self._queue: list[Op] = []
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -263,7 +267,7 @@ class ShardCore:
         A refund (`refund_of`: a debit's transaction id) gives back everything that debit took,
         into the lots it took it from. The redemption saga uses it to compensate.
         """
-        assert request["kind"] in (CREDIT, DEBIT, REFUND, EVENT, REVERSE, EXPIRE, CONFIRM)
+        assert request["kind"] in (CREDIT, DEBIT, REFUND, EVENT, REVERSE, EXPIRE, CONFIRM, RETIER)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         event = request.get("event")
         self._queue.append(
@@ -349,8 +353,22 @@ class ShardCore:
             await asyncio.sleep(interval_s)
             try:
                 await self.expire_due(owns)
+                await self.retier(owns)
             except Exception:  # a pass that fails (database down) is retried next time
-                log.exception("expiry pass failed")
+                log.exception("expiry or tier pass failed")
+
+    async def retier(self, owns: Callable[[str, str], bool]) -> dict[str, int]:
+        """One pass of tier maintenance over (up to TIER_ACCOUNTS_PER_PASS) accounts holding
+        a tier, continuing where the previous pass stopped: members whose earnings left the
+        window, or whose grace period ended, move down without waiting for an event."""
+        keys = await self.reader.tiered_accounts(self._tier_cursor, TIER_ACCOUNTS_PER_PASS)
+        self._tier_cursor = keys[-1] if len(keys) == TIER_ACCOUNTS_PER_PASS else ("", "")
+        mine = [key for key in keys if owns(*key)]
+        results = await asyncio.gather(
+            *(self.submit({"kind": RETIER, "program_id": p, "member_id": m}) for p, m in mine)
+        )
+        changed = sum(1 for r in results if r["status"] < 300 and r["body"].get("changed"))
+        return {"accounts": len(mine), "tier_changes": changed}
 
     async def expire_due(self, owns: Callable[[str, str], bool]) -> dict[str, int]:
         """One pass of the expiry job; returns what it did."""
@@ -521,7 +539,7 @@ class ShardCore:
         stale = {
             op.program_id
             for op in batch
-            if op.kind in (EVENT, REVERSE, EXPIRE, CONFIRM)
+            if op.kind in (EVENT, REVERSE, EXPIRE, CONFIRM, RETIER)
             and (
                 op.program_id not in self._configs
                 or monotonic - self._configs[op.program_id].loaded_at >= PROGRAM_CONFIG_TTL_S
@@ -567,6 +585,9 @@ class ShardCore:
     def _apply(self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]) -> None:
         if op.kind == EXPIRE:
             self._apply_expire(op, work, now, pinned)
+            return
+        if op.kind == RETIER:
+            self._apply_retier(op, work, now, pinned)
             return
         if op.kind == EVENT and op.dry_run:
             self._apply_dry_run(op, work, now, pinned)
@@ -882,6 +903,36 @@ class ShardCore:
         }
         assert body["released_points"] >= 0
         return {"status": 200, "body": body}
+
+    def _apply_retier(
+        self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]
+    ) -> None:
+        akey = (op.program_id, op.member_id)
+        config = self._configs.get(op.program_id)
+        entry = work.accounts.get(akey)
+        committed = pinned.get(akey)
+        if config is None or config.policy.tiers is None or (entry is None and committed is None):
+            _answer(op, {"status": 200, "body": {"changed": False}})
+            return
+        if entry is None:
+            assert committed is not None
+            entry = (committed.clone(), committed.version)
+        account = entry[0]
+        before = account.earning.get("tier")
+        below_before = account.earning.get("below_since")
+        decision = update_tier(account.earning, config.policy, account.lifetime_earned, now)
+        assert decision is not None
+        if not decision.changed and account.earning.get("below_since") == below_before:
+            account.earning["tier"], account.earning["below_since"] = before, below_before
+            _answer(op, {"status": 200, "body": {"changed": False}})
+            return
+        work.accounts[akey] = entry
+        if decision.changed:
+            work.write.tier_changes.append(
+                (op.program_id, op.member_id, before, decision.tier, decision.reason)
+            )
+        work.changed.add(akey)
+        self._wait(op, work, {"status": 200, "body": {"changed": decision.changed}}, "")
 
     def _apply_expire(
         self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]

@@ -625,6 +625,22 @@ class LedgerRepo:
             rows = await cur.fetchall()
         return {(r[0], r[1]): StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
+    async def tiered_accounts(self, after: AccountKey, limit: int) -> list[AccountKey]:
+        """Accounts holding a tier, in key order after `after` (a cursor over all of them)."""
+        assert limit > 0
+        conn = await self._connection()
+        async with self._transaction(conn):
+            cur = await conn.execute(
+                """
+                SELECT program_id, member_id FROM accounts
+                WHERE tier IS NOT NULL AND (program_id, member_id) > (%s, %s)
+                ORDER BY program_id, member_id LIMIT %s
+                """,
+                (after[0], after[1], limit),
+            )
+            rows = await cur.fetchall()
+        return [(r[0], r[1]) for r in rows]
+
     async def due_expiries(self, now: datetime, limit: int) -> list[AccountKey]:
         """Accounts holding points past expiry (about `limit`, oldest expiry first).
 

@@ -861,7 +861,13 @@ class ShardCore:
         txn, unrecovered = (None, 0)
         if claw > 0:
             txn, unrecovered = reverse(
-                account, op.event_id, claw, f"reversal of {op.event_id}", now, txn_id
+                account,
+                op.event_id,
+                claw,
+                f"reversal of {op.event_id}",
+                now,
+                txn_id,
+                self._config(op.program_id).policy.allow_debt,
             )
             if txn is not None:
                 work.write.transactions.append((txn, op.key))
@@ -874,8 +880,11 @@ class ShardCore:
             "member_id": op.member_id,
             "event_points": stored.points,
             "reversed_amount": str(new_reversed),
-            "clawed_back": claw - unrecovered,
+            # From the member's lots; what was already spent is owed (debt) or unrecovered.
+            "clawed_back": txn.points - txn.debt_change if txn is not None else 0,
+            "owed": txn.debt_change if txn is not None else 0,
             "unrecovered": unrecovered,
+            "debt": account.debt,
             "reversed_points_total": target,
             "transaction": transaction_view(txn) if txn is not None else None,
             "balance": {"available": available(account, now), "total": account.balance},

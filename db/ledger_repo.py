@@ -211,7 +211,7 @@ class LedgerRepo:
                 SELECT a.program_id, a.member_id, a.version, a.balance,
                        a.lifetime_earned, a.lifetime_spent,
                        l.lot_id, l.original, l.remaining, l.expires_at, l.created_at,
-                       l.available_at, l.event_id, a.earning
+                       l.available_at, l.event_id, a.earning, a.debt
                 FROM unnest(%b::text[], %b::text[]) AS k(program_id, member_id)
                 JOIN accounts a ON a.program_id = k.program_id AND a.member_id = k.member_id
                 LEFT JOIN lots l ON l.program_id = a.program_id AND l.member_id = a.member_id
@@ -227,7 +227,7 @@ class LedgerRepo:
             account = found.get(key)
             if account is None:
                 account = found[key] = Account(
-                    row[0], row[1], row[2], row[3], row[4], row[5], [], row[13] or {}
+                    row[0], row[1], row[2], row[3], row[4], row[5], [], row[13] or {}, row[14]
                 )
             if row[6] is not None:
                 account.lots.append(Lot(row[6], row[7], row[8], row[9], row[10], row[11], row[12]))
@@ -362,11 +362,11 @@ class LedgerRepo:
                 """
                 INSERT INTO accounts (program_id, member_id, balance, version,
                                       lifetime_earned, lifetime_spent, created_at, updated_at,
-                                      earning, tier)
-                SELECT p, m, b, 1, e, s, %s, %s, g, t
+                                      earning, tier, debt)
+                SELECT p, m, b, 1, e, s, %s, %s, g, t, d
                 FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                            %b::jsonb[], %b::text[])
-                     AS v(p, m, b, e, s, g, t)
+                            %b::jsonb[], %b::text[], %b::bigint[])
+                     AS v(p, m, b, e, s, g, t, d)
                 ON CONFLICT DO NOTHING
                 """,
                 (
@@ -379,6 +379,7 @@ class LedgerRepo:
                     [a.lifetime_spent for a in new],
                     [Jsonb(a.earning, dumps=_dumps) for a in new],
                     [a.earning.get("tier") for a in new],
+                    [a.debt for a in new],
                 ),
             )
             checks.append((cur, len(new), "an account this shard created already exists"))
@@ -389,9 +390,10 @@ class LedgerRepo:
                 """
                 UPDATE accounts a
                 SET balance = v.b, lifetime_earned = v.e, lifetime_spent = v.s,
-                    version = v.old + 1, updated_at = %s, earning = v.g, tier = v.t
+                    version = v.old + 1, updated_at = %s, earning = v.g, tier = v.t, debt = v.d
                 FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                            %b::bigint[], %b::jsonb[], %b::text[]) AS v(p, m, b, e, s, old, g, t)
+                            %b::bigint[], %b::jsonb[], %b::text[], %b::bigint[])
+                     AS v(p, m, b, e, s, old, g, t, d)
                 WHERE a.program_id = v.p AND a.member_id = v.m AND a.version = v.old
                 """,
                 (
@@ -404,6 +406,7 @@ class LedgerRepo:
                     [old for _, old in upd],
                     [Jsonb(a.earning, dumps=_dumps) for a, _ in upd],
                     [a.earning.get("tier") for a, _ in upd],
+                    [a.debt for a, _ in upd],
                 ),
             )
             checks.append((cur, len(upd), "an account changed under this shard (stale version)"))

@@ -78,8 +78,11 @@ accounts = Table(
     # Earning state: counters for caps, earnings by day (tiers), tier state.
     Column("earning", JSONB, nullable=False, server_default=text("'{}'")),
     Column("tier", Text),
+    # Points owed after a reversal of spent points (programs that allow debt).
+    Column("debt", BigInteger, nullable=False, server_default=text("0")),
     ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
     CheckConstraint("balance >= 0", name="accounts_balance_nonnegative"),
+    CheckConstraint("debt >= 0", name="accounts_debt_nonnegative"),
     CheckConstraint("version >= 1", name="accounts_version_positive"),
     CheckConstraint(
         "lifetime_earned >= 0 AND lifetime_spent >= 0", name="accounts_lifetime_nonnegative"

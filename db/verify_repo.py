@@ -35,14 +35,14 @@ CHECKS: tuple[Check, ...] = (
         """,
     ),
     Check(
-        "balance equals the sum of the member's ledger entries",
+        "balance equals the sum of the member's ledger entries (less debt)",
         """
-        SELECT a.program_id, a.member_id, a.balance, coalesce(e.total, 0) AS entries
+        SELECT a.program_id, a.member_id, a.balance, a.debt, coalesce(e.total, 0) AS entries
         FROM accounts a
         LEFT JOIN (SELECT program_id, member_id, sum(amount) AS total FROM ledger_entries
                    WHERE account = 'member' GROUP BY program_id, member_id) e
           USING (program_id, member_id)
-        WHERE a.balance <> coalesce(e.total, 0)
+        WHERE a.balance - a.debt <> coalesce(e.total, 0)
         """,
     ),
     Check(

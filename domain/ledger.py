@@ -101,6 +101,9 @@ class Account:
     # Earning state (JSON-ready): cap counters by local day and month, earnings by day for
     # tiers, the tier and since when the member is below it. See domain/earning.py.
     earning: dict[str, Any] = field(default_factory=dict)
+    # Points owed (a reversal of points already spent, where the program allows debt).
+    # The next credits repay it first. Member ledger legs sum to balance - debt.
+    debt: int = 0
 
     def clone(self) -> Account:
         """Copy to mutate inside a batch; the committed state stays untouched until commit."""
@@ -113,6 +116,7 @@ class Account:
             self.lifetime_spent,
             [lot.copy() for lot in self.lots],
             copy.deepcopy(self.earning),
+            self.debt,
         )
 
     def check(self) -> None:
@@ -121,6 +125,7 @@ class Account:
         assert self.balance == sum(lot.remaining for lot in self.lots), "balance != sum(lots)"
         assert all(0 <= lot.remaining <= lot.original for lot in self.lots)
         assert self.lifetime_earned >= 0 and self.lifetime_spent >= 0
+        assert self.debt >= 0, "debt below zero"
 
 
 def new_account(program_id: str, member_id: str) -> Account:
@@ -152,11 +157,15 @@ class Transaction:
     refers_to: uuid.UUID | None = None
     # The event that earned (credit) or is reversed (reversal) by this transaction.
     event_id: str | None = None
+    # Debt this transaction changed: + owed by a reversal of spent points, - repaid by a
+    # credit. Lots move the rest: allocations + |debt_change| == points.
+    debt_change: int = 0
 
     def check(self) -> None:
         """Invariant 2: the legs of one transaction sum to zero."""
         assert sum(entry.amount for entry in self.entries) == 0, "unbalanced transaction"
-        assert sum(points for _, points in self.allocations) == self.points
+        assert sum(points for _, points in self.allocations) + abs(self.debt_change) == self.points
+        assert self.debt_change == 0 or self.kind in (CREDIT, REVERSAL)
         assert self.kind in TRANSACTION_TYPES
         assert (self.kind == REFUND) == (self.refers_to is not None)
 
@@ -180,10 +189,10 @@ def _check_reason(reason: str) -> None:
 
 
 def available(account: Account, now: datetime) -> int:
-    """Points the member can spend at `now`: lots not yet expired."""
+    """Points the member can spend at `now`: lots not yet expired nor pending, less debt."""
     total = sum(lot.remaining for lot in account.lots if lot.spendable(now))
     assert 0 <= total <= account.balance
-    return total
+    return max(0, total - account.debt)
 
 
 def spend_order(lots: list[Lot], now: datetime) -> list[Lot]:
@@ -231,9 +240,14 @@ def credit(
         raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
     balance_before = account.balance
 
-    lot = Lot(lot_id, points, points, expires_at, now, available_at, event_id)
-    account.lots.append(lot)
-    account.balance += points
+    # Debt is repaid first: only the rest becomes a lot.
+    repaid = min(points, account.debt)
+    account.debt -= repaid
+    lot = None
+    if points > repaid:
+        lot = Lot(lot_id, points - repaid, points - repaid, expires_at, now, available_at, event_id)
+        account.lots.append(lot)
+    account.balance += points - repaid
     account.lifetime_earned += points
     txn = Transaction(
         txn_id,
@@ -245,13 +259,14 @@ def credit(
         now,
         account.balance,
         (Entry(MEMBER_ACCOUNT, points), Entry(SYSTEM_ISSUED, -points)),
-        ((lot_id, points),),
+        ((lot_id, points - repaid),) if lot is not None else (),
         lot,
         None,
         event_id,
+        -repaid,
     )
 
-    assert account.balance == balance_before + points
+    assert account.balance == balance_before + points - repaid
     txn.check()
     return txn
 
@@ -423,6 +438,7 @@ def reverse(
     reason: str,
     now: datetime,
     txn_id: uuid.UUID,
+    allow_debt: bool = False,
 ) -> tuple[Transaction | None, int]:
     """Claw back up to `points` an event earned: from that event's own lots first (pending
     or not), then from the member's other spendable lots, soonest expiry first.
@@ -452,31 +468,35 @@ def reverse(
         allocations.append((lot.lot_id, take))
         still -= take
     taken = points - still
-    if taken == 0:
+    # What was already spent: owed as debt where the program allows it, else unrecovered.
+    owed = still if allow_debt else 0
+    if taken + owed == 0:
         return None, still
     account.lots = [lot for lot in account.lots if lot.remaining > 0]
     account.balance -= taken
+    account.debt += owed
     # Earned less than was thought: the lifetime total follows the correction.
-    account.lifetime_earned -= min(taken, account.lifetime_earned)
+    account.lifetime_earned -= min(taken + owed, account.lifetime_earned)
     txn = Transaction(
         txn_id,
         account.program_id,
         account.member_id,
         REVERSAL,
-        taken,
+        taken + owed,
         reason,
         now,
         account.balance,
-        (Entry(MEMBER_ACCOUNT, -taken), Entry(SYSTEM_ISSUED, taken)),
+        (Entry(MEMBER_ACCOUNT, -(taken + owed)), Entry(SYSTEM_ISSUED, taken + owed)),
         tuple(allocations),
         None,
         None,
         event_id,
+        owed,
     )
     assert account.balance == balance_before - taken >= 0
     account.check()
     txn.check()
-    return txn, still
+    return txn, still - owed
 
 
 def confirm(
@@ -515,7 +535,7 @@ def account_view(
     assert lots_max > 0 and soon_days > 0
     account.check()
     lots = spend_order(account.lots, now)
-    spendable = sum(lot.remaining for lot in lots)
+    spendable = available(account, now)
     pending = sum(
         lot.remaining for lot in account.lots if lot.pending(now) and not lot.expired(now)
     )
@@ -535,6 +555,8 @@ def account_view(
             "pending": pending,
             # Book balance: includes points in lots past expiry not yet written off.
             "total": account.balance,
+            # Owed after reversals of spent points; repaid by the next credits first.
+            "debt": account.debt,
         },
         "expiring_soon": [{"date": day, "points": soon[day]} for day in sorted(soon)],
         "lifetime_earned": account.lifetime_earned,
@@ -586,6 +608,7 @@ def transaction_view(txn: Transaction) -> dict[str, object]:
         "created_at": _iso(txn.created_at),
         "expires_at": _iso(txn.new_lot.expires_at) if txn.new_lot else None,
         "balance_after": txn.balance_after,
+        **({"debt_change": txn.debt_change} if txn.debt_change else {}),
         **({"refers_to": str(txn.refers_to)} if txn.refers_to is not None else {}),
         **({"event_id": txn.event_id} if txn.event_id is not None else {}),
         **(

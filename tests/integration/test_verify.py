@@ -53,7 +53,7 @@ def test_honest_ledger_passes(fresh_db: str, capsys: pytest.CaptureFixture[str])
             "INSERT INTO ledger_entries"
             " (txn_id, program_id, account, member_id, amount, created_at)"
             " SELECT txn_id, program_id, 'member', member_id, 1, now() FROM transactions LIMIT 1",
-            "balance equals the sum of the member's ledger entries",
+            "balance equals the sum of the member's ledger entries (less debt)",
         ),
         (
             "UPDATE lots SET remaining = remaining + 1 WHERE lot_id ="

@@ -58,6 +58,12 @@ def upgrade() -> None:
         sa.Column("earning", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'")),
     )
     op.add_column("accounts", sa.Column("tier", sa.Text(), nullable=True))
+    # Points owed after a reversal of spent points (programs that allow debt).
+    op.add_column(
+        "accounts",
+        sa.Column("debt", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+    )
+    op.create_check_constraint("accounts_debt_nonnegative", "accounts", "debt >= 0")
     # A lot may be pending (not spendable before available_at) and may come from an event.
     op.add_column("lots", sa.Column("available_at", TS, nullable=True))
     op.add_column("lots", sa.Column("event_id", sa.Text(), nullable=True))
@@ -133,6 +139,8 @@ def downgrade() -> None:
     op.drop_index("lots_due_expiry", table_name="lots")
     op.drop_column("lots", "event_id")
     op.drop_column("lots", "available_at")
+    op.drop_constraint("accounts_debt_nonnegative", "accounts", type_="check")
+    op.drop_column("accounts", "debt")
     op.drop_column("accounts", "tier")
     op.drop_column("accounts", "earning")
     op.drop_table("rule_sets")

@@ -115,7 +115,7 @@ class Account:
             self.lifetime_earned,
             self.lifetime_spent,
             [lot.copy() for lot in self.lots],
-            copy.deepcopy(self.earning),
+            _copy_earning(self.earning),
             self.debt,
         )
 
@@ -126,6 +126,24 @@ class Account:
         assert all(0 <= lot.remaining <= lot.original for lot in self.lots)
         assert self.lifetime_earned >= 0 and self.lifetime_spent >= 0
         assert self.debt >= 0, "debt below zero"
+
+
+def _copy_earning(earning: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the earning state deep enough for every change made to it (its known
+    two-level shape: days -> counters, months -> totals); 5x cheaper than deepcopy, which
+    was the largest cost of cloning an account per batch under event load."""
+    if not earning:
+        return {}
+    result = dict(earning)
+    days = earning.get("days")
+    if days is not None:
+        result["days"] = {day: dict(counters) for day, counters in days.items()}
+    months = earning.get("months")
+    if months is not None:
+        result["months"] = dict(months)
+    if any(isinstance(v, dict | list) for k, v in result.items() if k not in ("days", "months")):
+        return copy.deepcopy(earning)  # an unknown nested value: take no chances
+    return result
 
 
 def new_account(program_id: str, member_id: str) -> Account:

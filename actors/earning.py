@@ -32,8 +32,9 @@ def event_request(program_id: str, raw: Any, dry_run: bool, now: datetime) -> di
         "member_id": event.member_id,
         "event": event,
         # The event id deduplicates (scoped to the program; a reuse for another member is
-        # refused as a conflict by the shard).
-        "key": f"event:{event.event_id}",
+        # refused as a conflict by the shard). The space keeps these keys apart from every
+        # client Idempotency-Key (visible ASCII only, no space).
+        "key": f"event {event.event_id}",
         "request_hash": request_hash("event", {"program_id": program_id, **canonical}),
         "dry_run": dry_run,
     }

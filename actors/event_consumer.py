@@ -9,7 +9,7 @@ Stream entry format (what upstream XADDs to `points:events`; MAXLEN is upstream'
                 deduplication key together with program_id)
 
     e.g. XADD points:events * program_id shop-1 event '{"id":"ord-42","member_id":"m-7",
-         "type":"order","occurred_at":"2025-05-01T10:00:00Z","attributes":{"amount":"19.90"}}'
+         "type":"order","occurred_at":"2025-05-01T10:00:00Z","attributes":{"amount":1990}}'
 
 Other fields are ignored (upstream may add trace ids). An entry whose program_id is missing
 or invalid, or whose event is missing, too large, not JSON or not a JSON object, is

@@ -20,14 +20,17 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from domain.limits import EVENT_PAST_AGE_S
 from domain.policy import BASIS_LIFETIME, Policy, local_day, local_month
 from domain.rules import Evaluation, MemberContext
 from domain.tiers import TierDecision, decide_tier, next_tier, window_earned
 
-# Days of counters kept at least: a month of caps plus some late events.
+# Days of counters kept at least: longer than the oldest event accepted (plus a day for
+# time zones), so every event's day still has its counters.
 DAYS_KEPT_MIN = 40
 MONTHS_KEPT = 13
 TOTAL = "_"
+assert (DAYS_KEPT_MIN - 2) * 86400 >= EVENT_PAST_AGE_S, "late events would escape daily caps"
 
 
 def member_context(
@@ -128,8 +131,19 @@ def tier_view(
         return None
     today = local_day(policy, now)
     earned = earned_for_tier(earning, policy, lifetime, today)
-    upcoming, needed = next_tier(tiers, earned)
     current = earning.get("tier") or tiers.tiers[0].name
+    upcoming, needed = next_tier(tiers, earned)
+    names = [tier.name for tier in tiers.tiers]
+    if (
+        current in names
+        and upcoming is not None
+        and (names.index(upcoming.name) <= names.index(current))
+    ):
+        # Kept in grace above what earnings support: the next tier is the one above the
+        # tier held (points to keep the current one show as below_since's grace).
+        above = names.index(current) + 1
+        upcoming = tiers.tiers[above] if above < len(names) else None
+        needed = max(0, upcoming.threshold - earned) if upcoming is not None else 0
     view = {
         "name": current,
         "basis": tiers.basis,

@@ -8,6 +8,7 @@ far past would award points for periods already closed; far-future ones are cloc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,13 +19,18 @@ from domain.limits import (
     EVENT_FUTURE_SKEW_S,
     EVENT_PAST_AGE_S,
     EVENT_TYPE_LENGTH_MAX,
+    EVENT_TYPE_PATTERN,
     ID_LENGTH_MAX,
 )
 from domain.rules import EventIn, validate_attributes
 
 EVENT_FIELDS = frozenset({"id", "member_id", "type", "occurred_at", "attributes"})
-# Event types: a short lowercase word, as rules name them.
-_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+_TYPE_RE = re.compile(EVENT_TYPE_PATTERN)
+# RFC 3339 date-time: offsets are hours and minutes only, fractions up to microseconds.
+_NAIVE_RE = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?")
+_RFC3339_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})"
+)
 
 
 def _invalid(detail: str) -> PointsError:
@@ -35,6 +41,13 @@ def parse_time(value: object, field: str) -> datetime:
     """An RFC 3339 timestamp with an offset (naive times are ambiguous: refused)."""
     if not isinstance(value, str) or not 10 <= len(value) <= 40:
         raise _invalid(f"{field} must be an RFC 3339 timestamp string with a time zone")
+    if _RFC3339_RE.fullmatch(value) is None:
+        if _NAIVE_RE.fullmatch(value) is not None:
+            raise _invalid(f"{field} must carry a time zone offset (e.g. Z or +08:00)")
+        raise _invalid(
+            f"{field} is not a valid RFC 3339 timestamp (e.g. 2026-11-25T10:00:00Z or "
+            f"2026-11-25T18:00:00+08:00): {value[:40]!r}"
+        )
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -67,7 +80,7 @@ def parse_event(raw: object, now: datetime) -> EventIn:
     if (
         not isinstance(kind, str)
         or not 1 <= len(kind) <= EVENT_TYPE_LENGTH_MAX
-        or not set(kind) <= _TYPE_CHARS
+        or not _TYPE_RE.fullmatch(kind)
     ):
         raise _invalid(
             f"type must be 1..{EVENT_TYPE_LENGTH_MAX} characters of a-z 0-9 _ . - (e.g. order)"

@@ -70,10 +70,15 @@ ATTRIBUTES_DEPTH_MAX = 4
 ATTRIBUTES_VALUES_MAX = 200
 ATTRIBUTE_STRING_LENGTH_MAX = 1000
 # Events: how far from the server's clock occurred_at may be. A little future skew is
-# tolerated (upstream clocks drift); events older than a year award into closed periods.
+# tolerated (upstream clocks drift). Late events (an offline till syncing) are accepted for
+# 35 days: the per-day cap counters are kept longer than that (domain/earning.py
+# DAYS_KEPT_MIN), so a late event can never slip past a daily cap.
 EVENT_FUTURE_SKEW_S = 5 * 60
-EVENT_PAST_AGE_S = 366 * 24 * 3600
+EVENT_PAST_AGE_S = 35 * 24 * 3600
 # Events in one POST /events/batch (and taken from the stream in one read).
 EVENTS_PER_BATCH_MAX = 1000
 # "expiring_soon" in the member view: amounts by date in this many days ahead.
 EXPIRING_SOON_DAYS = 30
+# Event types: a short lowercase word (order, check_in, card.spend); rules and events
+# share this alphabet so a rule can always be matched.
+EVENT_TYPE_PATTERN = r"^[a-z0-9_.-]{1,64}$"

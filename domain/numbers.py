@@ -36,7 +36,7 @@ def is_decimal_string(value: object) -> bool:
     """A plain decimal: optional minus, digits, optional fraction; no exponent, no spaces."""
     if not isinstance(value, str) or len(value) > DECIMAL_DIGITS_MAX + 2:
         return False
-    if DECIMAL_RE.match(value) is None:
+    if DECIMAL_RE.fullmatch(value) is None:
         return False
     places = len(value) - value.index(".") - 1 if "." in value else 0
     assert 0 <= places < len(value)

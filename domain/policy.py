@@ -184,7 +184,7 @@ def parse_time_zone(value: object, field: str = "time_zone") -> str:
     """An IANA time zone name that this machine's tz database knows."""
     if not isinstance(value, str) or not 1 <= len(value) <= TIME_ZONE_LENGTH_MAX:
         raise invalid(f'{field} must be an IANA time zone name like "Europe/Paris"')
-    if TIME_ZONE_RE.match(value) is None:
+    if TIME_ZONE_RE.fullmatch(value) is None:
         raise invalid(f"{field} {value!r} is not a time zone name")
     try:
         found = zone(value)
@@ -226,7 +226,7 @@ def _parse_tier_def(raw: object, index: int) -> TierDef:
     field = f"tiers.tiers[{index}]"
     fields = _object(raw, field, ("name", "threshold", "multiplier"))
     name = fields.get("name")
-    if not isinstance(name, str) or len(name) > TIER_NAME_LENGTH_MAX or not ID_RE.match(name):
+    if not isinstance(name, str) or len(name) > TIER_NAME_LENGTH_MAX or not ID_RE.fullmatch(name):
         raise invalid(f"{field}.name must be a safe id of 1..{TIER_NAME_LENGTH_MAX} characters")
     threshold = check_int(
         fields.get("threshold"), f"{field}.threshold", 0, POINTS_PER_OPERATION_MAX

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ from domain.limits import (
     CONDITION_LITERAL_ITEMS_MAX,
     CONDITION_NODES_MAX,
     EVENT_TYPE_LENGTH_MAX,
+    EVENT_TYPE_PATTERN,
     ID_RE,
     INTEGER_ABS_MAX,
     LADDER_BRACKETS_MAX,
@@ -139,6 +141,7 @@ CONSTANT_NAMES = {"True": True, "False": False, "None": None}
 # Attribute names an award reads: identifiers, so conditions can write attributes.name.
 _ATTRIBUTE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _ONE = Fraction(1)
+_EVENT_TYPE_RE = re.compile(EVENT_TYPE_PATTERN)
 _MULTIPLIER_RANGE = (Fraction(0), Fraction(MULTIPLIER_MAX))
 _RATE_RANGE = (Fraction(0), Fraction(AWARD_RATE_MAX))
 _AMOUNT_RANGE = (Fraction(-INTEGER_ABS_MAX), Fraction(INTEGER_ABS_MAX))
@@ -781,7 +784,7 @@ def _compile_award(raw: object, where: str) -> Award:
                 if (
                     not isinstance(tier, str)
                     or len(tier) > TIER_NAME_LENGTH_MAX
-                    or not ID_RE.match(tier)
+                    or not ID_RE.fullmatch(tier)
                 ):
                     raise invalid(f"{where}.by_tier keys must be tier names")
                 by_tier[tier], by_tier_exact[tier] = _factor(value, f"{where}.by_tier.{tier}")
@@ -804,7 +807,7 @@ def _compile_rule(raw: object, index: int) -> CompiledRule:
     if not isinstance(raw, dict):
         raise invalid(f"rules[{index}] must be an object")
     rule_id = raw.get("id")
-    if not isinstance(rule_id, str) or not ID_RE.match(rule_id):
+    if not isinstance(rule_id, str) or not ID_RE.fullmatch(rule_id):
         raise invalid(f"rules[{index}].id must be a safe id (letters, digits, ._:@-)")
     where = f"rule {rule_id!r}:"
     fields = _fields(raw, f"{where} rule", RULE_KEYS)
@@ -812,9 +815,11 @@ def _compile_rule(raw: object, index: int) -> CompiledRule:
     if (
         not isinstance(event_type, str)
         or len(event_type) > EVENT_TYPE_LENGTH_MAX
-        or not ID_RE.match(event_type)
+        or not _EVENT_TYPE_RE.fullmatch(event_type)
     ):
-        raise invalid(f"{where} event_type must be a safe id of 1..{EVENT_TYPE_LENGTH_MAX}")
+        raise invalid(
+            f"{where} event_type must be 1..{EVENT_TYPE_LENGTH_MAX} characters of a-z 0-9 _ . -"
+        )
     condition = fields.get("condition")
     node = None if condition is None else compile_condition(condition, f"{where} condition")
     award = _compile_award(fields.get("award"), f"{where} award")

@@ -527,7 +527,8 @@ class PointsIngress:
             {
                 "kind": "confirm",
                 **fields,
-                "key": f"confirm:{event_id}",
+                # A space: never equal to a client Idempotency-Key (no spaces allowed there).
+                "key": f"confirm {event_id}",
                 "request_hash": request_hash("confirm", fields),
             }
         )
@@ -551,6 +552,8 @@ class PointsIngress:
         body = await self._parse(request, ReverseIn)
         if isinstance(body, Response):
             return body
+        if request.headers.get("idempotency-key") is None:
+            return _bad_request("the Idempotency-Key header is required for this request")
         member_id = await (await self._repo()).event_member(program_id, event_id)
         if member_id is None:
             raise PointsError(Code.NOT_FOUND, f"event {event_id} not found")
@@ -647,6 +650,21 @@ class PointsIngress:
         if view is None:
             raise PointsError(Code.NOT_FOUND, f"member {member_id} not found")
         return JsonResponse(view)
+
+    @app.get("/v1/programs/{program_id}/members/{member_id}/tier-changes", tags=["members"])
+    async def list_tier_changes(
+        self,
+        program_id: ProgramId,
+        member_id: MemberId,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """The member's tier changes, newest first, each with its reason."""
+        await self._authenticate(authorization)
+        repo = await self._repo()
+        if not await repo.account_exists(program_id, member_id):
+            raise PointsError(Code.NOT_FOUND, f"member {member_id} not found")
+        return JsonResponse({"items": await repo.tier_changes(program_id, member_id, limit)})
 
     @app.get("/v1/programs/{program_id}/members/{member_id}/transactions", tags=["members"])
     async def list_transactions(

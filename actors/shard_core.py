@@ -775,7 +775,11 @@ class ShardCore:
         points = body["points"]
         txn = None
         if points > 0:
-            becomes_available = available_at(policy.pending, now, policy.time_zone)
+            becomes_available = (
+                None  # a matched rule holds this award for review
+                if evaluation.hold is not None
+                else available_at(policy.pending, now, policy.time_zone)
+            )
             txn = credit(
                 account,
                 points,

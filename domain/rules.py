@@ -132,7 +132,13 @@ PRIORITY_DEFAULT = 100
 # Explanation lines for program-wide steps. "@" cannot start a rule id, so no clash.
 PROGRAM_LINE_ID = "@program"
 
-RULE_KEYS = ("id", "event_type", "condition", "award", "caps", "priority", "combine")
+RULE_KEYS = ("id", "event_type", "condition", "award", "caps", "priority", "combine", "hold")
+# A matched rule with "hold": "until_confirmed" holds the whole award of its event until the
+# event is confirmed (e.g. large card spends reviewed first), whatever the program's pending
+# policy says.
+HOLD_UNTIL_CONFIRMED = "until_confirmed"
+HOLDS = (None, HOLD_UNTIL_CONFIRMED)
+HOLD_NOTE = "; holds the award until the event is confirmed"
 RULE_CAP_KEYS = ("per_event", "per_member_day")
 CONDITION_NAMES = ("type", "attributes", "member", "occurred_at", "hour", "weekday")
 CONDITION_FUNCTIONS = ("num", "has", "lower", "upper", "len")
@@ -662,6 +668,7 @@ class CompiledRule:
     cap_per_member_day: int | None
     priority: int
     combine: str
+    hold: str | None = None
 
     @property
     def is_multiplier(self) -> bool:
@@ -676,6 +683,7 @@ class CompiledRule:
             "caps": {"per_event": self.cap_per_event, "per_member_day": self.cap_per_member_day},
             "priority": self.priority,
             "combine": self.combine,
+            **({"hold": self.hold} if self.hold is not None else {}),
         }
 
 
@@ -838,8 +846,20 @@ def _compile_rule(raw: object, index: int) -> CompiledRule:
     combine = fields.get("combine", COMBINE_STACK)
     if combine not in COMBINE_MODES:
         raise invalid(f"{where} combine must be one of {', '.join(COMBINE_MODES)}")
+    hold = fields.get("hold")
+    if hold not in HOLDS:
+        raise invalid(f'{where} hold must be null or "{HOLD_UNTIL_CONFIRMED}"')
     rule = CompiledRule(
-        rule_id, event_type, condition, node, award, cap_values[0], cap_values[1], priority, combine
+        rule_id,
+        event_type,
+        condition,
+        node,
+        award,
+        cap_values[0],
+        cap_values[1],
+        priority,
+        combine,
+        hold,
     )
     assert (rule.condition is None) == (rule.condition_node is None)
     return rule
@@ -896,6 +916,8 @@ class Evaluation:
     lines: tuple[RuleLine, ...]
     # Counted rule id -> points after the rule's own caps (feeds rule_earned_day).
     rule_points: Mapping[str, int]
+    # A matched rule asks to hold the award until the event is confirmed.
+    hold: str | None = None
 
 
 def _note(text: str) -> str:
@@ -962,6 +984,7 @@ def evaluate(
     notes = [""] * count
     awards: list[_Candidate] = []
     factors: list[_Candidate] = []
+    hold: str | None = None
     for line, rule in enumerate(rules):
         if rule.condition_node is not None:
             if names is None:
@@ -985,8 +1008,12 @@ def evaluate(
                 )
                 continue
         award = rule.award
+        if rule.hold is not None:
+            # The condition held: the event's whole award waits for confirmation.
+            hold = rule.hold
         if isinstance(award, MultiplierAward):
             factor, notes[line] = award.factor_for(member.tier, occurred_at)
+            notes[line] += HOLD_NOTE if rule.hold else ""
             matched[line] = True
             factors.append((line, rule.combine, factor))
             continue
@@ -1006,7 +1033,7 @@ def evaluate(
                 note += f"; capped by per_member_day {rule.cap_per_member_day} → {earned}"
         matched[line] = True
         points[line] = earned
-        notes[line] = note
+        notes[line] = note + (HOLD_NOTE if rule.hold else "")
         awards.append((line, rule.combine, earned))
 
     counted = set(_combine(awards, notes, ids))
@@ -1061,7 +1088,7 @@ def evaluate(
                 f"points per operation max: {total} → {POINTS_PER_OPERATION_MAX}",
             )
 
-    result = Evaluation(total, tuple(lines), rule_points)
+    result = Evaluation(total, tuple(lines), rule_points, hold)
     assert type(total) is int and 0 <= total <= POINTS_PER_OPERATION_MAX
     assert sum(line.points for line in result.lines) == total
     return result

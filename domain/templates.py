@@ -150,15 +150,15 @@ FINANCE: dict[str, Any] = {
     "description": (
         "1 point per currency unit of card spend (amount in minor units, rounded down); "
         "groceries (MCC 5411) earn ×2 and air travel (MCC 4511) ×3 — only the first "
-        "matching category counts. At most 20000 points per member per month. Points are "
-        "held pending for 14 days (the chargeback window) before they can be spent: pending "
-        "is program-wide policy, so every award waits, not only large spends. Points expire "
-        "at the end of the 24th month after the month they became available."
+        "matching category counts. At most 20000 points per member per month. A spend of "
+        "5000.00 or more is held for review: its points are pending until the event is "
+        "confirmed (POST /events/{id}/confirm). Points expire at the end of the 24th month "
+        "after the month they became available."
     ),
     "policy": {
         "time_zone": "Asia/Shanghai",
         "expiry": {"kind": "end_of_month", "n": 24},
-        "pending": {"kind": "days", "days": 14},
+        "pending": {"kind": "none", "days": 0},
         "allow_debt": False,
         "caps": {"per_event": None, "per_member_day": None, "per_member_month": 20000},
         "tiers": None,
@@ -195,6 +195,16 @@ FINANCE: dict[str, Any] = {
             "caps": {"per_event": None, "per_member_day": None},
             "priority": 20,
             "combine": "first_match",
+        },
+        {
+            "id": "large_spend_review",
+            "event_type": "card_spend",
+            "condition": "num(attributes.amount) >= 500000",
+            "award": {"type": "fixed", "points": 0},
+            "caps": {"per_event": None, "per_member_day": None},
+            "priority": 5,
+            "combine": "stack",
+            "hold": "until_confirmed",
         },
     ],
     "example_event": {

@@ -441,3 +441,31 @@ async def test_debt_policy_owes_spent_points_and_next_credits_repay_first(
         assert view["balance"]["debt"] == debt_after
         assert view["balance"]["available"] == available
     assert_books_balance(service, program)
+
+
+def test_finance_template_holds_large_spends_for_review(service: Service) -> None:
+    program = f"tpl-card-{secrets.token_hex(3)}"
+    created = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "programs", "create", program,
+         "--template", "finance", "--url", service.url, "--key", ADMIN_KEY],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as http:
+        small = http.post(
+            f"/v1/programs/{program}/events",
+            json=event("cardholder", "card_spend", amount=45_000, mcc="5411"),
+        )
+        assert small.status_code == 201 and small.json()["points"] == 900
+        assert "held_until_confirmed" not in small.json()["transaction"]
+        big_event = event("cardholder", "card_spend", amount=600_000)
+        big = http.post(f"/v1/programs/{program}/events", json=big_event)
+        assert big.status_code == 201 and big.json()["points"] == 6000
+        assert big.json()["transaction"]["held_until_confirmed"] is True
+        view = http.get(f"/v1/programs/{program}/members/cardholder").json()
+        assert (view["balance"]["available"], view["balance"]["pending"]) == (900, 6000)
+        released = http.post(f"/v1/programs/{program}/events/{big_event['id']}/confirm")
+        assert released.status_code == 200 and released.json()["released_points"] == 6000
+        view = http.get(f"/v1/programs/{program}/members/cardholder").json()
+        assert (view["balance"]["available"], view["balance"]["pending"]) == (6900, 0)
+    assert_books_balance(service, program)

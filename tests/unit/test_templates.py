@@ -1,6 +1,6 @@
 """Scenario templates compile, parse, and award what their descriptions promise."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -100,6 +100,16 @@ def test_finance_awards() -> None:
     assert points("finance", "card_spend", {"amount": 45000, "mcc": "5812"}) == 450
     near_cap = MemberContext(None, 0, 19900, {})
     assert points("finance", "card_spend", {"amount": 45000, "mcc": "4511"}, near_cap) == 100
-    policy, _ = load("finance")
-    assert (policy.pending.kind, policy.pending.days) == ("days", 14)
+    policy, rule_set = load("finance")
+    assert policy.pending.kind == "none"
     assert policy.caps.per_member_month == 20000
+    # Large spends (5000.00 and more) are held for review; smaller ones are not.
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    context = MemberContext(None, 0, 0, {})
+    small_spend = EventIn("s", "m", "card_spend", now, {"amount": 499_999})
+    large_spend = EventIn("l", "m", "card_spend", now, {"amount": 500_000})
+    small = evaluate(rule_set, small_spend, context, policy)
+    large = evaluate(rule_set, large_spend, context, policy)
+    assert (small.hold, large.hold) == (None, "until_confirmed")
+    assert large.points == 5000
+    assert any("holds the award" in line.note for line in large.lines)

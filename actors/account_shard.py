@@ -52,7 +52,7 @@ class AccountShard:
     async def submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Many requests in one Ray call (the ingress batches them); one answer each."""
         self._ensure_expiry()
-        return list(await asyncio.gather(*(self.core.submit(r) for r in requests)))
+        return list(await asyncio.gather(*[self.core.enqueue(r) for r in requests]))
 
     async def forget_program(self, program_id: str) -> None:
         """The program's policy or rules changed: read them again before the next event."""

@@ -63,7 +63,7 @@ class EventApplier:
             except PointsError as exc:
                 results[index] = problem_result(exc.code, exc.detail)
                 continue
-            calls.append((index, self.client.submit(shard_request)))
+            calls.append((index, self.client.enqueue(shard_request)))
         answers = await asyncio.gather(*(call for _, call in calls))
         for (index, _), answer in zip(calls, answers, strict=True):
             results[index] = answer

@@ -77,12 +77,16 @@ class ShardClient:
         return self.lanes[shard_of(program_id, member_id, len(self.lanes))]
 
     async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self.enqueue(request)
+
+    def enqueue(self, request: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """Queue one request; the future gets its answer (many at once cost no Task each)."""
         loop = asyncio.get_running_loop()
         lane = self.lane_for(request["program_id"], request[self.route_field])
         pending = _Pending(request, loop.create_future(), loop.time() + RETRY_BUDGET_S)
         lane.queue.append(pending)
         self._pump(lane)
-        return await pending.future
+        return pending.future
 
     def _pump(self, lane: _ShardLane) -> None:
         while lane.queue and lane.in_flight < self.calls_in_flight:

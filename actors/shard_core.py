@@ -57,6 +57,7 @@ from domain.ledger import (
     REFUND,
     Account,
     account_view,
+    activate,
     available,
     confirm,
     credit,
@@ -625,7 +626,7 @@ class ShardCore:
         if entry is None:
             committed = pinned.get(akey)
             if committed is not None:
-                entry = (committed.clone(), committed.version)
+                entry = self._working_copy(akey, committed, work, now)
             elif op.kind in (CREDIT, EVENT):
                 # Joins the batch only if the credit succeeds (below).
                 entry = (new_account(op.program_id, op.member_id), 0)
@@ -901,6 +902,40 @@ class ShardCore:
         assert 0 <= target <= stored.points
         return {"status": 201 if txn is not None else 200, "body": body}
 
+    def _working_copy(
+        self, akey: AccountKey, committed: Account, work: _Work, now: datetime
+    ) -> tuple[Account, int]:
+        """A batch's copy of a committed account, with its due pending lots activated first
+        (so every operation sees them spendable, and the activation is in the ledger)."""
+        entry = (committed.clone(), committed.version)
+        work.accounts[akey] = entry
+        account = entry[0]
+        if any(lot.due(now) for lot in account.lots):
+            self._activate(account, akey, work, now, None)
+        return entry
+
+    def _activate(
+        self,
+        account: Account,
+        akey: AccountKey,
+        work: _Work,
+        now: datetime,
+        lots: list[Any] | None,
+    ) -> Any:
+        """Activate pending lots (due ones, or `lots`) and add the writes to the batch."""
+        before = {lot.lot_id: (lot, lot.remaining) for lot in account.lots if not lot.active}
+        txn = activate(account, now, self._new_id(now), lots)
+        if txn is None:
+            return None
+        work.write.transactions.append((txn, None))
+        for lot, remaining in before.values():
+            if lot.active:
+                work.write.lot_states.append(lot)
+                if lot.remaining != remaining:  # debt repaid from it
+                    work.write.lot_deltas[lot.lot_id] += remaining - lot.remaining
+        work.changed.add(akey)
+        return txn
+
     def _apply_confirm(
         self, op: Op, account: Account, work: _Work, now: datetime
     ) -> dict[str, Any]:
@@ -910,13 +945,14 @@ class ShardCore:
         if stored is None or stored.member_id != op.member_id:
             raise PointsError(Code.NOT_FOUND, f"event {op.event_id} of this member not found")
         policy = self._config(op.program_id).policy
-        released = confirm(account, op.event_id, now, expires_at(policy, now))
-        for lot in released:
-            work.write.lot_states.append(lot)
+        held = confirm(account, op.event_id, now, expires_at(policy, now))
+        points = sum(lot.remaining for lot in held)
+        if held:
+            self._activate(account, (op.program_id, op.member_id), work, now, held)
         body = {
             "event_id": op.event_id,
             "member_id": op.member_id,
-            "released_points": sum(lot.remaining for lot in released),
+            "released_points": points,
             "balance": {"available": available(account, now), "total": account.balance},
         }
         assert body["released_points"] >= 0
@@ -934,7 +970,7 @@ class ShardCore:
             return
         if entry is None:
             assert committed is not None
-            entry = (committed.clone(), committed.version)
+            entry = self._working_copy(akey, committed, work, now)
         account = entry[0]
         before = account.earning.get("tier")
         below_before = account.earning.get("below_since")
@@ -962,12 +998,14 @@ class ShardCore:
             if committed is None:
                 _answer(op, {"status": 200, "body": {"expired_points": 0}})
                 return
-            entry = (committed.clone(), committed.version)
-            work.accounts[akey] = entry
+            entry = self._working_copy(akey, committed, work, now)
         account = entry[0]
         txn = expire(account, now, self._new_id(now))
         if txn is None:
-            _answer(op, {"status": 200, "body": {"expired_points": 0}})
+            if akey in work.changed:  # pending points were activated: answer after commit
+                self._wait(op, work, {"status": 200, "body": {"expired_points": 0}}, "")
+            else:
+                _answer(op, {"status": 200, "body": {"expired_points": 0}})
             return
         work.write.transactions.append((txn, None))
         for lot_id, taken in txn.allocations:

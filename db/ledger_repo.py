@@ -22,7 +22,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from domain.idempotency import StoredResponse
-from domain.ledger import MEMBER_ACCOUNT, Account, Lot, Transaction
+from domain.ledger import MEMBER_ACCOUNTS, Account, Lot, Transaction
 
 AccountKey = tuple[str, str]
 IdemKey = tuple[str, str, str]
@@ -67,7 +67,7 @@ class BatchWrite:
     events: list[EventRow] = field(default_factory=list)
     # Reversals: (program_id, event_id) -> (reversed amount as decimal text, points so far)
     event_reversals: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
-    # Lots whose availability and expiry changed (confirmed pending lots).
+    # Lots whose availability, expiry or activation changed (activated, confirmed lots).
     lot_states: list[Lot] = field(default_factory=list)
     # (program_id, member_id, from_tier, to_tier, reason)
     tier_changes: list[tuple[str, str, str | None, str, str]] = field(default_factory=list)
@@ -211,7 +211,7 @@ class LedgerRepo:
                 SELECT a.program_id, a.member_id, a.version, a.balance,
                        a.lifetime_earned, a.lifetime_spent,
                        l.lot_id, l.original, l.remaining, l.expires_at, l.created_at,
-                       l.available_at, l.event_id, a.earning, a.debt
+                       l.available_at, l.event_id, a.earning, a.debt, l.active, a.pending
                 FROM unnest(%b::text[], %b::text[]) AS k(program_id, member_id)
                 JOIN accounts a ON a.program_id = k.program_id AND a.member_id = k.member_id
                 LEFT JOIN lots l ON l.program_id = a.program_id AND l.member_id = a.member_id
@@ -247,7 +247,7 @@ class LedgerRepo:
                        EXISTS (SELECT 1 FROM transactions r
                                WHERE r.refers_to = t.txn_id AND r.kind = 'refund'),
                        l.lot_id, l.original, l.remaining, l.expires_at, l.created_at,
-                       l.available_at, l.event_id
+                       l.available_at, l.event_id, l.active
                 FROM transactions t
                 LEFT JOIN LATERAL jsonb_array_elements(t.allocations) AS a(pair) ON true
                 LEFT JOIN lots l ON l.lot_id = (a.pair->>0)::uuid
@@ -362,11 +362,11 @@ class LedgerRepo:
                 """
                 INSERT INTO accounts (program_id, member_id, balance, version,
                                       lifetime_earned, lifetime_spent, created_at, updated_at,
-                                      earning, tier, debt)
-                SELECT p, m, b, 1, e, s, %s, %s, g, t, d
+                                      earning, tier, debt, pending)
+                SELECT p, m, b, 1, e, s, %s, %s, g, t, d, n
                 FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                            %b::jsonb[], %b::text[], %b::bigint[])
-                     AS v(p, m, b, e, s, g, t, d)
+                            %b::jsonb[], %b::text[], %b::bigint[], %b::bigint[])
+                     AS v(p, m, b, e, s, g, t, d, n)
                 ON CONFLICT DO NOTHING
                 """,
                 (
@@ -380,6 +380,7 @@ class LedgerRepo:
                     [Jsonb(a.earning, dumps=_dumps) for a in new],
                     [a.earning.get("tier") for a in new],
                     [a.debt for a in new],
+                    [a.pending for a in new],
                 ),
             )
             checks.append((cur, len(new), "an account this shard created already exists"))
@@ -390,10 +391,11 @@ class LedgerRepo:
                 """
                 UPDATE accounts a
                 SET balance = v.b, lifetime_earned = v.e, lifetime_spent = v.s,
-                    version = v.old + 1, updated_at = %s, earning = v.g, tier = v.t, debt = v.d
+                    version = v.old + 1, updated_at = %s, earning = v.g, tier = v.t, debt = v.d,
+                    pending = v.n
                 FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                            %b::bigint[], %b::jsonb[], %b::text[], %b::bigint[])
-                     AS v(p, m, b, e, s, old, g, t, d)
+                            %b::bigint[], %b::jsonb[], %b::text[], %b::bigint[], %b::bigint[])
+                     AS v(p, m, b, e, s, old, g, t, d, n)
                 WHERE a.program_id = v.p AND a.member_id = v.m AND a.version = v.old
                 """,
                 (
@@ -407,6 +409,7 @@ class LedgerRepo:
                     [Jsonb(a.earning, dumps=_dumps) for a, _ in upd],
                     [a.earning.get("tier") for a, _ in upd],
                     [a.debt for a, _ in upd],
+                    [a.pending for a, _ in upd],
                 ),
             )
             checks.append((cur, len(upd), "an account changed under this shard (stale version)"))
@@ -454,7 +457,7 @@ class LedgerRepo:
                     [t.txn_id for t, _ in legs],
                     [t.program_id for t, _ in legs],
                     [e.account for _, e in legs],
-                    [t.member_id if e.account == MEMBER_ACCOUNT else None for t, e in legs],
+                    [t.member_id if e.account in MEMBER_ACCOUNTS else None for t, e in legs],
                     [e.amount for _, e in legs],
                     [t.created_at for t, _ in legs],
                 ),
@@ -464,11 +467,12 @@ class LedgerRepo:
                 await conn.execute(
                     """
                     INSERT INTO lots (lot_id, program_id, member_id, txn_id, original,
-                                      remaining, expires_at, created_at, available_at, event_id)
-                    SELECT l, p, m, t, o, o, x, c, a, e
+                                      remaining, expires_at, created_at, available_at, event_id,
+                                      active)
+                    SELECT l, p, m, t, o, o, x, c, a, e, y
                     FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::uuid[], %b::bigint[],
                                 %b::timestamptz[], %b::timestamptz[], %b::timestamptz[],
-                                %b::text[]) AS v(l, p, m, t, o, x, c, a, e)
+                                %b::text[], %b::bool[]) AS v(l, p, m, t, o, x, c, a, e, y)
                     """,
                     (
                         [lot.lot_id for _, lot in new_lots],
@@ -480,6 +484,7 @@ class LedgerRepo:
                         [lot.created_at for _, lot in new_lots],
                         [lot.available_at for _, lot in new_lots],
                         [lot.event_id for _, lot in new_lots],
+                        [lot.active for _, lot in new_lots],
                     ),
                 )
 
@@ -499,14 +504,16 @@ class LedgerRepo:
             states = batch.lot_states
             cur = await conn.execute(
                 """
-                UPDATE lots SET available_at = v.a, expires_at = v.x
-                FROM unnest(%b::uuid[], %b::timestamptz[], %b::timestamptz[]) AS v(l, a, x)
+                UPDATE lots SET available_at = v.a, expires_at = v.x, active = v.y
+                FROM unnest(%b::uuid[], %b::timestamptz[], %b::timestamptz[], %b::bool[])
+                     AS v(l, a, x, y)
                 WHERE lots.lot_id = v.l
                 """,
                 (
                     [lot.lot_id for lot in states],
                     [lot.available_at for lot in states],
                     [lot.expires_at for lot in states],
+                    [lot.active for lot in states],
                 ),
             )
             checks.append((cur, len(states), "a lot this shard confirmed is missing"))
@@ -645,7 +652,8 @@ class LedgerRepo:
         return [(r[0], r[1]) for r in rows]
 
     async def due_expiries(self, now: datetime, limit: int) -> list[AccountKey]:
-        """Accounts holding points past expiry (about `limit`, oldest expiry first).
+        """Accounts holding points past expiry, or pending points whose date has come
+        (about `limit` of each, oldest first).
 
         Every shard reads the same candidates and keeps those it owns: the slot of an
         account is a stable hash PostgreSQL does not compute.
@@ -656,12 +664,16 @@ class LedgerRepo:
             cur = await conn.execute(
                 """
                 SELECT DISTINCT program_id, member_id FROM (
-                    SELECT program_id, member_id FROM lots
-                    WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= %s
-                    ORDER BY expires_at LIMIT %s
+                    (SELECT program_id, member_id FROM lots
+                     WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= %s
+                     ORDER BY expires_at LIMIT %s)
+                    UNION ALL
+                    (SELECT program_id, member_id FROM lots
+                     WHERE NOT active AND remaining > 0 AND available_at <= %s
+                     ORDER BY available_at LIMIT %s)
                 ) due
                 """,
-                (now, limit * 4),
+                (now, limit * 4, now, limit * 4),
             )
             rows = await cur.fetchall()
         return [(r[0], r[1]) for r in rows]

@@ -80,9 +80,12 @@ accounts = Table(
     Column("tier", Text),
     # Points owed after a reversal of spent points (programs that allow debt).
     Column("debt", BigInteger, nullable=False, server_default=text("0")),
+    # Pending points (lots not activated yet); member:pending ledger legs sum to it.
+    Column("pending", BigInteger, nullable=False, server_default=text("0")),
     ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
     CheckConstraint("balance >= 0", name="accounts_balance_nonnegative"),
     CheckConstraint("debt >= 0", name="accounts_debt_nonnegative"),
+    CheckConstraint("pending >= 0", name="accounts_pending_nonnegative"),
     CheckConstraint("version >= 1", name="accounts_version_positive"),
     CheckConstraint(
         "lifetime_earned >= 0 AND lifetime_spent >= 0", name="accounts_lifetime_nonnegative"
@@ -115,7 +118,7 @@ transactions = Table(
     CheckConstraint("points > 0", name="transactions_points_positive"),
     Column("event_id", Text),
     CheckConstraint(
-        "kind IN ('credit', 'debit', 'refund', 'expire', 'reversal')",
+        "kind IN ('credit', 'debit', 'refund', 'expire', 'reversal', 'activate')",
         name="transactions_kind_known",
     ),
     CheckConstraint(
@@ -151,7 +154,8 @@ ledger_entries = Table(
     ForeignKeyConstraint(["txn_id"], ["transactions.txn_id"]),
     CheckConstraint("amount <> 0", name="ledger_entries_amount_nonzero"),
     CheckConstraint(
-        "(account = 'member') = (member_id IS NOT NULL)", name="ledger_entries_member_leg"
+        "(account IN ('member', 'member:pending')) = (member_id IS NOT NULL)",
+        name="ledger_entries_member_leg",
     ),
     Index("ledger_entries_txn", "txn_id"),
     Index("ledger_entries_member", "program_id", "member_id"),
@@ -172,6 +176,8 @@ lots = Table(
     Column("available_at", DateTime(timezone=True)),
     # The event that awarded the lot (reversals claw back from it first).
     Column("event_id", Text),
+    # False while pending: an `activate` transaction moves its points into the balance.
+    Column("active", Boolean, nullable=False, server_default=text("true")),
     ForeignKeyConstraint(
         ["program_id", "member_id"], ["accounts.program_id", "accounts.member_id"]
     ),
@@ -195,6 +201,7 @@ lots = Table(
         "event_id",
         postgresql_where=text("event_id IS NOT NULL"),
     ),
+    Index("lots_pending", "available_at", postgresql_where=text("NOT active AND remaining > 0")),
 )
 
 events = Table(

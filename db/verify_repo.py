@@ -30,8 +30,23 @@ CHECKS: tuple[Check, ...] = (
         SELECT a.program_id, a.member_id, a.balance, coalesce(l.total, 0) AS lots
         FROM accounts a
         LEFT JOIN (SELECT program_id, member_id, sum(remaining) AS total FROM lots
-                   GROUP BY program_id, member_id) l USING (program_id, member_id)
+                   WHERE active GROUP BY program_id, member_id) l USING (program_id, member_id)
         WHERE a.balance <> coalesce(l.total, 0)
+        """,
+    ),
+    Check(
+        "pending points equal the pending lots and the member:pending ledger entries",
+        """
+        SELECT a.program_id, a.member_id, a.pending, coalesce(l.total, 0) AS lots,
+               coalesce(e.total, 0) AS entries
+        FROM accounts a
+        LEFT JOIN (SELECT program_id, member_id, sum(remaining) AS total FROM lots
+                   WHERE NOT active GROUP BY program_id, member_id) l
+          USING (program_id, member_id)
+        LEFT JOIN (SELECT program_id, member_id, sum(amount) AS total FROM ledger_entries
+                   WHERE account = 'member:pending' GROUP BY program_id, member_id) e
+          USING (program_id, member_id)
+        WHERE a.pending <> coalesce(l.total, 0) OR a.pending <> coalesce(e.total, 0)
         """,
     ),
     Check(

@@ -29,6 +29,10 @@ SYSTEM_REDEEMED = "system:redeemed"
 SYSTEM_EXPIRED = "system:expired"
 SYSTEM_ADJUSTED = "system:adjusted"
 MEMBER_ACCOUNT = "member"
+# A member's pending points: awarded (issued) but not spendable yet. Activation moves them
+# to the member account with an `activate` transaction.
+MEMBER_PENDING_ACCOUNT = "member:pending"
+MEMBER_ACCOUNTS = (MEMBER_ACCOUNT, MEMBER_PENDING_ACCOUNT)
 
 CREDIT = "credit"
 DEBIT = "debit"
@@ -38,7 +42,9 @@ REFUND = "refund"
 EXPIRE = "expire"
 # Claws back points an event earned (refunded order): legs member / system:issued.
 REVERSAL = "reversal"
-TRANSACTION_TYPES = (CREDIT, DEBIT, REFUND, EXPIRE, REVERSAL)
+# Pending points become spendable: legs member:pending -p / member +p.
+ACTIVATE = "activate"
+TRANSACTION_TYPES = (CREDIT, DEBIT, REFUND, EXPIRE, REVERSAL, ACTIVATE)
 
 
 # available_at of a lot held until its event is confirmed (no date is known yet).
@@ -52,24 +58,31 @@ class Lot:
     remaining: int
     expires_at: datetime | None
     created_at: datetime
-    # Pending points: booked (in the balance) but not spendable before available_at.
+    # Pending points: not spendable before available_at, and not before activation (an
+    # `activate` transaction moves them from member:pending into the balance).
     available_at: datetime | None = None
     # The event that awarded this lot, if any (reversals take from it first).
     event_id: str | None = None
+    # False while pending: its points count in `Account.pending`, not in the balance.
+    active: bool = True
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
     def pending(self, now: datetime) -> bool:
-        return self.available_at is not None and self.available_at > now
+        return not self.active
+
+    def due(self, now: datetime) -> bool:
+        """Pending, and its date has come: the next activation makes it spendable."""
+        return not self.active and self.available_at is not None and self.available_at <= now
 
     @property
     def held(self) -> bool:
         """Pending until its event is confirmed (no date yet)."""
-        return self.available_at == HELD_UNTIL_CONFIRMED
+        return not self.active and self.available_at == HELD_UNTIL_CONFIRMED
 
     def spendable(self, now: datetime) -> bool:
-        return self.remaining > 0 and not self.expired(now) and not self.pending(now)
+        return self.active and self.remaining > 0 and not self.expired(now)
 
     def copy(self) -> Lot:
         return Lot(
@@ -80,6 +93,7 @@ class Lot:
             self.created_at,
             self.available_at,
             self.event_id,
+            self.active,
         )
 
 
@@ -104,6 +118,8 @@ class Account:
     # Points owed (a reversal of points already spent, where the program allows debt).
     # The next credits repay it first. Member ledger legs sum to balance - debt.
     debt: int = 0
+    # Pending points (inactive lots); member:pending ledger legs sum to it.
+    pending: int = 0
 
     def clone(self) -> Account:
         """Copy to mutate inside a batch; the committed state stays untouched until commit."""
@@ -117,12 +133,19 @@ class Account:
             [lot.copy() for lot in self.lots],
             _copy_earning(self.earning),
             self.debt,
+            self.pending,
         )
 
     def check(self) -> None:
-        """Invariant 3 and 4: never negative, balance equals the sum of the lots."""
+        """Invariant 3 and 4: never negative, balance equals the sum of the active lots and
+        pending the sum of the pending ones."""
         assert self.balance >= 0, "balance below zero"
-        assert self.balance == sum(lot.remaining for lot in self.lots), "balance != sum(lots)"
+        assert self.balance == sum(lot.remaining for lot in self.lots if lot.active), (
+            "balance != sum(active lots)"
+        )
+        assert self.pending == sum(lot.remaining for lot in self.lots if not lot.active), (
+            "pending != sum(pending lots)"
+        )
         assert all(0 <= lot.remaining <= lot.original for lot in self.lots)
         assert self.lifetime_earned >= 0 and self.lifetime_spent >= 0
         assert self.debt >= 0, "debt below zero"
@@ -183,7 +206,7 @@ class Transaction:
         """Invariant 2: the legs of one transaction sum to zero."""
         assert sum(entry.amount for entry in self.entries) == 0, "unbalanced transaction"
         assert sum(points for _, points in self.allocations) + abs(self.debt_change) == self.points
-        assert self.debt_change == 0 or self.kind in (CREDIT, REVERSAL)
+        assert self.debt_change == 0 or self.kind in (CREDIT, REVERSAL, ACTIVATE)
         assert self.kind in TRANSACTION_TYPES
         assert (self.kind == REFUND) == (self.refers_to is not None)
 
@@ -244,7 +267,8 @@ def credit(
 ) -> Transaction:
     """Add `points` to the account as a new lot. Mutates `account`.
 
-    `available_at` in the future makes the lot pending: in the balance, not spendable yet.
+    `available_at` in the future (or HELD_UNTIL_CONFIRMED) makes the lot pending: its points
+    go to member:pending, not to the balance, until `activate` moves them.
     """
     _check_points(points)
     _check_reason(reason)
@@ -258,10 +282,36 @@ def credit(
         raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
     balance_before = account.balance
 
+    if available_at is not None:
+        # Pending: booked to member:pending; debt is repaid when the lot is activated.
+        pending_lot = Lot(lot_id, points, points, expires_at, now, available_at, event_id, False)
+        account.lots.append(pending_lot)
+        account.pending += points
+        account.lifetime_earned += points
+        txn = Transaction(
+            txn_id,
+            account.program_id,
+            account.member_id,
+            CREDIT,
+            points,
+            reason,
+            now,
+            account.balance,
+            (Entry(MEMBER_PENDING_ACCOUNT, points), Entry(SYSTEM_ISSUED, -points)),
+            ((lot_id, points),),
+            pending_lot,
+            None,
+            event_id,
+        )
+        assert account.balance == balance_before
+        account.check()
+        txn.check()
+        return txn
+
     # Debt is repaid first: only the rest becomes a lot.
     repaid = min(points, account.debt)
     account.debt -= repaid
-    lot = None
+    lot: Lot | None = None
     if points > repaid:
         lot = Lot(lot_id, points - repaid, points - repaid, expires_at, now, available_at, event_id)
         account.lots.append(lot)
@@ -421,7 +471,8 @@ def expire(account: Account, now: datetime, txn_id: uuid.UUID) -> Transaction | 
     shard serializes it) never writes anything twice. Mutates `account`.
     """
     account.check()
-    due = [lot for lot in account.lots if lot.remaining > 0 and lot.expired(now)]
+    # Pending lots are activated first (the shard does it before any write-off).
+    due = [lot for lot in account.lots if lot.active and lot.remaining > 0 and lot.expired(now)]
     if not due:
         return None
     points = sum(lot.remaining for lot in due)
@@ -476,6 +527,7 @@ def reverse(
     others = [lot for lot in spend_order(account.lots, now) if lot.lot_id not in own_ids]
     allocations: list[tuple[uuid.UUID, int]] = []
     still = points
+    taken_pending = 0
     for lot in [*own, *others]:
         if still == 0:
             break
@@ -485,14 +537,23 @@ def reverse(
         lot.remaining -= take
         allocations.append((lot.lot_id, take))
         still -= take
+        if not lot.active:
+            taken_pending += take
     taken = points - still
+    taken_active = taken - taken_pending
     # What was already spent: owed as debt where the program allows it, else unrecovered.
     owed = still if allow_debt else 0
     if taken + owed == 0:
         return None, still
     account.lots = [lot for lot in account.lots if lot.remaining > 0]
-    account.balance -= taken
+    account.balance -= taken_active
+    account.pending -= taken_pending
     account.debt += owed
+    entries = [Entry(SYSTEM_ISSUED, taken + owed)]
+    if taken_active + owed:
+        entries.append(Entry(MEMBER_ACCOUNT, -(taken_active + owed)))
+    if taken_pending:
+        entries.append(Entry(MEMBER_PENDING_ACCOUNT, -taken_pending))
     # Earned less than was thought: the lifetime total follows the correction.
     account.lifetime_earned -= min(taken + owed, account.lifetime_earned)
     txn = Transaction(
@@ -504,32 +565,80 @@ def reverse(
         reason,
         now,
         account.balance,
-        (Entry(MEMBER_ACCOUNT, -(taken + owed)), Entry(SYSTEM_ISSUED, taken + owed)),
+        tuple(entries),
         tuple(allocations),
         None,
         None,
         event_id,
         owed,
     )
-    assert account.balance == balance_before - taken >= 0
+    assert account.balance == balance_before - taken_active >= 0
     account.check()
     txn.check()
     return txn, still - owed
 
 
+def activate(
+    account: Account, now: datetime, txn_id: uuid.UUID, lots: list[Lot] | None = None
+) -> Transaction | None:
+    """Move pending lots whose date has come (or the `lots` given) into the balance, as one
+    `activate` transaction (legs member:pending -p / member +p). Debt is repaid first from
+    what is activated. None when nothing is due: safe to run any number of times."""
+    account.check()
+    due = lots if lots is not None else [lot for lot in account.lots if lot.due(now)]
+    due = [lot for lot in due if not lot.active and lot.remaining > 0]
+    if not due:
+        return None
+    points = sum(lot.remaining for lot in due)
+    balance_before = account.balance
+    repaid_total = 0
+    allocations: list[tuple[uuid.UUID, int]] = []
+    for lot in due:
+        lot.active = True
+        repaid = min(lot.remaining, account.debt)
+        account.debt -= repaid
+        repaid_total += repaid
+        lot.remaining -= repaid
+        if lot.remaining > 0:
+            allocations.append((lot.lot_id, lot.remaining))
+    account.pending -= points
+    account.balance += points - repaid_total
+    account.lots = [lot for lot in account.lots if lot.remaining > 0]
+    txn = Transaction(
+        txn_id,
+        account.program_id,
+        account.member_id,
+        ACTIVATE,
+        points,
+        "pending points available",
+        now,
+        account.balance,
+        (Entry(MEMBER_PENDING_ACCOUNT, -points), Entry(MEMBER_ACCOUNT, points)),
+        tuple(allocations),
+        None,
+        None,
+        None,
+        -repaid_total,
+    )
+    assert account.balance == balance_before + points - repaid_total
+    account.check()
+    txn.check()
+    return txn
+
+
 def confirm(
     account: Account, event_id: str, now: datetime, expires_at: datetime | None
 ) -> list[Lot]:
-    """Make the lots an event holds until confirmation spendable now, expiring at
-    `expires_at` (counted from now, by the caller's policy). Returns the lots changed;
-    none when already confirmed (idempotent). No points move: they are booked already."""
+    """Date the lots an event holds until confirmation: available from now, expiring at
+    `expires_at` (counted from now by the caller's policy). The caller activates them
+    (`activate(..., lots=...)`). Returns the lots changed; none when already confirmed."""
     account.check()
     held = [lot for lot in account.lots if lot.event_id == event_id and lot.held]
     for lot in held:
         lot.available_at = now
         lot.expires_at = expires_at
     assert all(not lot.held for lot in account.lots if lot.event_id == event_id)
-    account.check()
+    assert all(lot.due(now) for lot in held)
     return held
 
 
@@ -546,17 +655,15 @@ def account_view(
 ) -> dict[str, object]:
     """The member resource as the API shows it (JSON-ready).
 
-    `available`: spendable now; `pending`: booked but not spendable yet; `total`: the book
-    balance (includes points past expiry not yet written off); `expiring_soon`: spendable
+    `available`: spendable now; `pending`: awarded but not activated yet; `total`: both
+    (includes points past expiry not yet written off); `expiring_soon`: spendable
     or pending points by local expiry date (program time zone `tz`) in the next `soon_days`.
     """
     assert lots_max > 0 and soon_days > 0
     account.check()
     lots = spend_order(account.lots, now)
     spendable = available(account, now)
-    pending = sum(
-        lot.remaining for lot in account.lots if lot.pending(now) and not lot.expired(now)
-    )
+    pending = account.pending
     horizon = now + timedelta(days=soon_days)
     soon: dict[str, int] = defaultdict(int)
     for lot in account.lots:
@@ -571,8 +678,8 @@ def account_view(
         "balance": {
             "available": spendable,
             "pending": pending,
-            # Book balance: includes points in lots past expiry not yet written off.
-            "total": account.balance,
+            # All held: includes points in lots past expiry not yet written off.
+            "total": account.balance + account.pending,
             # Owed after reversals of spent points; repaid by the next credits first.
             "debt": account.debt,
         },
@@ -606,10 +713,10 @@ def account_view(
                 **({"event_id": lot.event_id} if lot.event_id else {}),
             }
             for lot in account.lots
-            if lot.remaining > 0 and lot.pending(now) and not lot.expired(now)
+            if lot.remaining > 0 and not lot.active
         ][:lots_max],
     }
-    assert spendable + pending <= account.balance
+    assert spendable <= account.balance
     return view
 
 

@@ -45,7 +45,7 @@ def assert_books_balance(service: Service, program: str) -> None:
             """
             SELECT a.member_id FROM accounts a
             LEFT JOIN (SELECT member_id, sum(remaining) s FROM lots WHERE program_id=%s
-                       GROUP BY member_id) l USING (member_id)
+                       AND active GROUP BY member_id) l USING (member_id)
             LEFT JOIN (SELECT member_id, sum(amount) s FROM ledger_entries
                        WHERE program_id=%s AND account='member' GROUP BY member_id) e
               USING (member_id)

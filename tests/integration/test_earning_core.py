@@ -165,3 +165,55 @@ async def test_event_id_reused_for_another_member_on_another_shard_is_a_conflict
         database_url, "SELECT count(*) FROM accounts WHERE program_id=%s AND member_id='b1'",
         program,
     ) == [(0,)]  # fmt: skip
+
+
+async def test_pending_points_are_activated_with_ledger_entries_by_the_pass_or_on_use(
+    database_url: str, clocked: tuple[Clock, Callable[[], ShardCore]]
+) -> None:
+    clock, make = clocked
+    core = make()
+    program = make_program(database_url, {"pending": {"kind": "days", "days": 14}})
+    for member in ("pa", "pb"):
+        answer = await core.submit(event_request(program, order(member, 5_000, T0), False, T0))
+        assert answer["status"] == 201 and answer["body"]["points"] == 50
+    view = await core.get_account(program, "pa")
+    assert view is not None and view["balance"]["pending"] == 50
+    assert view["balance"]["available"] == 0
+
+    clock.now = T0 + timedelta(days=15)
+    # "pa" spends at once: the debit's batch activates the due lot first.
+    debit = await core.submit(
+        {
+            "kind": "debit",
+            "program_id": program,
+            "member_id": "pa",
+            "points": 20,
+            "reason": "mug",
+            "key": "d1",
+            "request_hash": "h1",
+        }
+    )
+    assert debit["status"] == 201, debit
+    # "pb" is activated by the maintenance pass (once: a second pass finds nothing).
+    await core.expire_due(everyone)
+    await core.expire_due(everyone)
+    for member, balance in (("pa", 30), ("pb", 50)):
+        view = await core.get_account(program, member)
+        assert view is not None
+        assert (view["balance"]["available"], view["balance"]["pending"]) == (balance, 0)
+        legs = db_rows(
+            database_url,
+            "SELECT e.account, e.amount FROM ledger_entries e JOIN transactions t USING (txn_id)"
+            " WHERE t.program_id=%s AND t.member_id=%s AND t.kind='activate'",
+            program,
+            member,
+        )
+        assert sorted(legs) == [("member", 50), ("member:pending", -50)]
+        check_member_invariants(database_url, program, member)
+    pending_legs = db_rows(
+        database_url,
+        "SELECT coalesce(sum(amount), 0) FROM ledger_entries"
+        " WHERE program_id=%s AND account='member:pending'",
+        program,
+    )
+    assert pending_legs == [(0,)]

@@ -54,7 +54,8 @@ def check_member_invariants(url: str, program: str, member: str) -> int:
     )
     [(lots,)] = db_rows(
         url,
-        "SELECT coalesce(sum(remaining),0) FROM lots WHERE program_id=%s AND member_id=%s",
+        "SELECT coalesce(sum(remaining),0) FROM lots WHERE program_id=%s AND member_id=%s"
+        " AND active",
         program,
         member,
     )

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from domain.errors import Code, PointsError
 from domain.ledger import (
+    ACTIVATE,
     EXPIRE,
     MEMBER_ACCOUNT,
+    MEMBER_PENDING_ACCOUNT,
     REVERSAL,
     SYSTEM_EXPIRED,
     SYSTEM_ISSUED,
@@ -20,6 +22,7 @@ from domain.ledger import (
     Account,
     Transaction,
     account_view,
+    activate,
     available,
     credit,
     debit,
@@ -54,12 +57,13 @@ def balance(view: dict[str, object]) -> dict[str, object]:
 # ----------------------------------------------------------------------------- pending lots
 
 
-def test_a_pending_credit_is_booked_but_not_spendable() -> None:
+def test_a_pending_credit_is_booked_to_member_pending_not_the_balance() -> None:
     account = new_account("shop", "alice")
     lot_id = ids()
     txn = credit(account, 100, "order", T0, ids(), lot_id, available_at=T0 + timedelta(days=7))
     assert txn.new_lot is not None and txn.new_lot.available_at == T0 + timedelta(days=7)
-    assert account.balance == 100
+    assert legs(txn) == {(MEMBER_PENDING_ACCOUNT, 100), (SYSTEM_ISSUED, -100)}
+    assert (account.balance, account.pending) == (0, 100)
     assert available(account, T0) == 0
     view = account_view(account, T0, 10)
     assert balance(view) == {"available": 0, "pending": 100, "total": 100}
@@ -68,23 +72,36 @@ def test_a_pending_credit_is_booked_but_not_spendable() -> None:
 
     before = account.clone()
     with pytest.raises(PointsError) as err:
-        debit(account, 1, "reward", T0 + timedelta(days=7) - timedelta(microseconds=1), ids())
+        debit(account, 1, "reward", T0 + timedelta(days=8), ids())  # due, not activated
     assert err.value.code is Code.INSUFFICIENT_POINTS
     assert account == before
 
 
-def test_a_pending_lot_becomes_spendable_once_available_at_is_reached() -> None:
+def test_activation_moves_due_pending_points_into_the_balance_once() -> None:
     account = new_account("shop", "alice")
     release = T0 + timedelta(days=7)
     credit(account, 100, "order", T0, ids(), ids(), available_at=release)
-    assert available(account, release - timedelta(microseconds=1)) == 0
-    assert available(account, release) == 100
+    assert activate(account, release - timedelta(microseconds=1), ids()) is None
+    txn = activate(account, release, ids())
+    assert txn is not None and txn.kind == ACTIVATE and txn.points == 100
+    assert legs(txn) == {(MEMBER_PENDING_ACCOUNT, -100), (MEMBER_ACCOUNT, 100)}
+    assert (account.balance, account.pending) == (100, 0)
+    assert activate(account, release, ids()) is None  # nothing left to activate
     view = account_view(account, release, 10)
     assert balance(view) == {"available": 100, "pending": 0, "total": 100}
     assert view["pending_lots"] == []
-    txn = debit(account, 60, "reward", release, ids())
-    assert txn.points == 60
+    assert debit(account, 60, "reward", release, ids()).points == 60
     assert account.balance == 40
+
+
+def test_activation_repays_debt_first() -> None:
+    account = new_account("shop", "alice")
+    account.debt = 30
+    credit(account, 100, "order", T0, ids(), ids(), available_at=T0 + timedelta(days=1))
+    txn = activate(account, T0 + timedelta(days=1), ids())
+    assert txn is not None and txn.debt_change == -30
+    assert (account.balance, account.debt, account.pending) == (70, 0, 0)
+    assert sum(points for _, points in txn.allocations) == 70
 
 
 def test_pending_lots_are_not_spent_while_others_are() -> None:
@@ -98,7 +115,7 @@ def test_pending_lots_are_not_spent_while_others_are() -> None:
     assert err.value.code is Code.INSUFFICIENT_POINTS
     txn = debit(account, 20, "reward", T0, ids())
     assert txn.allocations == ((free, 20),)
-    assert account.balance == 50 and available(account, T0) == 0
+    assert (account.balance, account.pending) == (0, 50) and available(account, T0) == 0
 
 
 @pytest.mark.parametrize("offset", [timedelta(0), timedelta(seconds=-1), timedelta(days=-30)])
@@ -150,6 +167,7 @@ def test_expiry_one_instant_after_availability_is_accepted() -> None:
         expires_at=available_at + timedelta(microseconds=1),
         available_at=available_at,
     )
+    assert activate(account, available_at, ids()) is not None
     assert available(account, available_at) == 10
     assert available(account, available_at + timedelta(microseconds=1)) == 0
 
@@ -257,8 +275,9 @@ def test_reverse_takes_the_event_lots_first_even_pending_then_soonest_expiry() -
     assert txn is not None
     assert (txn.kind, txn.points, txn.event_id) == (REVERSAL, 75, "e1")
     assert txn.allocations == ((own, 50), (soon, 20), (late, 5))
-    assert legs(txn) == {(MEMBER_ACCOUNT, -75), (SYSTEM_ISSUED, 75)}
-    assert account.balance == txn.balance_after == 35
+    # The event's own lot was still pending: those 50 leave member:pending.
+    assert legs(txn) == {(MEMBER_PENDING_ACCOUNT, -50), (MEMBER_ACCOUNT, -25), (SYSTEM_ISSUED, 75)}
+    assert account.balance == txn.balance_after == 35 and account.pending == 0
     assert remaining_by_id(account) == {never: 10, late: 25}
     assert account.lifetime_earned == earned - 75
     account.check()
@@ -358,8 +377,7 @@ def test_random_earning_sequences_keep_the_ledger_invariants(
     event never loses more than it earned (the caller bounds claws like the shard does)."""
     account = new_account("p", "m")
     now = T0
-    member_legs = 0
-    system_legs: dict[str, int] = defaultdict(int)
+    legs_by_account: dict[str, int] = defaultdict(int)
     credited: dict[str, int] = defaultdict(int)
     asked: dict[str, int] = defaultdict(int)
     clawed: dict[str, int] = defaultdict(int)
@@ -370,6 +388,8 @@ def test_random_earning_sequences_keep_the_ledger_invariants(
         txn: Transaction | None = None
         if kind == "wait":
             now += timedelta(hours=amount)
+            # As the shard does before anything else touches the account.
+            txn = activate(account, now, ids())
         elif kind == "credit":
             expires_at = None if expiry_h is None else now + timedelta(hours=expiry_h)
             available_at = None if available_h is None else now + timedelta(hours=available_h)
@@ -407,6 +427,11 @@ def test_random_earning_sequences_keep_the_ledger_invariants(
             assert available(account, now) == spendable - amount
             redeemed_total += amount
         elif kind == "expire":
+            activated = activate(account, now, ids())
+            if activated is not None:
+                activated.check()
+                for entry in activated.entries:
+                    legs_by_account[entry.account] += entry.amount
             txn = expire(account, now, ids())
             assert not any(lot.expired(now) for lot in account.lots)
             assert expire(account, now, ids()) is None
@@ -443,21 +468,23 @@ def test_random_earning_sequences_keep_the_ledger_invariants(
             txn.check()
             assert sum(entry.amount for entry in txn.entries) == 0
             for entry in txn.entries:
-                if entry.account == MEMBER_ACCOUNT:
-                    member_legs += entry.amount
-                else:
-                    system_legs[entry.account] += entry.amount
+                legs_by_account[entry.account] += entry.amount
             assert txn.balance_after == account.balance
-        assert account.balance == sum(lot.remaining for lot in account.lots) >= 0
-        assert account.balance == member_legs == -sum(system_legs.values())
+        member_legs = legs_by_account[MEMBER_ACCOUNT]
+        pending_legs = legs_by_account[MEMBER_PENDING_ACCOUNT]
+        system_total = sum(v for k, v in legs_by_account.items() if k.startswith("system:"))
+        assert account.balance == sum(lot.remaining for lot in account.lots if lot.active) >= 0
+        assert account.pending == sum(lot.remaining for lot in account.lots if not lot.active)
+        assert account.balance == member_legs and account.pending == pending_legs
+        assert member_legs + pending_legs == -system_total
         assert 0 <= available(account, now) <= account.balance
         account.check()
         for name in EVENTS:
             assert clawed[name] <= asked[name] <= credited[name]
     # What went through each door: issued minus clawed back, redeemed, expired.
-    assert system_legs[SYSTEM_ISSUED] == -issued_total + sum(clawed.values())
-    assert system_legs[SYSTEM_REDEEMED] == redeemed_total
-    assert system_legs[SYSTEM_EXPIRED] >= 0
+    assert legs_by_account[SYSTEM_ISSUED] == -issued_total + sum(clawed.values())
+    assert legs_by_account[SYSTEM_REDEEMED] == redeemed_total
+    assert legs_by_account[SYSTEM_EXPIRED] >= 0
 
 
 # ----------------------------------------------------------------------------- member view
@@ -531,6 +558,7 @@ def test_view_counts_pending_and_lists_pending_lots() -> None:
     ]
     # Pending points that will expire soon are announced too (last local day 2026-01-21).
     assert view["expiring_soon"] == [{"date": "2026-01-21", "points": 30}]
+    assert activate(account, T0 + timedelta(days=14), ids()) is not None
     later = account_view(account, T0 + timedelta(days=14), 10, SHANGHAI, 30)
     assert balance(later) == {"available": 42, "pending": 0, "total": 42}
     assert later["pending_lots"] == []

@@ -18,7 +18,9 @@ depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 KINDS_BEFORE = "kind IN ('credit', 'debit', 'refund')"
-KINDS_AFTER = "kind IN ('credit', 'debit', 'refund', 'expire', 'reversal')"
+KINDS_AFTER = "kind IN ('credit', 'debit', 'refund', 'expire', 'reversal', 'activate')"
+MEMBER_LEG_BEFORE = "(account = 'member') = (member_id IS NOT NULL)"
+MEMBER_LEG_AFTER = "(account IN ('member', 'member:pending')) = (member_id IS NOT NULL)"
 
 
 def upgrade() -> None:
@@ -64,9 +66,28 @@ def upgrade() -> None:
         sa.Column("debt", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
     )
     op.create_check_constraint("accounts_debt_nonnegative", "accounts", "debt >= 0")
+    # Pending points (lots not activated yet); member:pending ledger legs sum to it.
+    op.add_column(
+        "accounts",
+        sa.Column("pending", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+    )
+    op.create_check_constraint("accounts_pending_nonnegative", "accounts", "pending >= 0")
     # A lot may be pending (not spendable before available_at) and may come from an event.
     op.add_column("lots", sa.Column("available_at", TS, nullable=True))
     op.add_column("lots", sa.Column("event_id", sa.Text(), nullable=True))
+    # False while pending: an `activate` transaction moves its points into the balance.
+    op.add_column(
+        "lots",
+        sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.text("true")),
+    )
+    op.create_index(
+        "lots_pending",
+        "lots",
+        ["available_at"],
+        postgresql_where=sa.text("NOT active AND remaining > 0"),
+    )
+    op.drop_constraint("ledger_entries_member_leg", "ledger_entries", type_="check")
+    op.create_check_constraint("ledger_entries_member_leg", "ledger_entries", MEMBER_LEG_AFTER)
     op.create_index(
         "lots_due_expiry",
         "lots",
@@ -135,10 +156,16 @@ def downgrade() -> None:
     op.drop_column("transactions", "event_id")
     op.drop_constraint("transactions_kind_known", "transactions", type_="check")
     op.create_check_constraint("transactions_kind_known", "transactions", KINDS_BEFORE)
+    op.drop_constraint("ledger_entries_member_leg", "ledger_entries", type_="check")
+    op.create_check_constraint("ledger_entries_member_leg", "ledger_entries", MEMBER_LEG_BEFORE)
+    op.drop_index("lots_pending", table_name="lots")
+    op.drop_column("lots", "active")
     op.drop_index("lots_by_event", table_name="lots")
     op.drop_index("lots_due_expiry", table_name="lots")
     op.drop_column("lots", "event_id")
     op.drop_column("lots", "available_at")
+    op.drop_constraint("accounts_pending_nonnegative", "accounts", type_="check")
+    op.drop_column("accounts", "pending")
     op.drop_constraint("accounts_debt_nonnegative", "accounts", type_="check")
     op.drop_column("accounts", "debt")
     op.drop_column("accounts", "tier")

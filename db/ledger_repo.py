@@ -227,10 +227,21 @@ class LedgerRepo:
             account = found.get(key)
             if account is None:
                 account = found[key] = Account(
-                    row[0], row[1], row[2], row[3], row[4], row[5], [], row[13] or {}, row[14]
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    row[5],
+                    [],
+                    row[13] or {},
+                    row[14],
+                    row[16],
                 )
             if row[6] is not None:
-                account.lots.append(Lot(row[6], row[7], row[8], row[9], row[10], row[11], row[12]))
+                account.lots.append(
+                    Lot(row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[15])
+                )
         for account in found.values():
             account.check()
         return found
@@ -269,7 +280,9 @@ class LedgerRepo:
                     bool(row[5]),
                 )
             if row[6] is not None:
-                source.lots[row[6]] = Lot(row[6], row[7], row[8], row[9], row[10], row[11], row[12])
+                source.lots[row[6]] = Lot(
+                    row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[13]
+                )
         return found
 
     async def lookup_idempotency(self, keys: list[IdemKey]) -> dict[IdemKey, StoredResponse]:

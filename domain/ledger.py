@@ -278,7 +278,8 @@ def credit(
         available_at = None  # available already: not pending
     if available_at is not None and expires_at is not None and expires_at <= available_at:
         raise PointsError(Code.VALIDATION_ERROR, "points would expire before they are available")
-    if account.balance + points > BALANCE_MAX:
+    # Pending points count: they join the balance when activated.
+    if account.balance + account.pending + points > BALANCE_MAX:
         raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
     balance_before = account.balance
 

@@ -844,12 +844,12 @@ class ShardCore:
         total = stored.attributes.get("amount")
         already = _decimal(reversed_text, "reversed_amount")
         if op.amount is None:
+            # The whole event, whatever its amount attribute holds (or not).
             target = stored.points
-            new_reversed = (
-                _decimal(total, "attributes.amount")
-                if total is not None and not isinstance(total, bool)
-                else Decimal(0)
-            )
+            try:
+                new_reversed = _decimal(total, "attributes.amount")
+            except PointsError:
+                new_reversed = already
         else:
             if total is None or isinstance(total, bool):
                 raise PointsError(

@@ -186,9 +186,14 @@ def validate_attributes(attrs: object) -> dict[str, Any]:
     if len(attrs) <= ATTRIBUTES_VALUES_MAX and all(
         type(key) is str
         and 1 <= len(key) <= ATTRIBUTE_NAME_LENGTH_MAX
+        and "\x00" not in key
         and (
             value is None
-            or (type(value) is str and len(value) <= ATTRIBUTE_STRING_LENGTH_MAX)
+            or (
+                type(value) is str
+                and len(value) <= ATTRIBUTE_STRING_LENGTH_MAX
+                and "\x00" not in value
+            )
             or (type(value) is int and -INTEGER_ABS_MAX <= value <= INTEGER_ABS_MAX)
             or type(value) is bool
         )
@@ -216,6 +221,9 @@ def validate_attributes(attrs: object) -> dict[str, Any]:
         elif isinstance(value, str):
             if len(value) > ATTRIBUTE_STRING_LENGTH_MAX:
                 raise invalid(f"{path} is longer than {ATTRIBUTE_STRING_LENGTH_MAX} characters")
+            if "\x00" in value:
+                # PostgreSQL text and jsonb cannot hold NUL: refuse it here, not at commit.
+                raise invalid(f"{path} must not contain NUL characters")
         elif isinstance(value, list | dict):
             if depth > ATTRIBUTES_DEPTH_MAX:
                 raise invalid(f"{path} nests deeper than {ATTRIBUTES_DEPTH_MAX} levels")
@@ -223,10 +231,14 @@ def validate_attributes(attrs: object) -> dict[str, Any]:
                 stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
             else:
                 for key, item in value.items():
-                    if not isinstance(key, str) or not 1 <= len(key) <= ATTRIBUTE_NAME_LENGTH_MAX:
+                    if (
+                        not isinstance(key, str)
+                        or not 1 <= len(key) <= ATTRIBUTE_NAME_LENGTH_MAX
+                        or "\x00" in key
+                    ):
                         raise invalid(
                             f"{path} keys must be strings of 1..{ATTRIBUTE_NAME_LENGTH_MAX}"
-                            " characters"
+                            " characters, without NUL"
                         )
                     stack.append((item, f"{path}.{key}", depth + 1))
         else:
@@ -725,7 +737,10 @@ def _moment(value: object, where: str) -> datetime:
         raise invalid(f"{where} must be an ISO 8601 date-time with a time zone") from None
     if parsed.utcoffset() is None:
         raise invalid(f"{where} needs a time zone (e.g. a trailing Z)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise invalid(f"{where} is out of range") from None
 
 
 def _factor(value: object, where: str) -> tuple[Decimal, Fraction]:

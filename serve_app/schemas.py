@@ -1,6 +1,6 @@
 """Request bodies. Strict: integers are integers (no floats, no strings), unknown fields refused."""
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,6 +24,7 @@ from domain.limits import (
 )
 from domain.rewards import QUANTITY_MAX, STOCK_MAX
 
+EFFECTIVE_FROM_YEAR_MAX = 9000
 # PostgreSQL text cannot hold NUL; refuse it here rather than fail a whole group commit.
 NO_NUL = r"^[^\x00]*$"
 
@@ -42,6 +43,20 @@ class RulesPut(_Strict):
     rules: list[dict[str, Any]] = Field(max_length=RULES_PER_SET_MAX)
     # Events that occur from then on use this version (default: now).
     effective_from: AwareDatetime | None = None
+
+    @field_validator("effective_from")
+    @classmethod
+    def _effective_from_in_range(cls, value: datetime | None) -> datetime | None:
+        # Years 1970..9000 in UTC: PostgreSQL and Python both hold them (year 1 with a
+        # +14:00 offset, or 9999-12-31 with -14:00, does not fit a datetime in UTC).
+        if value is not None:
+            try:
+                year = value.astimezone(UTC).year
+            except OverflowError:
+                year = 0
+            if not 1970 <= year <= EFFECTIVE_FROM_YEAR_MAX:
+                raise ValueError(f"effective_from must be in years 1970..{EFFECTIVE_FROM_YEAR_MAX}")
+        return value
 
 
 class ReverseIn(_Strict):

@@ -82,9 +82,4 @@ class ShardApplierFactory:
 
     def __call__(self) -> EventApplier:
         handles = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(self.shards)]
-        applier = EventApplier(ShardClient(handles))
-
-        async def apply(program_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return await applier(program_id, events)
-
-        return apply  # type: ignore[return-value]
+        return EventApplier(ShardClient(handles))

@@ -71,7 +71,14 @@ from domain.ledger import (
 from domain.limits import EXPIRING_SOON_DAYS, LOTS_IN_VIEW_MAX
 from domain.numbers import parse_decimal
 from domain.policy import Policy, available_at, expires_at, local_day, parse_policy, zone
-from domain.rules import EventIn, RuleSet, compile_rule_set, evaluate, explanation_json
+from domain.rules import (
+    Evaluation,
+    EventIn,
+    RuleSet,
+    compile_rule_set,
+    evaluate,
+    explanation_json,
+)
 
 log = logging.getLogger("points.shard")
 
@@ -708,7 +715,9 @@ class ShardCore:
 
     def _evaluate(
         self, op: Op, account: Account, now: datetime
-    ) -> tuple[CompiledConfig, RuleSet | None, Any]:
+    ) -> tuple[CompiledConfig, RuleSet, Evaluation]:
+        """The rule set in effect when the event occurred, and what it awards (an event type
+        no rule handles is a validation error)."""
         assert op.event is not None
         config = self._config(op.program_id)
         event = op.event
@@ -725,20 +734,16 @@ class ShardCore:
 
     @staticmethod
     def _event_body(
-        op: Op, rule_set: RuleSet | None, evaluation: Any, dry_run: bool
+        op: Op, rule_set: RuleSet, evaluation: Evaluation, dry_run: bool
     ) -> dict[str, Any]:
         assert op.event is not None
         return {
             "event_id": op.event.event_id,
             "member_id": op.member_id,
             "type": op.event.type,
-            "points": evaluation.points if evaluation is not None else 0,
-            "rule_version": rule_set.version if rule_set is not None else None,
-            "why": (
-                explanation_json(evaluation)
-                if evaluation is not None
-                else [{"rule_id": None, "matched": False, "points": 0, "note": "no rule set"}]
-            ),
+            "points": evaluation.points,
+            "rule_version": rule_set.version,
+            "why": explanation_json(evaluation),
             "dry_run": dry_run,
         }
 

@@ -69,9 +69,6 @@ class Lot:
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def pending(self, now: datetime) -> bool:
-        return not self.active
-
     def due(self, now: datetime) -> bool:
         """Pending, and its date has come: the next activation makes it spendable."""
         return not self.active and self.available_at is not None and self.available_at <= now
@@ -282,42 +279,24 @@ def credit(
     if account.balance + account.pending + points > BALANCE_MAX:
         raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
     balance_before = account.balance
+    pending_before = account.pending
 
-    if available_at is not None:
-        # Pending: booked to member:pending; debt is repaid when the lot is activated.
-        pending_lot = Lot(lot_id, points, points, expires_at, now, available_at, event_id, False)
-        account.lots.append(pending_lot)
-        account.pending += points
-        account.lifetime_earned += points
-        txn = Transaction(
-            txn_id,
-            account.program_id,
-            account.member_id,
-            CREDIT,
-            points,
-            reason,
-            now,
-            account.balance,
-            (Entry(MEMBER_PENDING_ACCOUNT, points), Entry(SYSTEM_ISSUED, -points)),
-            ((lot_id, points),),
-            pending_lot,
-            None,
-            event_id,
-        )
-        assert account.balance == balance_before
-        account.check()
-        txn.check()
-        return txn
-
-    # Debt is repaid first: only the rest becomes a lot.
-    repaid = min(points, account.debt)
+    # A pending lot is booked to member:pending (debt is repaid when it is activated);
+    # otherwise debt is repaid first and only the rest becomes a lot.
+    pending = available_at is not None
+    repaid = 0 if pending else min(points, account.debt)
     account.debt -= repaid
+    kept = points - repaid
     lot: Lot | None = None
-    if points > repaid:
-        lot = Lot(lot_id, points - repaid, points - repaid, expires_at, now, available_at, event_id)
+    if kept > 0:
+        lot = Lot(lot_id, kept, kept, expires_at, now, available_at, event_id, not pending)
         account.lots.append(lot)
-    account.balance += points - repaid
+    if pending:
+        account.pending += kept
+    else:
+        account.balance += kept
     account.lifetime_earned += points
+    member_leg = MEMBER_PENDING_ACCOUNT if pending else MEMBER_ACCOUNT
     txn = Transaction(
         txn_id,
         account.program_id,
@@ -327,15 +306,16 @@ def credit(
         reason,
         now,
         account.balance,
-        (Entry(MEMBER_ACCOUNT, points), Entry(SYSTEM_ISSUED, -points)),
-        ((lot_id, points - repaid),) if lot is not None else (),
+        (Entry(member_leg, points), Entry(SYSTEM_ISSUED, -points)),
+        ((lot_id, kept),) if lot is not None else (),
         lot,
         None,
         event_id,
         -repaid,
     )
 
-    assert account.balance == balance_before + points - repaid
+    assert account.balance + account.pending == balance_before + pending_before + kept
+    account.check()
     txn.check()
     return txn
 

@@ -76,6 +76,17 @@ async def make_program(
     return program
 
 
+def create_from_template(service: Service, program: str, template: str) -> str:
+    """`points programs create` as a user runs it; returns its output."""
+    created = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "programs", "create", program,
+         "--template", template, "--url", service.url, "--key", ADMIN_KEY],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    return created.stdout
+
+
 async def member(client: httpx.AsyncClient, program: str, member_id: str) -> Any:
     response = await client.get(f"/v1/programs/{program}/members/{member_id}")
     assert response.status_code == 200, response.text
@@ -331,13 +342,8 @@ async def test_tiers_upgrade_multiply_and_are_recorded(
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
 def test_templates_create_working_programs(service: Service, template: str) -> None:
     program = f"tpl-{template}-{secrets.token_hex(3)}"
-    created = subprocess.run(
-        [sys.executable, "-m", "serve_app.cli", "programs", "create", program,
-         "--template", template, "--url", service.url, "--key", ADMIN_KEY],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert created.returncode == 0, created.stdout + created.stderr
-    assert "rule set version 1" in created.stdout
+    output = create_from_template(service, program, template)
+    assert "rule set version 1" in output
     example = {**TEMPLATES[template]["example_event"], "occurred_at": now_iso(-1)}
     with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as http:
         answer = http.post(f"/v1/programs/{program}/events", json=example)
@@ -445,12 +451,7 @@ async def test_debt_policy_owes_spent_points_and_next_credits_repay_first(
 
 def test_finance_template_holds_large_spends_for_review(service: Service) -> None:
     program = f"tpl-card-{secrets.token_hex(3)}"
-    created = subprocess.run(
-        [sys.executable, "-m", "serve_app.cli", "programs", "create", program,
-         "--template", "finance", "--url", service.url, "--key", ADMIN_KEY],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert created.returncode == 0, created.stdout + created.stderr
+    create_from_template(service, program, "finance")
     with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as http:
         small = http.post(
             f"/v1/programs/{program}/events",

@@ -6,6 +6,7 @@ from typing import Any
 
 import ray
 
+from actors.protocol import AccountCommand, Outcome
 from actors.routing import shard_of
 from actors.shard_core import ShardCore
 from db.ledger_repo import LedgerRepo
@@ -45,14 +46,14 @@ class AccountShard:
             self.core.start_expiry(self._owns, self.expiry_interval_s)
             self._expiry_started = True
 
-    async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def submit(self, command: AccountCommand) -> Outcome:
         self._ensure_expiry()
-        return await self.core.submit(request)
+        return await self.core.submit(command)
 
-    async def submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Many requests in one Ray call (the ingress batches them); one answer each."""
+    async def submit_many(self, commands: list[AccountCommand]) -> list[Outcome]:
+        """Many commands in one Ray call (the ingress batches them); one outcome each."""
         self._ensure_expiry()
-        return list(await asyncio.gather(*[self.core.enqueue(r) for r in requests]))
+        return list(await asyncio.gather(*[self.core.enqueue(c) for c in commands]))
 
     async def forget_program(self, program_id: str) -> None:
         """The program's policy or rules changed: read them again before the next event."""

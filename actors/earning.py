@@ -2,9 +2,8 @@
 endpoint and the Redis stream consumer.
 
 `EventApplier` validates each raw event (domain.events.parse_event), turns it into a shard
-request keyed by its event id, sends all of them through a ShardClient (which batches them
-per shard into few Ray calls) and answers one result per event, in order: {"status",
-"body"} with a problem body for failures.
+command keyed by its event id (`ApplyEvent`), sends all of them through a ShardClient (which
+batches them per shard into few Ray calls) and answers one `Outcome` per event, in order.
 """
 
 from __future__ import annotations
@@ -15,35 +14,31 @@ from typing import Any
 
 import ray
 
+from actors.protocol import ApplyEvent, Outcome
 from actors.routing import NAMESPACE, shard_name
 from actors.shard_client import ShardClient
-from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.errors import PointsError
 from domain.events import event_json, parse_event
 from domain.idempotency import request_hash
 
 
-def event_request(program_id: str, raw: Any, dry_run: bool, now: datetime) -> dict[str, Any]:
-    """Validate one event body into a shard request (raises validation_error)."""
+def event_command(program_id: str, raw: Any, dry_run: bool, now: datetime) -> ApplyEvent:
+    """Validate one event body into a shard command (raises validation_error)."""
     event = parse_event(raw, now)
     canonical = event_json(event)
-    request = {
-        "kind": "event",
-        "program_id": program_id,
-        "member_id": event.member_id,
-        "event": event,
+    command = ApplyEvent(
+        program_id=program_id,
+        member_id=event.member_id,
+        event=event,
         # The event id deduplicates (scoped to the program; a reuse for another member is
         # refused as a conflict by the shard). The space keeps these keys apart from every
         # client Idempotency-Key (visible ASCII only, no space).
-        "key": f"event {event.event_id}",
-        "request_hash": request_hash("event", {"program_id": program_id, **canonical}),
-        "dry_run": dry_run,
-    }
-    assert request["key"]
-    return request
-
-
-def problem_result(code: Code, detail: str) -> dict[str, Any]:
-    return {"status": HTTP_STATUS[code], "body": {"code": str(code), "detail": detail}}
+        key=f"event {event.event_id}",
+        request_hash=request_hash("event", {"program_id": program_id, **canonical}),
+        dry_run=dry_run,
+    )
+    assert command.key and command.member_id == event.member_id
+    return command
 
 
 class EventApplier:
@@ -52,18 +47,18 @@ class EventApplier:
 
     async def __call__(
         self, program_id: str, events: list[Any], dry_run: bool = False
-    ) -> list[dict[str, Any]]:
-        """One answer per event, in order (shard answers: {"status", "body", "replayed"})."""
+    ) -> list[Outcome]:
+        """One outcome per event, in order."""
         now = datetime.now(UTC)
-        results: list[dict[str, Any] | None] = [None] * len(events)
+        results: list[Outcome | None] = [None] * len(events)
         calls: list[tuple[int, Any]] = []
         for index, raw in enumerate(events):
             try:
-                shard_request = event_request(program_id, raw, dry_run, now)
+                command = event_command(program_id, raw, dry_run, now)
             except PointsError as exc:
-                results[index] = problem_result(exc.code, exc.detail)
+                results[index] = Outcome.of_error(exc)
                 continue
-            calls.append((index, self.client.enqueue(shard_request)))
+            calls.append((index, self.client.enqueue(command)))
         answers = await asyncio.gather(*(call for _, call in calls))
         for (index, _), answer in zip(calls, answers, strict=True):
             results[index] = answer

@@ -19,8 +19,8 @@ Delivery: a consumer group (`points`) shares the stream between EventConsumer ac
 entry is acknowledged only after `apply_events` answered for it, that is after its points
 were committed (or found already committed: a duplicate). Its result decides:
 
-    2xx                           applied (or a duplicate replayed): XACK
-    4xx, body.code in PERMANENT   will never succeed: dead letter + XACK
+    a success code                applied (or a duplicate replayed): XACK
+    a refusal in PERMANENT_CODES  will never succeed: dead letter + XACK
     anything else, or an exception raised by apply_events
                                   transient (shard restarting, database down, overload):
                                   no XACK. It stays pending and is retried by the reclaim
@@ -73,13 +73,14 @@ import ray
 import redis.asyncio
 from redis.exceptions import ResponseError
 
+from actors.protocol import Outcome
 from domain.errors import Code
 from domain.ids import valid_id
 from domain.limits import BODY_BYTES_MAX, EVENTS_PER_BATCH_MAX, REASON_LENGTH_MAX
 
 log = logging.getLogger("points.event_consumer")
 
-ApplyEvents = Callable[[str, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+ApplyEvents = Callable[[str, list[dict[str, Any]]], Awaitable[list[Outcome]]]
 
 STREAM_DEFAULT = "points:events"
 GROUP_DEFAULT = "points"
@@ -108,7 +109,7 @@ BACKOFF_MAX_S = 5.0
 SOCKET_TIMEOUT_MARGIN_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 
-# 4xx codes that will never succeed however often they are retried. Any other 4xx is
+# Refusals that will never succeed however often they are retried. Any other refusal is
 # treated as transient: retried, then dead-lettered after deliveries_max (never lost).
 PERMANENT_CODES = frozenset(
     {
@@ -121,8 +122,8 @@ PERMANENT_CODES = frozenset(
     }
 )
 # Codes the consumer gives dead letters it decides on itself.
-CODE_DELIVERIES_EXCEEDED = "deliveries_exceeded"
-CODE_ENTRY_DELETED = "entry_deleted"
+CODE_DELIVERIES_EXCEEDED = Code.DELIVERIES_EXCEEDED.value
+CODE_ENTRY_DELETED = Code.ENTRY_DELETED.value
 
 COUNTERS = ("read", "applied", "duplicates", "dead_lettered", "retry_later", "reclaimed")
 
@@ -290,10 +291,8 @@ class StreamConsumerCore:
             for (entry, _), result in zip(batch, results, strict=True):
                 verdict = self._judge(entry, result)
                 if verdict == "dead":
-                    body = result["body"] if isinstance(result, dict) else {}
-                    code = str(body.get("code"))
-                    reason = str(body.get("detail") or code)
-                    dead.append(_DeadLetter(entry, reason, code))
+                    assert result is not None
+                    dead.append(_DeadLetter(entry, result.detail, result.code.value))
                 elif verdict == "retry":
                     counters["retry_later"] += 1
                 else:
@@ -443,7 +442,7 @@ class StreamConsumerCore:
 
     async def _apply(
         self, program_id: str, batch: list[tuple[_Entry, dict[str, Any]]]
-    ) -> list[dict[str, Any] | None]:
+    ) -> list[Outcome | None]:
         """One call per program. A failure of the call (or a malformed answer) leaves the
         whole batch pending: None per entry, with the error remembered for its reason."""
         assert batch
@@ -462,24 +461,21 @@ class StreamConsumerCore:
                 self._remember(entry.entry_id, error)
             return [None] * len(batch)
         assert len(results) == len(batch)
-        answers: list[dict[str, Any] | None] = list(results)
+        answers: list[Outcome | None] = list(results)
         return answers
 
-    def _judge(self, entry: _Entry, result: dict[str, Any] | None) -> str:
+    def _judge(self, entry: _Entry, result: Outcome | None) -> str:
         """'applied', 'duplicates', 'dead' or 'retry' for one entry's result."""
         if result is None:  # the call failed; error already remembered
             return "retry"
-        status = result.get("status") if isinstance(result, dict) else None
-        body = result.get("body") if isinstance(result, dict) else None
-        if not isinstance(status, int) or not isinstance(body, dict):
+        if not isinstance(result, Outcome):
             self._remember(entry.entry_id, f"malformed result from apply_events: {result!r}")
             return "retry"
-        if 200 <= status < 300:
-            return "duplicates" if status == 200 or body.get("replayed") is True else "applied"
-        code = body.get("code")
-        if 400 <= status < 500 and code in PERMANENT_CODES:
+        if result.succeeded:
+            return "duplicates" if result.code is Code.OK or result.replayed else "applied"
+        if result.code in PERMANENT_CODES:
             return "dead"
-        self._remember(entry.entry_id, f"{status} {code}: {body.get('detail', '')}")
+        self._remember(entry.entry_id, f"{result.code}: {result.detail}")
         return "retry"
 
     def _remember(self, entry_id: str, error: str) -> None:

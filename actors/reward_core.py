@@ -32,6 +32,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from actors.protocol import (
+    AccountCommand,
+    Cancel,
+    Debit,
+    Outcome,
+    PutReward,
+    Redeem,
+    Refund,
+    RewardCommand,
+)
+from actors.protocol import Restock as RestockCommand
 from db.ledger_repo import FencedError
 from db.reward_repo import (
     LoadedReward,
@@ -41,7 +52,7 @@ from db.reward_repo import (
     RewardRepo,
     RewardWrite,
 )
-from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.errors import RETRYABLE_CODES, Code, PointsError
 from domain.idempotency import request_hash
 from domain.rewards import (
     TERMINAL_STATES,
@@ -68,7 +79,7 @@ RECOVERY_INTERVAL_S = 10.0
 DEBIT_KEY = "saga {} debit"
 REFUND_KEY = "saga {} refund"
 
-Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Submit = Callable[[AccountCommand], Awaitable[Outcome]]
 Fulfil = Callable[[Redemption], Awaitable[tuple[bool, str]]]
 
 
@@ -76,19 +87,58 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def problem(code: Code, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"status": HTTP_STATUS[code], "body": {"code": str(code), "detail": detail, **extra}}
+problem = Outcome.refused
+# Failure codes of a redemption that answer as a refusal (nothing was taken, or what was
+# taken is given back): the codes of the debit's own refusals. A redemption that failed
+# later (its fulfilment) answers 201 with its view, status "failed".
+IN_FLIGHT_CODES = RETRYABLE_CODES | {Code.INTERNAL, Code.FULFILLMENT_FAILED}
+
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    """Internal: load a reward into memory (the saga driver and recovery need it)."""
+
+    program_id: str
+    reward_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """Internal: persist one saga step (and, with `then`, the next one in the same commit)."""
+
+    program_id: str
+    reward_id: str
+    redemption_id: uuid.UUID
+    target: SagaState
+    then: SagaState | None = None
+    debit_txn_id: uuid.UUID | None = None
+    balance_after: int | None = None
+    refund_txn_id: uuid.UUID | None = None
+    compensate_to: SagaState | None = None
+    failure_code: Code | None = None
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """Internal answer to a redeem: the redemption to drive, and whether it existed."""
+
+    redemption_id: uuid.UUID
+    replayed: bool
+
+
+_Command = RewardCommand | _Load | _Move
+_Answer = Outcome | _Started
 
 
 @dataclass(slots=True)
 class _Op:
-    kind: str
-    request: dict[str, Any]
-    future: asyncio.Future[dict[str, Any]]
+    cmd: _Command
+    future: asyncio.Future[_Answer]
 
     @property
     def reward_key(self) -> RewardKey:
-        return (self.request["program_id"], self.request["reward_id"])
+        return (self.cmd.program_id, self.cmd.reward_id)
 
 
 @dataclass(slots=True)
@@ -107,10 +157,10 @@ class _Work:
     touched: dict[RewardKey, int] = field(default_factory=dict)  # version loaded
     new_redemptions: set[uuid.UUID] = field(default_factory=set)
     updated: dict[uuid.UUID, Redemption] = field(default_factory=dict)
-    waiting: list[tuple[_Op, dict[str, Any]]] = field(default_factory=list)
+    waiting: list[tuple[_Op, _Answer]] = field(default_factory=list)
 
 
-def _answer(op: _Op, result: dict[str, Any]) -> None:
+def _answer(op: _Op, result: _Answer) -> None:
     if not op.future.done():
         op.future.set_result(result)
 
@@ -162,20 +212,26 @@ class RewardCore:
 
     # ----------------------------------------------------------------- public API
 
-    async def put_reward(self, request: dict[str, Any]) -> dict[str, Any]:
-        return await self._submit("put", request)
+    async def submit(self, command: RewardCommand) -> Outcome:
+        """Apply one reward operation; its outcome once committed (for a redemption: once
+        the saga went as far as it goes without waiting on a third party)."""
+        if isinstance(command, Redeem):
+            return await self.redeem(command)
+        if isinstance(command, Cancel):
+            return await self.cancel(command)
+        assert isinstance(command, PutReward | RestockCommand), type(command)
+        answer = await self._submit(command)
+        assert isinstance(answer, Outcome)
+        return answer
 
-    async def restock(self, request: dict[str, Any]) -> dict[str, Any]:
-        return await self._submit("restock", request)
-
-    async def redeem(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def redeem(self, command: Redeem) -> Outcome:
         """Start (or replay) a redemption and drive it as far as it goes without waiting on a
-        third party. Answers {"status", "body", "replayed"}."""
-        started = await self._submit("redeem", request)
-        if "redemption_id" not in started:
+        third party."""
+        started = await self._submit(command)
+        if isinstance(started, Outcome):
             return started
-        rid = started["redemption_id"]
-        key = (request["program_id"], request["reward_id"])
+        rid = started.redemption_id
+        key = (command.program_id, command.reward_id)
         redemption = None
         for _ in range(3):
             await self.drive(key, rid)
@@ -185,39 +241,38 @@ class RewardCore:
                 break
         if redemption is None:  # evicted by a failed commit meanwhile
             return problem(Code.UNAVAILABLE, "redemption in progress; retry with the same key")
-        return {**self.answer_for(redemption), "replayed": started["replayed"]}
+        return self.answer_for(redemption).as_replay(started.replayed)
 
-    async def cancel(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def cancel(self, command: Cancel) -> Outcome:
         """Operator cancellation: refund the points, give the units back. Idempotent."""
-        result = await self._submit("cancel", request)
-        if result["status"] >= 400:
+        result = await self._submit(command)
+        assert isinstance(result, Outcome)
+        if not result.succeeded:
             return result
-        key = (request["program_id"], request["reward_id"])
-        rid = uuid.UUID(request["redemption_id"])
+        key = (command.program_id, command.reward_id)
+        rid = command.redemption_id
         await self.drive(key, rid)
         redemption = self._redemption(key, rid)
-        if redemption is None:
+        if redemption is None or redemption.status is not SagaState.CANCELLED:
             return problem(Code.UNAVAILABLE, "cancellation in progress; retry")
-        if redemption.status is not SagaState.CANCELLED:
-            return problem(Code.UNAVAILABLE, "cancellation in progress; retry")
-        return {"status": 200, "body": redemption_view(redemption)}
+        return Outcome.done(redemption_view(redemption))
 
     @staticmethod
-    def answer_for(redemption: Redemption) -> dict[str, Any]:
-        """The HTTP answer for a redemption in its current state (first answer and replays)."""
+    def answer_for(redemption: Redemption) -> Outcome:
+        """The outcome of a redemption in its current state (first answer and replays)."""
         view = redemption_view(redemption)
         if redemption.status is SagaState.FAILED and redemption.failure_code is not None:
             code = Code._value2member_map_.get(redemption.failure_code)
-            if isinstance(code, Code) and HTTP_STATUS[code] < 500:
+            if isinstance(code, Code) and code not in IN_FLIGHT_CODES:
                 return problem(code, redemption.failure_reason or str(code), redemption=view)
-            return {"status": 201, "body": view}
+            return Outcome.created(view)
         if redemption.status in (
             SagaState.COMPLETED,
             SagaState.PENDING_FULFILLMENT,
             SagaState.CANCELLED,
             SagaState.FAILED,
         ):
-            return {"status": 201, "body": view}
+            return Outcome.created(view)
         return problem(
             Code.UNAVAILABLE,
             "redemption in progress; retry with the same key",
@@ -270,18 +325,16 @@ class RewardCore:
         status = r.status
         if status is SagaState.STOCK_RESERVED:
             answer = await self._accounts(
-                {
-                    "kind": "debit",
-                    "program_id": r.program_id,
-                    "member_id": r.member_id,
-                    "points": r.points,
-                    "reason": f"redemption {r.redemption_id} of {r.reward_id}",
-                    "key": DEBIT_KEY.format(r.redemption_id),
-                    "request_hash": request_hash("saga-debit", {"id": str(r.redemption_id)}),
-                }
+                Debit(
+                    program_id=r.program_id,
+                    member_id=r.member_id,
+                    points=r.points,
+                    reason=f"redemption {r.redemption_id} of {r.reward_id}",
+                    key=DEBIT_KEY.format(r.redemption_id),
+                    request_hash=request_hash("saga-debit", {"id": str(r.redemption_id)}),
+                )
             )
-            if answer["status"] == 201:
-                body = answer["body"]
+            if answer.code is Code.CREATED:
                 # Debited, and with no fulfilment to wait for, completed: one commit.
                 after = (
                     SagaState.COMPLETED
@@ -293,18 +346,14 @@ class RewardCore:
                     r,
                     SagaState.POINTS_DEBITED,
                     then=after,
-                    debit_txn_id=body["transaction_id"],
-                    balance_after=body["balance_after"],
+                    debit_txn_id=uuid.UUID(str(answer.body["transaction_id"])),
+                    balance_after=answer.body["balance_after"],
                 )
-            if answer["status"] >= 500:
+            if answer.code in RETRYABLE_CODES or answer.code is Code.INTERNAL:
                 return False
             # Refused (not enough points, unknown member): nothing was taken.
             return await self._move(
-                key,
-                r,
-                SagaState.FAILED,
-                failure_code=answer["body"]["code"],
-                failure_reason=answer["body"]["detail"],
+                key, r, SagaState.FAILED, failure_code=answer.code, failure_reason=answer.detail
             )
         if status is SagaState.POINTS_DEBITED:
             if r.fulfillment.get("type", "none") == "none":
@@ -317,21 +366,20 @@ class RewardCore:
             refund_txn_id = None
             if r.debit_txn_id is not None and r.refund_txn_id is None:
                 answer = await self._accounts(
-                    {
-                        "kind": "refund",
-                        "program_id": r.program_id,
-                        "member_id": r.member_id,
-                        "points": r.points,
-                        "reason": f"refund of redemption {r.redemption_id}",
-                        "key": REFUND_KEY.format(r.redemption_id),
-                        "request_hash": request_hash("saga-refund", {"id": str(r.redemption_id)}),
-                        "refund_of": r.debit_txn_id,
-                    }
+                    Refund(
+                        program_id=r.program_id,
+                        member_id=r.member_id,
+                        points=r.points,
+                        reason=f"refund of redemption {r.redemption_id}",
+                        key=REFUND_KEY.format(r.redemption_id),
+                        request_hash=request_hash("saga-refund", {"id": str(r.redemption_id)}),
+                        refund_of=r.debit_txn_id,
+                    )
                 )
-                if answer["status"] != 201:
+                if answer.code is not Code.CREATED:
                     log.warning("refund of %s: %s", r.redemption_id, answer)
                     return False
-                refund_txn_id = answer["body"]["transaction_id"]
+                refund_txn_id = uuid.UUID(str(answer.body["transaction_id"]))
             target = r.compensate_to or SagaState.FAILED
             return await self._move(key, r, target, refund_txn_id=refund_txn_id)
         raise AssertionError(f"no step from {status}")
@@ -345,16 +393,10 @@ class RewardCore:
         **fields: Any,
     ) -> bool:
         """Persist a step (and, with `then`, the next one in the same commit)."""
-        request = {
-            "program_id": key[0],
-            "reward_id": key[1],
-            "redemption_id": r.redemption_id,
-            "target": target,
-            "then": then,
-            **{k: v for k, v in fields.items() if v is not None},
-        }
-        result = await self._submit("move", request)
-        return bool(result["status"] < 400)
+        move_step = _Move(key[0], key[1], r.redemption_id, target, then, **fields)
+        result = await self._submit(move_step)
+        assert isinstance(result, Outcome)
+        return result.succeeded
 
     def _start_fulfilment(self, key: RewardKey, r: Redemption) -> None:
         rid = r.redemption_id
@@ -384,7 +426,7 @@ class RewardCore:
                     redemption,
                     SagaState.COMPENSATING,
                     compensate_to=SagaState.FAILED,
-                    failure_code="fulfillment_failed",
+                    failure_code=Code.FULFILLMENT_FAILED,
                     failure_reason=reason[:500],
                 )
                 if moved:
@@ -399,7 +441,7 @@ class RewardCore:
         keys = await self.reader.open_reward_keys(self._owned_slots)
         resumed = 0
         for key in keys:
-            await self._submit("load", {"program_id": key[0], "reward_id": key[1]})
+            await self._submit(_Load(key[0], key[1]))
             state = self._rewards.get(key)
             if state is None:
                 continue
@@ -428,9 +470,9 @@ class RewardCore:
 
     # ----------------------------------------------------------------- batch loop
 
-    async def _submit(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(kind, request, future))
+    async def _submit(self, command: _Command) -> _Answer:
+        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Op(command, future))
         self._ensure_loop()
         assert self._wakeup is not None
         self._wakeup.set()
@@ -477,7 +519,7 @@ class RewardCore:
     async def _load_redemption(self, key: RewardKey, rid: uuid.UUID) -> Redemption | None:
         redemption = self._redemption(key, rid)
         if redemption is None and key not in self._rewards:
-            await self._submit("load", {"program_id": key[0], "reward_id": key[1]})
+            await self._submit(_Load(key[0], key[1]))
             redemption = self._redemption(key, rid)
         return redemption
 
@@ -521,8 +563,8 @@ class RewardCore:
             self._evict(work)
             retry = []
             for op, _ in work.waiting:
-                r = op.request
-                if op.kind == "redeem" and (r["program_id"], r["member_id"], r["key"]) in taken:
+                r = op.cmd
+                if isinstance(r, Redeem) and (r.program_id, r.member_id, r.key) in taken:
                     _answer(
                         op,
                         problem(
@@ -561,7 +603,7 @@ class RewardCore:
             self._rewards.pop(rkey, None)
 
     async def _prefetch(self, batch: list[_Op]) -> None:
-        programs = list({op.request["program_id"] for op in batch} - self._programs)
+        programs = list({op.cmd.program_id for op in batch} - self._programs)
         if programs:
             self.stats["db_loads"] += 1
             self._programs |= await self.repo.existing_programs(programs)
@@ -593,112 +635,109 @@ class RewardCore:
         work.touched.setdefault((reward.program_id, reward.reward_id), reward.version)
 
     def _apply(self, op: _Op, work: _Work, now: datetime) -> None:
-        req = op.request
-        if req["program_id"] not in self._programs:
-            raise PointsError(Code.NOT_FOUND, f"program {req['program_id']} not found")
+        cmd = op.cmd
+        if cmd.program_id not in self._programs:
+            raise PointsError(Code.NOT_FOUND, f"program {cmd.program_id} not found")
         state = self._rewards.get(op.reward_key)
-        if op.kind == "load":
-            _answer(op, {"status": 200})
+        if isinstance(cmd, _Load):
+            _answer(op, Outcome.done())
             return
-        if op.kind == "put":
-            self._apply_put(op, state, work, now)
+        if isinstance(cmd, PutReward):
+            self._apply_put(op, cmd, state, work, now)
             return
         if state is None:
-            raise PointsError(Code.NOT_FOUND, f"reward {req['reward_id']} not found")
-        if op.kind == "restock":
-            self._apply_restock(op, state, work, now)
-        elif op.kind == "redeem":
-            self._apply_redeem(op, state, work, now)
-        elif op.kind == "move":
-            self._apply_move(op, state, work, now)
-        elif op.kind == "cancel":
-            self._apply_cancel(op, state, work, now)
+            raise PointsError(Code.NOT_FOUND, f"reward {cmd.reward_id} not found")
+        if isinstance(cmd, RestockCommand):
+            self._apply_restock(op, cmd, state, work, now)
+        elif isinstance(cmd, Redeem):
+            self._apply_redeem(op, cmd, state, work, now)
+        elif isinstance(cmd, _Move):
+            self._apply_move(op, cmd, state, work, now)
+        elif isinstance(cmd, Cancel):
+            self._apply_cancel(op, cmd, state, work, now)
         else:
-            raise AssertionError(op.kind)
+            raise AssertionError(type(cmd))
 
-    def _apply_put(self, op: _Op, state: _State | None, work: _Work, now: datetime) -> None:
-        req = op.request
+    def _apply_put(
+        self, op: _Op, req: PutReward, state: _State | None, work: _Work, now: datetime
+    ) -> None:
         if state is None:
-            stock = RewardStock(req["reward_id"], None, 0, 0, req["active"])
-            set_available(stock, req["stock"])
+            stock = RewardStock(req.reward_id, None, 0, 0, req.active)
+            set_available(stock, req.stock)
             reward = Reward(
-                req["program_id"],
-                req["reward_id"],
-                req["name"],
-                req["cost_points"],
+                req.program_id,
+                req.reward_id,
+                req.name,
+                req.cost_points,
                 stock,
-                req["per_member_limit"],
-                req["fulfillment"],
+                req.per_member_limit,
+                req.fulfillment,
                 0,
                 now,
                 now,
             )
             state = _State(reward)
             self._rewards[op.reward_key] = state
-            status = 201
+            code = Code.CREATED
         else:
             reward = state.reward
-            stocked = req["stock"]
+            stocked = req.stock
             if stocked is not None and stocked < reward.stock.reserved + reward.stock.redeemed:
                 raise PointsError(
                     Code.VALIDATION_ERROR,
                     f"stock {stocked} is below the {reward.stock.reserved} units reserved and "
                     f"{reward.stock.redeemed} redeemed",
                 )
-            reward.name = req["name"]
-            reward.cost_points = req["cost_points"]
-            reward.per_member_limit = req["per_member_limit"]
-            reward.fulfillment = req["fulfillment"]
-            reward.stock.active = req["active"]
+            reward.name = req.name
+            reward.cost_points = req.cost_points
+            reward.per_member_limit = req.per_member_limit
+            reward.fulfillment = req.fulfillment
+            reward.stock.active = req.active
             reward.stock.stocked = stocked
             reward.stock.check()
-            status = 200
+            code = Code.OK
         self._touch(work, state)
-        work.waiting.append((op, {"status": status, "body": reward_view(state.reward)}))
+        work.waiting.append((op, Outcome(code, reward_view(state.reward))))
 
-    def _apply_restock(self, op: _Op, state: _State, work: _Work, now: datetime) -> None:
-        req = op.request
-        done = state.restocks.get(req["key"])
+    def _apply_restock(
+        self, op: _Op, req: RestockCommand, state: _State, work: _Work, now: datetime
+    ) -> None:
+        done = state.restocks.get(req.key)
         if done is not None:
-            if done.request_hash != req["request_hash"]:
+            if done.request_hash != req.request_hash:
                 raise PointsError(
                     Code.IDEMPOTENCY_CONFLICT,
                     "this Idempotency-Key was already used with a different request body",
                 )
-            _answer(
-                op, {"status": 201, "body": _restock_view(state.reward, done), "replayed": True}
-            )
+            _answer(op, Outcome.created(_restock_view(state.reward, done)).as_replay())
             return
-        restock(state.reward.stock, req["quantity"])
+        restock(state.reward.stock, req.quantity)
         assert state.reward.stock.stocked is not None
-        record = Restock(
-            req["key"], req["request_hash"], req["quantity"], state.reward.stock.stocked, now
-        )
+        record = Restock(req.key, req.request_hash, req.quantity, state.reward.stock.stocked, now)
         state.restocks[record.key] = record
         work.write.restocks.append((state.reward, record))
         self._touch(work, state)
-        work.waiting.append(
-            (op, {"status": 201, "body": _restock_view(state.reward, record), "replayed": False})
-        )
+        work.waiting.append((op, Outcome.created(_restock_view(state.reward, record))))
 
-    def _apply_redeem(self, op: _Op, state: _State, work: _Work, now: datetime) -> None:
-        req = op.request
-        rid = state.keys.get((req["member_id"], req["key"]))
+    def _apply_redeem(
+        self, op: _Op, req: Redeem, state: _State, work: _Work, now: datetime
+    ) -> None:
+        rid = state.keys.get((req.member_id, req.key))
         if rid is not None:
-            if state.redemptions[rid].request_hash != req["request_hash"]:
+            if state.redemptions[rid].request_hash != req.request_hash:
                 raise PointsError(
                     Code.IDEMPOTENCY_CONFLICT,
                     "this Idempotency-Key was already used with a different request body",
                 )
-            _answer(op, {"redemption_id": rid, "replayed": True})
+            _answer(op, _Started(rid, replayed=True))
             return
         redemption = start_redemption(
             state.reward,
             uuid.uuid4(),
-            req["member_id"],
-            req["quantity"],
-            req["key"],
-            req["request_hash"],
+            req.member_id,
+            req.quantity,
+            req.key,
+            req.request_hash,
             now,
         )
         rid = redemption.redemption_id
@@ -708,39 +747,38 @@ class RewardCore:
         work.write.new_redemptions.append((redemption, slot))
         work.new_redemptions.add(rid)
         self._touch(work, state)
-        work.waiting.append((op, {"redemption_id": rid, "replayed": False}))
+        work.waiting.append((op, _Started(rid, replayed=False)))
 
-    def _apply_move(self, op: _Op, state: _State, work: _Work, now: datetime) -> None:
-        req = op.request
-        redemption = state.redemptions.get(req["redemption_id"])
+    def _apply_move(self, op: _Op, req: _Move, state: _State, work: _Work, now: datetime) -> None:
+        redemption = state.redemptions.get(req.redemption_id)
         if redemption is None:
-            raise PointsError(Code.NOT_FOUND, f"redemption {req['redemption_id']} not found")
-        target: SagaState = req["target"]
-        if redemption.status == target:
-            _answer(op, {"status": 200})  # a step re-run: already there
+            raise PointsError(Code.NOT_FOUND, f"redemption {req.redemption_id} not found")
+        if redemption.status == req.target:
+            _answer(op, Outcome.done())  # a step re-run: already there
             return
-        if req.get("then") is not None:
-            advance(target, req["then"])  # check both moves before changing anything
-        move(state.reward, redemption, target, now)
-        if req.get("then") is not None:
-            move(state.reward, redemption, req["then"], now)
-        if "debit_txn_id" in req:
-            redemption.debit_txn_id = uuid.UUID(str(req["debit_txn_id"]))
-            redemption.balance_after = req["balance_after"]
-        if "refund_txn_id" in req:
-            redemption.refund_txn_id = uuid.UUID(str(req["refund_txn_id"]))
-        if "compensate_to" in req:
-            redemption.compensate_to = req["compensate_to"]
-        if "failure_code" in req:
-            redemption.failure_code = req["failure_code"]
-            redemption.failure_reason = req["failure_reason"]
+        if req.then is not None:
+            advance(req.target, req.then)  # check both moves before changing anything
+        move(state.reward, redemption, req.target, now)
+        if req.then is not None:
+            move(state.reward, redemption, req.then, now)
+        if req.debit_txn_id is not None:
+            redemption.debit_txn_id = req.debit_txn_id
+            redemption.balance_after = req.balance_after
+        if req.refund_txn_id is not None:
+            redemption.refund_txn_id = req.refund_txn_id
+        if req.compensate_to is not None:
+            redemption.compensate_to = req.compensate_to
+        if req.failure_code is not None:
+            redemption.failure_code = req.failure_code.value
+            redemption.failure_reason = req.failure_reason
         work.updated[redemption.redemption_id] = redemption
         self._touch(work, state)
-        work.waiting.append((op, {"status": 200}))
+        work.waiting.append((op, Outcome.done()))
 
-    def _apply_cancel(self, op: _Op, state: _State, work: _Work, now: datetime) -> None:
-        req = op.request
-        rid = uuid.UUID(req["redemption_id"])
+    def _apply_cancel(
+        self, op: _Op, req: Cancel, state: _State, work: _Work, now: datetime
+    ) -> None:
+        rid = req.redemption_id
         redemption = state.redemptions.get(rid)
         if redemption is None:
             raise PointsError(Code.NOT_FOUND, f"redemption {rid} not found")
@@ -748,7 +786,7 @@ class RewardCore:
         if status is SagaState.CANCELLED or (
             status is SagaState.COMPENSATING and redemption.compensate_to is SagaState.CANCELLED
         ):
-            _answer(op, {"status": 200})
+            _answer(op, Outcome.done())
             return
         if status is SagaState.FAILED:
             raise PointsError(
@@ -760,7 +798,7 @@ class RewardCore:
         redemption.compensate_to = SagaState.CANCELLED
         work.updated[rid] = redemption
         self._touch(work, state)
-        work.waiting.append((op, {"status": 200}))
+        work.waiting.append((op, Outcome.done()))
 
 
 def _restock_view(reward: Reward, record: Restock) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from actors.protocol import AccountCommand, Outcome, RewardCommand
 from actors.reward_core import RewardCore
 from actors.routing import NAMESPACE, owned_slots, shard_name, slot_of
 from actors.shard_client import ShardClient
@@ -39,30 +40,18 @@ class RewardShard:
             recovery_interval_s=config.get("recovery_interval_s", 10.0),
         )
 
-    async def _account_call(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _account_call(self, command: AccountCommand) -> Outcome:
         if self._accounts is None:
             handles = [
                 ray.get_actor(shard_name(i), namespace=NAMESPACE)
                 for i in range(self._account_shards)
             ]
             self._accounts = ShardClient(handles)
-        return await self._accounts.submit(request)
+        return await self._accounts.submit(command)
 
-    async def submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Many requests in one Ray call (the ingress batches them); one answer each."""
-        return list(await asyncio.gather(*(self._dispatch(r) for r in requests)))
-
-    async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = request["op"]
-        if op == "redeem":
-            return await self.core.redeem(request)
-        if op == "put":
-            return await self.core.put_reward(request)
-        if op == "restock":
-            return await self.core.restock(request)
-        if op == "cancel":
-            return await self.core.cancel(request)
-        raise ValueError(f"unknown reward operation {op!r}")
+    async def submit_many(self, commands: list[RewardCommand]) -> list[Outcome]:
+        """Many commands in one Ray call (the ingress batches them); one outcome each."""
+        return list(await asyncio.gather(*(self.core.submit(c) for c in commands)))
 
     async def recover(self) -> int:
         return await self.core.recover_once()

@@ -1,5 +1,9 @@
 """The ingress side of the shards: routing, call batching and retries.
 
+Contract: `submit(command)` / `enqueue(command)` take a typed command
+(`actors.protocol`) and answer its `Outcome`; a shard that cannot be reached within the
+retry budget answers `unavailable` (retry with the same key), never an exception.
+
 A Ray actor call costs far more CPU than applying a debit, so the ingress does not make one
 call per HTTP request. Requests for a shard queue up while that shard's previous call is in
 flight and go together in the next `submit_many` call (the same natural batching the shard
@@ -18,8 +22,8 @@ from typing import Any
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from actors.protocol import AccountCommand, Outcome, RewardCommand
 from actors.routing import shard_of
-from domain.errors import HTTP_STATUS as _STATUS
 from domain.errors import Code
 
 log = logging.getLogger("points.shard_client")
@@ -35,17 +39,17 @@ RETRY_BUDGET_S = 8.0
 CALL_TIMEOUT_S = 20.0
 
 
-def unavailable(detail: str) -> dict[str, Any]:
-    return {
-        "status": _STATUS[Code.UNAVAILABLE],
-        "body": {"code": Code.UNAVAILABLE.value, "detail": detail},
-    }
+Command = AccountCommand | RewardCommand
+
+
+def unavailable(detail: str) -> Outcome:
+    return Outcome.refused(Code.UNAVAILABLE, detail)
 
 
 @dataclass(slots=True)
 class _Pending:
-    request: dict[str, Any]
-    future: asyncio.Future[dict[str, Any]]
+    command: Command
+    future: asyncio.Future[Outcome]
     deadline: float
 
 
@@ -76,14 +80,14 @@ class ShardClient:
     def lane_for(self, program_id: str, member_id: str) -> _ShardLane:
         return self.lanes[shard_of(program_id, member_id, len(self.lanes))]
 
-    async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
-        return await self.enqueue(request)
+    async def submit(self, command: Command) -> Outcome:
+        return await self.enqueue(command)
 
-    def enqueue(self, request: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        """Queue one request; the future gets its answer (many at once cost no Task each)."""
+    def enqueue(self, command: Command) -> asyncio.Future[Outcome]:
+        """Queue one command; the future gets its outcome (many at once cost no Task each)."""
         loop = asyncio.get_running_loop()
-        lane = self.lane_for(request["program_id"], request[self.route_field])
-        pending = _Pending(request, loop.create_future(), loop.time() + RETRY_BUDGET_S)
+        lane = self.lane_for(command.program_id, getattr(command, self.route_field))
+        pending = _Pending(command, loop.create_future(), loop.time() + RETRY_BUDGET_S)
         lane.queue.append(pending)
         self._pump(lane)
         return pending.future
@@ -99,7 +103,7 @@ class ShardClient:
         loop = asyncio.get_running_loop()
         try:
             results = await asyncio.wait_for(
-                lane.handle.submit_many.remote([p.request for p in batch]), CALL_TIMEOUT_S
+                lane.handle.submit_many.remote([p.command for p in batch]), CALL_TIMEOUT_S
             )
         except ACTOR_ERRORS as exc:
             retry = []

@@ -33,6 +33,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from actors.protocol import AccountCommand, Expire, OpKind, Outcome, Retier
 from db.ledger_repo import (
     AccountKey,
     BatchWrite,
@@ -47,7 +48,7 @@ from db.ledger_repo import (
     StoredEvent,
 )
 from domain.earning import member_context, record, tier_view, update_tier
-from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.errors import Code, PointsError
 from domain.idempotency import StoredResponse, replay
 from domain.ids import uuid7
 from domain.ledger import (
@@ -91,12 +92,12 @@ BATCH_WINDOW_S = 0.0
 # A batch re-runs after finding keys already committed; a second re-run is already unusual.
 KEY_RETRIES_MAX = 3
 # Operations of earning programs (besides CREDIT, DEBIT, REFUND).
-EVENT = "event"
-REVERSE = "reverse"
-EXPIRE = "expire"
-CONFIRM = "confirm"
+EVENT = OpKind.EVENT
+REVERSE = OpKind.REVERSE
+EXPIRE = OpKind.EXPIRE
+CONFIRM = OpKind.CONFIRM
 # Re-decide a member's tier without an event (earnings leave a rolling window, grace ends).
-RETIER = "retier"
+RETIER = OpKind.RETIER
 TIER_ACCOUNTS_PER_PASS = 2000
 # A program's policy and rule sets are re-read at most this old (a PUT also tells shards).
 PROGRAM_CONFIG_TTL_S = 2.0
@@ -150,18 +151,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def problem(code: Code, detail: str) -> dict[str, Any]:
-    return {"status": HTTP_STATUS[code], "body": {"code": str(code), "detail": detail}}
+problem = Outcome.refused
 
 
-def _answer(op: Op, result: dict[str, Any]) -> None:
+def _answer(op: Op, result: Outcome) -> None:
     if not op.future.done():  # a caller that went away must not break the batch
         op.future.set_result(result)
 
 
 @dataclass(slots=True)
 class Op:
-    kind: str
+    kind: OpKind
     program_id: str
     member_id: str
     points: int
@@ -169,7 +169,7 @@ class Op:
     expires_at: datetime | None
     key: str
     request_hash: str
-    future: asyncio.Future[dict[str, Any]]
+    future: asyncio.Future[Outcome]
     # A refund: the debit it gives back.
     refund_of: uuid.UUID | None = None
     # An event to apply (EVENT), or the event to reverse (REVERSE).
@@ -178,6 +178,27 @@ class Op:
     # REVERSE: the amount of the event reversed (decimal text; None: all of it).
     amount: str | None = None
     dry_run: bool = False
+
+    @staticmethod
+    def of(command: AccountCommand, future: asyncio.Future[Outcome]) -> Op:
+        """The shard's working form of a command (one flat record for the batch loop)."""
+        event = getattr(command, "event", None)
+        return Op(
+            command.kind,
+            command.program_id,
+            command.member_id,
+            getattr(command, "points", 0),
+            getattr(command, "reason", ""),
+            getattr(command, "expires_at", None),
+            command.key,
+            command.request_hash,
+            future,
+            getattr(command, "refund_of", None),
+            event,
+            getattr(command, "event_id", None) or (event.event_id if event is not None else None),
+            getattr(command, "amount", None),
+            bool(getattr(command, "dry_run", False)),
+        )
 
 
 @dataclass(slots=True)
@@ -190,7 +211,7 @@ class _Work:
     changed: set[AccountKey] = field(default_factory=set)
     # key -> index in `results` of the first operation that used it in this batch
     keys: dict[IdemKey, int] = field(default_factory=dict)
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[Outcome] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     # operations answered only once the batch commits: (op, index in results)
     waiting: list[tuple[Op, int]] = field(default_factory=list)
@@ -269,38 +290,20 @@ class ShardCore:
 
     # ----------------------------------------------------------------- public API
 
-    async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Apply one credit, debit or refund; answers {"status", "body", "replayed"} after commit.
+    async def submit(self, command: AccountCommand) -> Outcome:
+        """Apply one operation; answers its outcome after commit.
 
         A refund (`refund_of`: a debit's transaction id) gives back everything that debit took,
         into the lots it took it from. The redemption saga uses it to compensate.
         """
-        return await self.enqueue(request)
+        return await self.enqueue(command)
 
-    def enqueue(self, request: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+    def enqueue(self, command: AccountCommand) -> asyncio.Future[Outcome]:
         """Queue one operation; its future gets the answer after commit. Many at once cost
         no Task each (gather over futures), which matters for batches of 1,000 events."""
-        assert request["kind"] in (CREDIT, DEBIT, REFUND, EVENT, REVERSE, EXPIRE, CONFIRM, RETIER)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        event = request.get("event")
-        self._queue.append(
-            Op(
-                request["kind"],
-                request["program_id"],
-                request["member_id"],
-                request.get("points", 0),
-                request.get("reason", ""),
-                request.get("expires_at"),
-                request.get("key", ""),
-                request.get("request_hash", ""),
-                future,
-                request.get("refund_of"),
-                event,
-                request.get("event_id") or (event.event_id if event is not None else None),
-                request.get("amount"),
-                bool(request.get("dry_run")),
-            )
-        )
+        assert isinstance(command, AccountCommand), type(command)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(Op.of(command, future))
         self._ensure_loop()
         assert self._wakeup is not None
         self._wakeup.set()
@@ -378,9 +381,9 @@ class ShardCore:
         self._tier_cursor = keys[-1] if len(keys) == TIER_ACCOUNTS_PER_PASS else ("", "")
         mine = [key for key in keys if owns(*key)]
         results = await asyncio.gather(
-            *(self.submit({"kind": RETIER, "program_id": p, "member_id": m}) for p, m in mine)
+            *(self.submit(Retier(program_id=p, member_id=m)) for p, m in mine)
         )
-        changed = sum(1 for r in results if r["status"] < 300 and r["body"].get("changed"))
+        changed = sum(1 for r in results if r.succeeded and r.body.get("changed"))
         return {"accounts": len(mine), "tier_changes": changed}
 
     async def expire_due(self, owns: Callable[[str, str], bool]) -> dict[str, int]:
@@ -388,9 +391,9 @@ class ShardCore:
         keys = await self.reader.due_expiries(self._clock(), EXPIRY_ACCOUNTS_PER_PASS)
         mine = [key for key in keys if owns(*key)]
         results = await asyncio.gather(
-            *(self.submit({"kind": EXPIRE, "program_id": p, "member_id": m}) for p, m in mine)
+            *(self.submit(Expire(program_id=p, member_id=m)) for p, m in mine)
         )
-        expired = sum(int(r["body"].get("expired_points", 0)) for r in results if r["status"] < 300)
+        expired = sum(int(r.body.get("expired_points", 0)) for r in results if r.succeeded)
         self.stats["expiry_passes"] += 1
         self.stats["expired_points"] += expired
         return {"accounts": len(mine), "expired_points": expired}
@@ -618,9 +621,9 @@ class ShardCore:
                     Code.IDEMPOTENCY_CONFLICT,
                     "this Idempotency-Key was already used with a different request body",
                 )
-                self._wait(op, work, {**conflict, "replayed": False}, op.request_hash)
-            else:  # a replay of the first: same status and body
-                self._wait(op, work, {**work.results[first], "replayed": True}, op.request_hash)
+                self._wait(op, work, conflict, op.request_hash)
+            else:  # a replay of the first: same code and body
+                self._wait(op, work, work.results[first].as_replay(), op.request_hash)
             return
 
         if op.program_id not in self._programs:
@@ -690,19 +693,19 @@ class ShardCore:
                     work.write.lot_deltas[lot_id] -= taken
             body = transaction_view(txn)
             body["balance"] = {"available": available(account, now), "total": account.balance}
-            result = {"status": 201, "body": body}
+            result = Outcome.created(body)
         self._remember(op, work, akey, ikey, result)
 
     def _remember(
-        self, op: Op, work: _Work, akey: AccountKey, ikey: IdemKey, result: dict[str, Any]
+        self, op: Op, work: _Work, akey: AccountKey, ikey: IdemKey, result: Outcome
     ) -> None:
         """Answer after commit and store the answer under the key."""
         # Any remembered answer bumps the account version, so a stale owner cannot record
         # an answer computed from stale state.
         work.changed.add(akey)
-        work.keys[ikey] = self._wait(op, work, {**result, "replayed": False}, op.request_hash)
+        work.keys[ikey] = self._wait(op, work, result, op.request_hash)
         work.write.idempotency.append(
-            (ikey, StoredResponse(op.request_hash, result["status"], result["body"]))
+            (ikey, StoredResponse(op.request_hash, result.code, result.body))
         )
 
     # ----------------------------------------------------------------- earning (no await)
@@ -764,11 +767,11 @@ class ShardCore:
         except PointsError as exc:
             _answer(op, problem(exc.code, exc.detail))
             return
-        _answer(op, {"status": 200, "body": self._event_body(op, rule_set, evaluation, True)})
+        _answer(op, Outcome.done(self._event_body(op, rule_set, evaluation, True)))
 
     def _apply_event(
         self, op: Op, account: Account, work: _Work, now: datetime, txn_id: uuid.UUID
-    ) -> dict[str, Any]:
+    ) -> Outcome:
         """Evaluate the program's rules for the event and credit what it earns."""
         event = op.event
         assert event is not None
@@ -832,11 +835,11 @@ class ShardCore:
         body["balance"] = {"available": available(account, now), "total": account.balance}
         if decision is not None:
             body["tier"] = decision.tier
-        return {"status": 201, "body": body}
+        return Outcome.created(body)
 
     def _apply_reverse(
         self, op: Op, account: Account, work: _Work, now: datetime, txn_id: uuid.UUID
-    ) -> dict[str, Any]:
+    ) -> Outcome:
         """Claw back what an event earned, in proportion to the amount reversed."""
         assert op.event_id is not None
         ekey = (op.program_id, op.event_id)
@@ -905,7 +908,7 @@ class ShardCore:
             "balance": {"available": available(account, now), "total": account.balance},
         }
         assert 0 <= target <= stored.points
-        return {"status": 201 if txn is not None else 200, "body": body}
+        return Outcome(Code.CREATED if txn is not None else Code.OK, body)
 
     def _working_copy(
         self, akey: AccountKey, committed: Account, work: _Work, now: datetime
@@ -941,9 +944,7 @@ class ShardCore:
         work.changed.add(akey)
         return txn
 
-    def _apply_confirm(
-        self, op: Op, account: Account, work: _Work, now: datetime
-    ) -> dict[str, Any]:
+    def _apply_confirm(self, op: Op, account: Account, work: _Work, now: datetime) -> Outcome:
         """Release the points an event holds until confirmation (idempotent)."""
         assert op.event_id is not None
         stored = self._stored_events.get((op.program_id, op.event_id))
@@ -961,7 +962,7 @@ class ShardCore:
             "balance": {"available": available(account, now), "total": account.balance},
         }
         assert body["released_points"] >= 0
-        return {"status": 200, "body": body}
+        return Outcome.done(body)
 
     def _apply_retier(
         self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]
@@ -971,7 +972,7 @@ class ShardCore:
         entry = work.accounts.get(akey)
         committed = pinned.get(akey)
         if config is None or config.policy.tiers is None or (entry is None and committed is None):
-            _answer(op, {"status": 200, "body": {"changed": False}})
+            _answer(op, Outcome.done({"changed": False}))
             return
         if entry is None:
             assert committed is not None
@@ -983,7 +984,7 @@ class ShardCore:
         assert decision is not None
         if not decision.changed and account.earning.get("below_since") == below_before:
             account.earning["tier"], account.earning["below_since"] = before, below_before
-            _answer(op, {"status": 200, "body": {"changed": False}})
+            _answer(op, Outcome.done({"changed": False}))
             return
         work.accounts[akey] = entry
         if decision.changed:
@@ -991,7 +992,7 @@ class ShardCore:
                 (op.program_id, op.member_id, before, decision.tier, decision.reason)
             )
         work.changed.add(akey)
-        self._wait(op, work, {"status": 200, "body": {"changed": decision.changed}}, "")
+        self._wait(op, work, Outcome.done({"changed": decision.changed}), "")
 
     def _apply_expire(
         self, op: Op, work: _Work, now: datetime, pinned: dict[AccountKey, Account]
@@ -1001,22 +1002,22 @@ class ShardCore:
         if entry is None:
             committed = pinned.get(akey)
             if committed is None:
-                _answer(op, {"status": 200, "body": {"expired_points": 0}})
+                _answer(op, Outcome.done({"expired_points": 0}))
                 return
             entry = self._working_copy(akey, committed, work, now)
         account = entry[0]
         txn = expire(account, now, self._new_id(now))
         if txn is None:
             if akey in work.changed:  # pending points were activated: answer after commit
-                self._wait(op, work, {"status": 200, "body": {"expired_points": 0}}, "")
+                self._wait(op, work, Outcome.done({"expired_points": 0}), "")
             else:
-                _answer(op, {"status": 200, "body": {"expired_points": 0}})
+                _answer(op, Outcome.done({"expired_points": 0}))
             return
         work.write.transactions.append((txn, None))
         for lot_id, taken in txn.allocations:
             work.write.lot_deltas[lot_id] += taken
         work.changed.add(akey)
-        self._wait(op, work, {"status": 200, "body": {"expired_points": txn.points}}, "")
+        self._wait(op, work, Outcome.done({"expired_points": txn.points}), "")
 
     def _refund(
         self, op: Op, account: Account, work: _Work, now: datetime, txn_id: uuid.UUID
@@ -1037,7 +1038,7 @@ class ShardCore:
         )
 
     @staticmethod
-    def _wait(op: Op, work: _Work, result: dict[str, Any], request_hash: str) -> int:
+    def _wait(op: Op, work: _Work, result: Outcome, request_hash: str) -> int:
         """Answer `op` with `result` once the batch commits; returns the result's index."""
         work.results.append(result)
         work.hashes.append(request_hash)
@@ -1051,7 +1052,7 @@ class ShardCore:
         except PointsError as exc:
             _answer(op, problem(exc.code, exc.detail))
             return
-        _answer(op, {"status": original.status, "body": original.body, "replayed": True})
+        _answer(op, Outcome(original.code, original.body, replayed=True))
 
     def _collect_account_writes(self, work: _Work) -> None:
         for key in work.changed:

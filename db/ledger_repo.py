@@ -21,6 +21,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from domain.errors import Code
 from domain.idempotency import StoredResponse
 from domain.ledger import MEMBER_ACCOUNTS, Account, Lot, Transaction
 
@@ -292,7 +293,7 @@ class LedgerRepo:
         async with conn.transaction():
             cur = await conn.execute(
                 """
-                SELECT i.program_id, i.member_id, i.key, i.request_hash, i.status, i.response
+                SELECT i.program_id, i.member_id, i.key, i.request_hash, i.code, i.response
                 FROM idempotency_keys i
                 JOIN unnest(%b::text[], %b::text[], %b::text[]) AS k(program_id, member_id, key)
                   ON i.program_id = k.program_id AND i.member_id = k.member_id AND i.key = k.key
@@ -300,7 +301,7 @@ class LedgerRepo:
                 ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
             )
             return {
-                (row[0], row[1], row[2]): StoredResponse(row[3], row[4], row[5])
+                (row[0], row[1], row[2]): StoredResponse(row[3], Code(row[4]), row[5])
                 for row in await cur.fetchall()
             }
 
@@ -349,11 +350,11 @@ class LedgerRepo:
             rows = batch.idempotency
             cur = await conn.execute(
                 """
-                INSERT INTO idempotency_keys (program_id, member_id, key, request_hash, status,
+                INSERT INTO idempotency_keys (program_id, member_id, key, request_hash, code,
                                               response, created_at)
-                SELECT p, m, k, h, s, r, %s
-                FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[],
-                            %b::jsonb[]) AS v(p, m, k, h, s, r)
+                SELECT p, m, k, h, c, r, %s
+                FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                            %b::jsonb[]) AS v(p, m, k, h, c, r)
                 ON CONFLICT DO NOTHING
                 RETURNING program_id, member_id, key
                 """,
@@ -363,7 +364,7 @@ class LedgerRepo:
                     [k[1] for k, _ in rows],
                     [k[2] for k, _ in rows],
                     [r.request_hash for _, r in rows],
-                    [r.status for _, r in rows],
+                    [r.code.value for _, r in rows],
                     [Jsonb(r.body, dumps=_dumps) for _, r in rows],
                 ),
             )

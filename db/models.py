@@ -255,10 +255,11 @@ idempotency_keys = Table(
     Column("member_id", Text, primary_key=True),
     Column("key", Text, primary_key=True),
     Column("request_hash", Text, nullable=False),
-    Column("status", Integer, nullable=False),
     Column("response", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("idempotency_keys_created", "created_at"),
+    # The answer's result code (domain.errors.Code), never an HTTP status (0004).
+    Column("code", Text, nullable=False),
 )
 
 api_keys = Table(

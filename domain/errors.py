@@ -1,13 +1,19 @@
-"""One error taxonomy for the whole product.
+"""One closed taxonomy of result codes for the whole product.
 
-Every failure a caller can see is a `Code`. The HTTP layer maps each code to a status once
-(`serve_app/problems.py`), and a unit test checks that every code is mapped.
+Every answer an operation gives, and every code the service stores (idempotent answers,
+failed redemptions, dead letters), is a `Code`. Nothing below the HTTP layer knows about
+HTTP: the ingress maps each code to a status in exactly one place
+(`serve_app/problems.py`), and a unit test checks that every answerable code is mapped.
 """
 
 from enum import StrEnum
 
 
 class Code(StrEnum):
+    # Successes.
+    CREATED = "created"  # something new was recorded (a transaction, a reward, ...)
+    OK = "ok"  # answered; nothing new was recorded (a read, a no-op, a state change)
+    # Business refusals: the request was understood and refused; nothing moved.
     INSUFFICIENT_POINTS = "insufficient_points"
     OUT_OF_STOCK = "out_of_stock"
     LIMIT_EXCEEDED = "limit_exceeded"
@@ -17,16 +23,46 @@ class Code(StrEnum):
     INVALID_STATE = "invalid_state"
     NOT_FOUND = "not_found"
     VALIDATION_ERROR = "validation_error"
+    # The request itself cannot be read: malformed or ambiguous JSON, a missing or invalid
+    # required header (Idempotency-Key), a bad cursor.
+    BAD_REQUEST = "bad_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
+    # Transient: retry with the same idempotency key.
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    # Stored only, never an answer's code: why a redemption failed after its points were
+    # debited (the fulfilment webhook refused it) ...
+    FULFILLMENT_FAILED = "fulfillment_failed"
+    # ... and why the event stream consumer dead-lettered an entry on its own.
+    DELIVERIES_EXCEEDED = "deliveries_exceeded"
+    ENTRY_DELETED = "entry_deleted"
 
 
+SUCCESS_CODES = frozenset({Code.CREATED, Code.OK})
 # Codes whose operation may be retried with the same idempotency key.
 RETRYABLE_CODES = frozenset({Code.UNAVAILABLE, Code.RATE_LIMITED})
+# Codes that are stored but never the code of an answer.
+STORED_ONLY_CODES = frozenset(
+    {Code.FULFILLMENT_FAILED, Code.DELIVERIES_EXCEEDED, Code.ENTRY_DELETED}
+)
+# Refusals a client can cause only through the HTTP request itself (never an operation's).
+REQUEST_CODES = frozenset(
+    {
+        Code.BAD_REQUEST,
+        Code.PAYLOAD_TOO_LARGE,
+        Code.UNSUPPORTED_MEDIA_TYPE,
+        Code.METHOD_NOT_ALLOWED,
+        Code.RATE_LIMITED,
+        Code.UNAUTHORIZED,
+        Code.FORBIDDEN,
+    }
+)
+assert not SUCCESS_CODES & (RETRYABLE_CODES | STORED_ONLY_CODES)
 
 
 class PointsError(Exception):
@@ -34,6 +70,7 @@ class PointsError(Exception):
 
     def __init__(self, code: Code, detail: str) -> None:
         assert isinstance(code, Code)
+        assert code not in SUCCESS_CODES and code not in STORED_ONLY_CODES
         assert detail
         super().__init__(detail)
         self.code = code
@@ -42,23 +79,3 @@ class PointsError(Exception):
     @property
     def retryable(self) -> bool:
         return self.code in RETRYABLE_CODES
-
-
-# The one place a code becomes an HTTP status. Business outcomes are 4xx, never 500;
-# overload and dependency outages are 503 (with Retry-After, set by the HTTP layer).
-HTTP_STATUS: dict[Code, int] = {
-    Code.INSUFFICIENT_POINTS: 409,
-    Code.OUT_OF_STOCK: 409,
-    Code.LIMIT_EXCEEDED: 409,
-    Code.REWARD_INACTIVE: 409,
-    Code.IDEMPOTENCY_CONFLICT: 409,
-    Code.INVALID_STATE: 409,
-    Code.NOT_FOUND: 404,
-    Code.VALIDATION_ERROR: 422,
-    Code.PAYLOAD_TOO_LARGE: 413,
-    Code.RATE_LIMITED: 429,
-    Code.UNAUTHORIZED: 401,
-    Code.FORBIDDEN: 403,
-    Code.UNAVAILABLE: 503,
-    Code.INTERNAL: 500,
-}

@@ -26,10 +26,14 @@ def request_hash(operation: str, fields: dict[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
-    """What a key answered the first time: replayed verbatim."""
+    """What a key answered the first time: its result code and body, replayed verbatim.
+
+    A code, never an HTTP status: the HTTP layer decides the status of a replay exactly as
+    it decides the status of the first answer. For a refusal the body is the problem's
+    `detail` (and any extra fields), without the code."""
 
     request_hash: str
-    status: int
+    code: Code
     body: dict[str, Any]
 
 
@@ -41,5 +45,5 @@ def replay(stored: StoredResponse, incoming_hash: str) -> StoredResponse:
             Code.IDEMPOTENCY_CONFLICT,
             "this Idempotency-Key was already used with a different request body",
         )
-    assert 100 <= stored.status < 600
+    assert isinstance(stored.code, Code)
     return stored

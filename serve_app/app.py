@@ -26,13 +26,23 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.account_shard import AccountShard
-from actors.earning import EventApplier, ShardApplierFactory, event_request
+from actors.earning import EventApplier, ShardApplierFactory, event_command
 from actors.event_consumer import EventConsumer
+from actors.protocol import (
+    Cancel,
+    Confirm,
+    Credit,
+    Debit,
+    PutReward,
+    Redeem,
+    Restock,
+    Reverse,
+)
 from actors.reward_shard import RewardShard
 from actors.routing import NAMESPACE, reward_shard_name, shard_name
 from actors.shard_client import ACTOR_ERRORS, ShardClient
 from db.api_repo import ApiRepo, decode_cursor, decode_reward_cursor
-from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.errors import Code, PointsError
 from domain.idempotency import request_hash
 from domain.limits import (
     BODY_BYTES_MAX,
@@ -47,7 +57,14 @@ from domain.policy import parse_policy, policy_to_json
 from domain.rewards import redemption_view
 from domain.rules import compile_rule_set, rule_set_to_json
 from serve_app.auth import KEY_LENGTH_MAX, KeyCache, hash_key
-from serve_app.problems import problem_body, problem_response
+from serve_app.problems import (
+    HTTP_STATUS,
+    JsonResponse,
+    outcome_entry,
+    outcome_response,
+    problem_body,
+    problem_response,
+)
 from serve_app.schemas import (
     CreditIn,
     DebitIn,
@@ -68,13 +85,6 @@ RewardId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]
 REWARD_KEEPER_INTERVAL_S = 5.0
 REWARD_CALLS_IN_FLIGHT = 1
 EVENT_CONSUMER_NAME = "points-event-consumer"
-
-
-class JsonResponse(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 class BodyLimit:
@@ -217,32 +227,9 @@ def _bad_request(detail: str) -> Response:
     return Response(orjson.dumps(body), status_code=400, media_type="application/problem+json")
 
 
-def _result_of(answer: dict[str, Any]) -> dict[str, Any]:
-    """A shard answer as one entry of a batch result (problem fields for failures)."""
-    status = answer["status"]
-    body = answer["body"]
-    if status >= 400:
-        body = problem_body(Code(body["code"]), body["detail"])
-        body["status"] = status
-    result = {"status": status, "body": body}
-    if answer.get("replayed"):
-        result["replayed"] = True
-    return result
-
-
 def _program_view(program: dict[str, Any]) -> dict[str, Any]:
     """The program with its policy in full (defaults filled in)."""
     return {**program, "policy": policy_to_json(parse_policy(program.get("policy") or None))}
-
-
-def _shard_answer(result: dict[str, Any]) -> Response:
-    status = result["status"]
-    headers = {"Idempotent-Replayed": "true"} if result.get("replayed") else None
-    if status >= 400:
-        body = result["body"]
-        extra = {k: v for k, v in body.items() if k not in ("code", "detail")}
-        return problem_response(Code(body["code"]), body["detail"], headers=headers, **extra)
-    return JsonResponse(result["body"], status_code=status, headers=headers)
 
 
 @serve.deployment(
@@ -472,8 +459,8 @@ class PointsIngress:
         `?dry_run=true` answers the same without writing anything."""
         await self._authenticate(request.headers.get("authorization"))
         raw = await self._json_body(request)
-        shard_request = event_request(program_id, raw, dry_run, datetime.now(UTC))
-        return _shard_answer(await self.client.submit(shard_request))
+        command = event_command(program_id, raw, dry_run, datetime.now(UTC))
+        return outcome_response(await self.client.submit(command))
 
     @app.post("/v1/programs/{program_id}/events/batch", tags=["events"])
     async def post_events(
@@ -492,7 +479,7 @@ class PointsIngress:
                 f'the body must be {{"events": [...]}} with 1..{EVENTS_PER_BATCH_MAX} events',
             )
         answers = await self.applier(program_id, events, dry_run)
-        return JsonResponse({"results": [_result_of(answer) for answer in answers]})
+        return JsonResponse({"results": [outcome_entry(answer) for answer in answers]})
 
     @app.get("/v1/programs/{program_id}/events/{event_id}", tags=["events"])
     async def get_event(
@@ -523,16 +510,15 @@ class PointsIngress:
         if member_id is None:
             raise PointsError(Code.NOT_FOUND, f"event {event_id} not found")
         fields = {"program_id": program_id, "member_id": member_id, "event_id": event_id}
-        result = await self.client.submit(
-            {
-                "kind": "confirm",
-                **fields,
-                # A space: never equal to a client Idempotency-Key (no spaces allowed there).
-                "key": f"confirm {event_id}",
-                "request_hash": request_hash("confirm", fields),
-            }
+        command = Confirm(
+            program_id=program_id,
+            member_id=member_id,
+            event_id=event_id,
+            # A space: never equal to a client Idempotency-Key (no spaces allowed there).
+            key=f"confirm {event_id}",
+            request_hash=request_hash("confirm", fields),
         )
-        return _shard_answer(result)
+        return outcome_response(await self.client.submit(command))
 
     @app.post(
         "/v1/programs/{program_id}/events/{event_id}/reverse",
@@ -587,16 +573,15 @@ class PointsIngress:
         if IDEMPOTENCY_KEY_RE.fullmatch(idempotency_key) is None:
             return _bad_request("Idempotency-Key must be 1..255 visible ASCII characters")
         digest = request_hash(kind, {"program_id": program_id, "member_id": member_id, **fields})
-        request = {
-            "kind": kind,
-            "program_id": program_id,
-            "member_id": member_id,
-            "key": idempotency_key,
-            "request_hash": digest,
+        command_type = {"credit": Credit, "debit": Debit, "reverse": Reverse}[kind]
+        command = command_type(
+            program_id=program_id,
+            member_id=member_id,
+            key=idempotency_key,
+            request_hash=digest,
             **fields,
-        }
-        result = await self.client.submit(request)
-        return _shard_answer(result)
+        )
+        return outcome_response(await self.client.submit(command))
 
     # Credits and debits are the hot path: the body and headers are read here rather than
     # through FastAPI's dependency injection, which cost ~15% of the replica's CPU per debit.
@@ -724,15 +709,10 @@ class PointsIngress:
         authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
         await self._authenticate(authorization)
-        result = await self.rewards.submit(
-            {
-                "op": "put",
-                "program_id": program_id,
-                "reward_id": reward_id,
-                **body.model_dump(mode="json"),
-            }
+        command = PutReward(
+            program_id=program_id, reward_id=reward_id, **body.model_dump(mode="json")
         )
-        return _shard_answer(result)
+        return outcome_response(await self.rewards.submit(command))
 
     @app.get("/v1/programs/{program_id}/rewards", tags=["rewards"])
     async def list_rewards(
@@ -785,10 +765,8 @@ class PointsIngress:
         if isinstance(key, Response):
             return key
         fields = {"program_id": program_id, "reward_id": reward_id, "quantity": body.quantity}
-        result = await self.rewards.submit(
-            {"op": "restock", **fields, "key": key, "request_hash": request_hash("restock", fields)}
-        )
-        return _shard_answer(result)
+        command = Restock(**fields, key=key, request_hash=request_hash("restock", fields))
+        return outcome_response(await self.rewards.submit(command))
 
     # ------------------------------------------------------------------ redemptions
 
@@ -807,10 +785,8 @@ class PointsIngress:
         if isinstance(key, Response):
             return key
         fields = {"program_id": program_id, **body.model_dump()}
-        result = await self.rewards.submit(
-            {"op": "redeem", **fields, "key": key, "request_hash": request_hash("redeem", fields)}
-        )
-        return _shard_answer(result)
+        command = Redeem(**fields, key=key, request_hash=request_hash("redeem", fields))
+        return outcome_response(await self.rewards.submit(command))
 
     @app.get("/v1/programs/{program_id}/redemptions/{redemption_id}", tags=["redemptions"])
     async def get_redemption(
@@ -836,15 +812,10 @@ class PointsIngress:
         redemption = await (await self._repo()).get_redemption(program_id, redemption_id)
         if redemption is None:
             raise PointsError(Code.NOT_FOUND, f"redemption {redemption_id} not found")
-        result = await self.rewards.submit(
-            {
-                "op": "cancel",
-                "program_id": program_id,
-                "reward_id": redemption.reward_id,
-                "redemption_id": str(redemption_id),
-            }
+        command = Cancel(
+            program_id=program_id, reward_id=redemption.reward_id, redemption_id=redemption_id
         )
-        return _shard_answer(result)
+        return outcome_response(await self.rewards.submit(command))
 
     @app.get("/v1/programs/{program_id}/members/{member_id}/redemptions", tags=["redemptions"])
     async def list_member_redemptions(

@@ -11,9 +11,11 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from actors.earning import event_request
+from actors.earning import event_command
+from actors.protocol import Debit
 from actors.shard_core import ShardCore
 from db.ledger_repo import LedgerRepo
+from domain.errors import Code
 from tests.integration.test_shard_core import check_member_invariants, db_rows
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -93,8 +95,8 @@ async def test_tier_drops_after_window_and_grace_without_any_event(
     clock, make = clocked
     core = make()
     program = make_program(database_url, {"tiers": TIERS})
-    answer = await core.submit(event_request(program, order("ti", 20_000, T0), False, T0))
-    assert answer["status"] == 201 and answer["body"]["tier"] == "gold"
+    answer = await core.submit(event_command(program, order("ti", 20_000, T0), False, T0))
+    assert answer.code is Code.CREATED and answer.body["tier"] == "gold"
 
     clock.now = T0 + timedelta(days=20)  # still inside the 30-day window
     assert (await core.retier(everyone))["tier_changes"] == 0
@@ -124,9 +126,9 @@ async def test_expiry_writes_off_only_what_is_due_and_only_once(
     clock, make = clocked
     core = make()
     program = make_program(database_url, {"expiry": {"kind": "days", "n": 10}})
-    await core.submit(event_request(program, order("ex", 5_000, T0), False, T0))
+    await core.submit(event_command(program, order("ex", 5_000, T0), False, T0))
     clock.now = T0 + timedelta(days=5)
-    await core.submit(event_request(program, order("ex", 3_000, clock.now), False, clock.now))
+    await core.submit(event_command(program, order("ex", 3_000, clock.now), False, clock.now))
     clock.now = T0 + timedelta(days=11)  # the first lot (50) is due, the second (30) not
     assert (await core.expire_due(everyone))["expired_points"] == 50
     assert (await core.expire_due(everyone))["expired_points"] == 0
@@ -149,15 +151,15 @@ async def test_event_id_reused_for_another_member_on_another_shard_is_a_conflict
     _, make = clocked
     first, second = make(), make()
     program = make_program(database_url, {})
-    ok = await first.submit(event_request(program, order("a1", 1000, T0, "same-id"), False, T0))
-    assert ok["status"] == 201
-    other = await second.submit(event_request(program, order("b1", 1000, T0, "same-id"), False, T0))
-    assert other["status"] == 409 and other["body"]["code"] == "idempotency_conflict"
+    ok = await first.submit(event_command(program, order("a1", 1000, T0, "same-id"), False, T0))
+    assert ok.code is Code.CREATED
+    other = await second.submit(event_command(program, order("b1", 1000, T0, "same-id"), False, T0))
+    assert other.code == "idempotency_conflict"
     # A shard that restarted (empty caches) answers the first member's replay from the
     # database, and the other member stays a conflict.
     fresh = make()
-    replay = await fresh.submit(event_request(program, order("a1", 1000, T0, "same-id"), False, T0))
-    assert replay["status"] == 201 and replay["replayed"] and replay["body"] == ok["body"]
+    replay = await fresh.submit(event_command(program, order("a1", 1000, T0, "same-id"), False, T0))
+    assert replay.code is Code.CREATED and replay.replayed and replay.body == ok.body
     assert db_rows(database_url, "SELECT count(*) FROM events WHERE program_id=%s", program) == [
         (1,)
     ]
@@ -174,8 +176,8 @@ async def test_pending_points_are_activated_with_ledger_entries_by_the_pass_or_o
     core = make()
     program = make_program(database_url, {"pending": {"kind": "days", "days": 14}})
     for member in ("pa", "pb"):
-        answer = await core.submit(event_request(program, order(member, 5_000, T0), False, T0))
-        assert answer["status"] == 201 and answer["body"]["points"] == 50
+        answer = await core.submit(event_command(program, order(member, 5_000, T0), False, T0))
+        assert answer.code is Code.CREATED and answer.body["points"] == 50
     view = await core.get_account(program, "pa")
     assert view is not None and view["balance"]["pending"] == 50
     assert view["balance"]["available"] == 0
@@ -183,17 +185,16 @@ async def test_pending_points_are_activated_with_ledger_entries_by_the_pass_or_o
     clock.now = T0 + timedelta(days=15)
     # "pa" spends at once: the debit's batch activates the due lot first.
     debit = await core.submit(
-        {
-            "kind": "debit",
-            "program_id": program,
-            "member_id": "pa",
-            "points": 20,
-            "reason": "mug",
-            "key": "d1",
-            "request_hash": "h1",
-        }
+        Debit(
+            program_id=program,
+            member_id="pa",
+            points=20,
+            reason="mug",
+            key="d1",
+            request_hash="h1",
+        )
     )
-    assert debit["status"] == 201, debit
+    assert debit.code is Code.CREATED, debit
     # "pb" is activated by the maintenance pass (once: a second pass finds nothing).
     await core.expire_due(everyone)
     await core.expire_due(everyone)

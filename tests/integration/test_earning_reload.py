@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from actors.earning import event_request
+from actors.earning import event_command
+from actors.protocol import Credit, Debit
 from actors.shard_core import ShardCore
 from db.ledger_repo import LedgerRepo
+from domain.errors import Code
 from domain.idempotency import request_hash
 from loadtests import verify
 from tests.integration.test_earning_core import (
@@ -38,28 +40,26 @@ async def clocked(database_url: str) -> AsyncIterator[tuple[Clock, Callable[...,
         await shard.close()
 
 
-def debit(program: str, member: str, points: int, key: str) -> dict[str, Any]:
-    return {
-        "kind": "debit",
-        "program_id": program,
-        "member_id": member,
-        "points": points,
-        "reason": "mug",
-        "key": key,
-        "request_hash": request_hash(key, {}),
-    }
+def debit(program: str, member: str, points: int, key: str) -> Debit:
+    return Debit(
+        program_id=program,
+        member_id=member,
+        points=points,
+        reason="mug",
+        key=key,
+        request_hash=request_hash(key, {}),
+    )
 
 
-def credit(program: str, member: str, points: int, key: str) -> dict[str, Any]:
-    return {
-        "kind": "credit",
-        "program_id": program,
-        "member_id": member,
-        "points": points,
-        "reason": "bonus",
-        "key": key,
-        "request_hash": request_hash(key, {}),
-    }
+def credit(program: str, member: str, points: int, key: str) -> Credit:
+    return Credit(
+        program_id=program,
+        member_id=member,
+        points=points,
+        reason="bonus",
+        key=key,
+        request_hash=request_hash(key, {}),
+    )
 
 
 async def test_account_with_pending_points_can_be_read_after_a_shard_restart(
@@ -71,8 +71,8 @@ async def test_account_with_pending_points_can_be_read_after_a_shard_restart(
     _, make = clocked
     program = make_program(database_url, {"pending": {"kind": "days", "days": 14}})
     first = make()
-    answer = await first.submit(event_request(program, order("rs", 5_000, T0), False, T0))
-    assert answer["status"] == 201 and answer["body"]["points"] == 50
+    answer = await first.submit(event_command(program, order("rs", 5_000, T0), False, T0))
+    assert answer.code is Code.CREATED and answer.body["points"] == 50
 
     fresh = make()  # a restarted shard (or another owner): nothing cached
     view = await fresh.get_account(program, "rs")  # AssertionError today
@@ -88,16 +88,16 @@ async def test_batch_touching_an_uncached_account_with_pending_points_succeeds(
     _, make = clocked
     program = make_program(database_url, {"pending": {"kind": "days", "days": 14}})
     first = make()
-    answer = await first.submit(event_request(program, order("rw", 5_000, T0), False, T0))
-    assert answer["status"] == 201
+    answer = await first.submit(event_command(program, order("rw", 5_000, T0), False, T0))
+    assert answer.code is Code.CREATED
 
     fresh = make()
     futures = [
         fresh.enqueue(credit(program, "bystander", 10, "c-bystander")),
-        fresh.enqueue(event_request(program, order("rw", 1_000, T0), False, T0)),
+        fresh.enqueue(event_command(program, order("rw", 1_000, T0), False, T0)),
     ]
     results = [await f for f in futures]
-    assert [r["status"] for r in results] == [201, 201], results
+    assert [r.code for r in results] == [Code.CREATED, Code.CREATED], results
     view = await fresh.get_account(program, "rw")
     assert view is not None and view["balance"]["pending"] == 60
     assert check_member_invariants(database_url, program, "rw") == 0
@@ -121,10 +121,10 @@ async def test_pending_points_cannot_lift_the_balance_above_balance_max(
         for i in range(n - 1)
     ]
     futures.append(core.enqueue(credit(program, "big", POINTS_PER_OPERATION_MAX - 100, "last")))
-    assert {(await f)["status"] for f in futures} == {201}
-    first = await core.submit(event_request(program, order("big", 10_000, T0), False, T0))
-    assert first["status"] == 201 and first["body"]["points"] == 100  # balance + 100 == max
-    await core.submit(event_request(program, order("big", 10_000, T0), False, T0))
+    assert {(await f).code for f in futures} == {Code.CREATED}
+    first = await core.submit(event_command(program, order("big", 10_000, T0), False, T0))
+    assert first.code is Code.CREATED and first.body["points"] == 100  # balance + 100 == max
+    await core.submit(event_command(program, order("big", 10_000, T0), False, T0))
     clock.now = T0 + timedelta(days=2)
     await core.expire_due(everyone)  # activates the pending lots
     [(balance,)] = db_rows(

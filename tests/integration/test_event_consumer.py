@@ -22,6 +22,8 @@ from actors.event_consumer import (
     CODE_ENTRY_DELETED,
     StreamConsumerCore,
 )
+from actors.protocol import Outcome
+from domain.errors import Code
 
 GROUP = "points"
 # Small enough that a test waits a few tens of milliseconds for an entry to go idle.
@@ -59,20 +61,17 @@ class Applier:
             raise RuntimeError("shard unreachable")
         return [self.answer(i) for i in ids]
 
-    def answer(self, event_id: str) -> dict[str, Any]:
-        unavailable = {"status": 503, "body": {"code": "unavailable", "detail": "shard down"}}
+    def answer(self, event_id: str) -> Outcome:
+        unavailable = Outcome.refused(Code.UNAVAILABLE, "shard down")
         if event_id.startswith("dup-"):
-            return {"status": 200, "body": {"event_id": event_id, "replayed": True}}
+            return Outcome.created({"event_id": event_id}).as_replay()
         if event_id.startswith("bad-"):
-            return {
-                "status": 422,
-                "body": {"code": "validation_error", "detail": "type must be 1..64 characters"},
-            }
+            return Outcome.refused(Code.VALIDATION_ERROR, "type must be 1..64 characters")
         if event_id.startswith("down-"):
             return unavailable
         if event_id.startswith("flaky-") and self.seen[event_id] <= self.flaky_failures:
             return unavailable
-        return {"status": 201, "body": {"event_id": event_id, "points": 10}}
+        return Outcome.created({"event_id": event_id, "points": 10})
 
 
 @dataclass
@@ -351,7 +350,7 @@ async def test_deliveries_max_exceeded_goes_to_dead_letters(
     [letter] = await dead_letters(r, streams.dead)
     assert letter["entry_id"] == entry_id
     assert letter["code"] == CODE_DELIVERIES_EXCEEDED
-    assert letter["reason"] == "not applied after 2 deliveries: 503 unavailable: shard down"
+    assert letter["reason"] == "not applied after 2 deliveries: unavailable: shard down"
     assert letter["deliveries"] == "3"
 
 

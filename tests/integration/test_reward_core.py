@@ -3,17 +3,20 @@ stock under concurrency, compensation into the original lots, restarts and recov
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from actors.protocol import AccountCommand, Cancel, Outcome, PutReward, Redeem
 from actors.reward_core import RewardCore
 from actors.shard_core import ShardCore
 from db.ledger_repo import LedgerRepo
 from db.reward_repo import RewardRepo
 from db.verify_repo import run_checks
+from domain.errors import Code
 from domain.idempotency import request_hash
 from domain.rewards import Redemption
 from tests.integration.test_shard_core import db_rows, op
@@ -34,7 +37,7 @@ class Wiring:
         self.url = url
         self.fulfil = fulfil
         self.accounts = ShardCore(LedgerRepo(url))
-        self.account_calls: list[dict[str, Any]] = []
+        self.account_calls: list[AccountCommand] = []
         self.fail_accounts: str | None = None  # kind of account call to refuse with 503
         # kind of account call after which the reward shard "crashes" (the call commits,
         # its answer is lost)
@@ -51,13 +54,13 @@ class Wiring:
             recovery_interval_s=0,
         )
 
-    async def _account_call(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.account_calls.append(request)
-        if self.fail_accounts == request["kind"]:
-            return {"status": 503, "body": {"code": "unavailable", "detail": "injected"}}
-        answer = await self.accounts.submit(request)
-        if self.crash_after == request["kind"]:
-            raise RuntimeError(f"injected crash after the {request['kind']} committed")
+    async def _account_call(self, command: AccountCommand) -> Outcome:
+        self.account_calls.append(command)
+        if self.fail_accounts == command.kind:
+            return Outcome.refused(Code.UNAVAILABLE, "injected")
+        answer = await self.accounts.submit(command)
+        if self.crash_after == command.kind:
+            raise RuntimeError(f"injected crash after the {command.kind} committed")
         return answer
 
     async def restart_rewards(self) -> None:
@@ -88,22 +91,26 @@ def reward_def(stock: int | None = 10, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def put_reward(w: Wiring, program: str, reward: str, **fields: Any) -> dict[str, Any]:
-    return await w.rewards.put_reward(
-        {"program_id": program, "reward_id": reward, **reward_def(**fields)}
+async def put_reward(w: Wiring, program: str, reward: str, **fields: Any) -> Outcome:
+    return await w.rewards.submit(
+        PutReward(program_id=program, reward_id=reward, **reward_def(**fields))
     )
 
 
-def redeem_request(program: str, reward: str, member: str, key: str, qty: int = 1) -> dict:
+def redeem_request(program: str, reward: str, member: str, key: str, qty: int = 1) -> Redeem:
     fields = {"program_id": program, "reward_id": reward, "member_id": member, "quantity": qty}
-    return {**fields, "key": key, "request_hash": request_hash("redeem", fields)}
+    return Redeem(**fields, key=key, request_hash=request_hash("redeem", fields))
 
 
-async def credit(w: Wiring, program: str, member: str, points: int, **extra: Any) -> dict:
+def cancel_request(program: str, reward: str, redemption_id: str) -> Cancel:
+    return Cancel(program_id=program, reward_id=reward, redemption_id=uuid.UUID(redemption_id))
+
+
+async def credit(w: Wiring, program: str, member: str, points: int, **extra: Any) -> Outcome:
     result = await w.accounts.submit(
         op("credit", program, member, points, f"c-{secrets.token_hex(4)}", **extra)
     )
-    assert result["status"] == 201, result
+    assert result.code is Code.CREATED, result
     return result
 
 
@@ -134,13 +141,13 @@ async def test_more_redemptions_than_stock_sell_exactly_the_stock(
             for i in range(12)
         )
     )
-    statuses = sorted(r["status"] for r in results)
-    assert statuses == [201] * 5 + [409] * 7
-    assert {r["body"]["code"] for r in results if r["status"] == 409} == {"out_of_stock"}
-    assert {r["body"]["status"] for r in results if r["status"] == 201} == {"completed"}
+    codes = [r.code for r in results]
+    assert codes.count(Code.CREATED) == 5 and codes.count(Code.OUT_OF_STOCK) == 7
+    assert {r.code for r in results if not r.succeeded} == {"out_of_stock"}
+    assert {r.body["status"] for r in results if r.code is Code.CREATED} == {"completed"}
     assert reward_row(database_url, program, "mug") == (5, 0, 5)
     # Out-of-stock answers touched no account: 5 debits only.
-    assert [c["kind"] for c in wiring.account_calls] == ["debit"] * 5
+    assert [c.kind for c in wiring.account_calls] == ["debit"] * 5
     assert_verifier_clean(database_url)
 
 
@@ -150,14 +157,14 @@ async def test_not_enough_points_fails_and_gives_the_unit_back(
     await put_reward(wiring, program, "mug", stock=1)
     await credit(wiring, program, "poor", 99)
     result = await wiring.rewards.redeem(redeem_request(program, "mug", "poor", "k1"))
-    assert result["status"] == 409 and result["body"]["code"] == "insufficient_points"
-    assert result["body"]["redemption"]["status"] == "failed"
+    assert result.code == "insufficient_points"
+    assert result.body["redemption"]["status"] == "failed"
     assert reward_row(database_url, program, "mug") == (1, 0, 0)
     # The replay gives the same answer and does nothing more.
     again = await wiring.rewards.redeem(redeem_request(program, "mug", "poor", "k1"))
-    assert again["status"] == 409 and again["replayed"] is True
+    assert again.replayed is True
     unknown = await wiring.rewards.redeem(redeem_request(program, "mug", "ghost", "k1"))
-    assert unknown["status"] == 404
+    assert unknown.code is Code.NOT_FOUND
     assert_verifier_clean(database_url)
 
 
@@ -171,7 +178,7 @@ async def test_cancel_refunds_into_the_original_lots_keeping_their_expiry(
     await credit(wiring, program, "ann", 100)
     await put_reward(wiring, program, "mug", stock=3)
     done = await wiring.rewards.redeem(redeem_request(program, "mug", "ann", "k1"))
-    assert done["status"] == 201 and done["body"]["points_spent"] == 100
+    assert done.code is Code.CREATED and done.body["points_spent"] == 100
     lots_after_debit = db_rows(
         database_url,
         "SELECT remaining, expires_at FROM lots WHERE program_id=%s AND member_id='ann'"
@@ -179,10 +186,8 @@ async def test_cancel_refunds_into_the_original_lots_keeping_their_expiry(
         program,
     )
     assert [r[0] for r in lots_after_debit] == [0, 60]  # the expiring lot went first
-    cancelled = await wiring.rewards.cancel(
-        {"program_id": program, "reward_id": "mug", "redemption_id": done["body"]["id"]}
-    )
-    assert cancelled["status"] == 200 and cancelled["body"]["status"] == "cancelled"
+    cancelled = await wiring.rewards.cancel(cancel_request(program, "mug", done.body["id"]))
+    assert cancelled.code is Code.OK and cancelled.body["status"] == "cancelled"
     lots = db_rows(
         database_url,
         "SELECT remaining, expires_at FROM lots WHERE program_id=%s AND member_id='ann'"
@@ -193,10 +198,8 @@ async def test_cancel_refunds_into_the_original_lots_keeping_their_expiry(
     assert lots[0][1] == lots_after_debit[0][1] == soon.replace(microsecond=soon.microsecond)
     assert reward_row(database_url, program, "mug") == (3, 0, 0)
     # Cancelling again changes nothing.
-    again = await wiring.rewards.cancel(
-        {"program_id": program, "reward_id": "mug", "redemption_id": done["body"]["id"]}
-    )
-    assert again["status"] == 200
+    again = await wiring.rewards.cancel(cancel_request(program, "mug", done.body["id"]))
+    assert again.code is Code.OK
     [(refunds,)] = db_rows(
         database_url,
         "SELECT count(*) FROM transactions WHERE program_id=%s AND kind='refund'",
@@ -213,7 +216,7 @@ async def test_a_saga_left_half_way_is_finished_by_recovery(
     await credit(wiring, program, "bob", 500)
     wiring.fail_accounts = "debit"  # the debit step is unavailable: the saga stops
     stuck = await wiring.rewards.redeem(redeem_request(program, "mug", "bob", "k1"))
-    assert stuck["status"] == 503
+    assert stuck.code is Code.UNAVAILABLE
     assert reward_row(database_url, program, "mug") == (2, 1, 0)
     await wiring.restart_rewards()  # the shard "crashes"; its memory is gone
     wiring.fail_accounts = None
@@ -230,8 +233,8 @@ async def test_a_saga_left_half_way_is_finished_by_recovery(
     assert status == "completed"
     assert reward_row(database_url, program, "mug") == (2, 0, 1)
     replay = await wiring.rewards.redeem(redeem_request(program, "mug", "bob", "k1"))
-    assert replay["status"] == 201 and replay["replayed"] is True
-    assert [c["kind"] for c in wiring.account_calls] == ["debit", "debit"]
+    assert replay.code is Code.CREATED and replay.replayed is True
+    assert [c.kind for c in wiring.account_calls] == ["debit", "debit"]
     assert_verifier_clean(database_url)
 
 
@@ -253,7 +256,7 @@ async def test_webhook_failure_compensates(database_url: str, program: str) -> N
         )
         await credit(w, program, "cy", 100)
         first = await w.rewards.redeem(redeem_request(program, "box", "cy", "k1"))
-        assert first["status"] == 201 and first["body"]["status"] == "pending_fulfillment"
+        assert first.code is Code.CREATED and first.body["status"] == "pending_fulfillment"
         assert reward_row(database_url, program, "box") == (1, 1, 0)
         release.set()
         for _ in range(100):
@@ -291,7 +294,7 @@ async def test_crash_after_the_debit_recovery_completes_without_a_second_debit(
     await credit(wiring, program, "dan", 100)
     wiring.crash_after = "debit"
     lost = await wiring.rewards.redeem(redeem_request(program, "mug", "dan", "k1"))
-    assert lost["status"] == 503  # the caller never heard; the points are gone already
+    assert lost.code is Code.UNAVAILABLE  # the caller never heard; the points are gone already
     [(balance,)] = db_rows(
         database_url, "SELECT balance FROM accounts WHERE program_id=%s", program
     )
@@ -316,10 +319,10 @@ async def test_crash_after_the_refund_recovery_finishes_compensation_once(
     await put_reward(wiring, program, "mug", stock=1)
     await credit(wiring, program, "eli", 100)
     done = await wiring.rewards.redeem(redeem_request(program, "mug", "eli", "k1"))
-    assert done["status"] == 201
+    assert done.code is Code.CREATED
     wiring.crash_after = "refund"
-    cancel = {"program_id": program, "reward_id": "mug", "redemption_id": done["body"]["id"]}
-    assert (await wiring.rewards.cancel(cancel))["status"] == 503
+    cancel = cancel_request(program, "mug", done.body["id"])
+    assert (await wiring.rewards.cancel(cancel)).code is Code.UNAVAILABLE
     await wiring.restart_rewards()
     wiring.crash_after = None
     assert await wiring.rewards.recover_once() == 1
@@ -331,7 +334,7 @@ async def test_crash_after_the_refund_recovery_finishes_compensation_once(
     )
     assert refunds == 1
     assert reward_row(database_url, program, "mug") == (1, 0, 0)
-    assert (await wiring.rewards.cancel(cancel))["status"] == 200
+    assert (await wiring.rewards.cancel(cancel)).code is Code.OK
     assert_verifier_clean(database_url)
 
 
@@ -347,14 +350,14 @@ async def test_a_stale_owner_is_fenced_and_the_new_owner_sells_correctly(
         for i in range(4):
             await credit(first, program, f"p{i}", 100)
         ok = await first.rewards.redeem(redeem_request(program, "duo", "p0", "k0"))
-        assert ok["status"] == 201
+        assert ok.code is Code.CREATED
         # The second owner loads the reward now, then the first sells the last unit.
         ok2 = await second.rewards.redeem(redeem_request(program, "duo", "p1", "k1"))
-        assert ok2["status"] == 201
+        assert ok2.code is Code.CREATED
         stale = await first.rewards.redeem(redeem_request(program, "duo", "p2", "k2"))
-        assert stale["status"] == 503  # fenced: its view of the reward was stale
+        assert stale.code is Code.UNAVAILABLE  # fenced: its view of the reward was stale
         again = await first.rewards.redeem(redeem_request(program, "duo", "p2", "k2"))
-        assert again["status"] == 409 and again["body"]["code"] == "out_of_stock"
+        assert again.code == "out_of_stock"
         assert reward_row(database_url, program, "duo") == (2, 0, 2)
         assert_verifier_clean(database_url)
     finally:

@@ -19,8 +19,12 @@ from db.engine import migrate, sqlalchemy_url
 from db.models import metadata
 from tests.conftest import temporary_database
 
+# Columns in order: their rank, not PostgreSQL's attnum, which keeps a hole where a
+# migration dropped a column (0004 dropped idempotency_keys.status).
 COLUMNS = """
-    SELECT table_name, ordinal_position, column_name, data_type, is_nullable, column_default
+    SELECT table_name,
+           rank() OVER (PARTITION BY table_name ORDER BY ordinal_position),
+           column_name, data_type, is_nullable, column_default
     FROM information_schema.columns
     WHERE table_schema = 'public' AND table_name <> 'alembic_version'
     ORDER BY 1, 2

@@ -10,8 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from actors.protocol import Credit, Debit, Refund
 from actors.shard_core import ShardCore
 from db.ledger_repo import BatchWrite, LedgerRepo
+from domain.errors import Code
 from domain.idempotency import request_hash
 
 
@@ -30,16 +32,22 @@ async def core(database_url: str) -> AsyncIterator[ShardCore]:
     await shard.close()
 
 
-def op(kind: str, program: str, member: str, points: int, key: str, **extra: Any) -> dict[str, Any]:
+COMMANDS: dict[str, type[Credit | Debit | Refund]] = {
+    "credit": Credit,
+    "debit": Debit,
+    "refund": Refund,
+}
+
+
+def op(kind: str, program: str, member: str, points: int, key: str, **extra: Any) -> Any:
     fields = {"points": points, "reason": extra.pop("reason", "test"), **extra}
-    return {
-        "kind": kind,
-        "program_id": program,
-        "member_id": member,
-        "key": key,
-        "request_hash": request_hash(kind, {"program_id": program, "member_id": member, **fields}),
+    return COMMANDS[kind](
+        program_id=program,
+        member_id=member,
+        key=key,
+        request_hash=request_hash(kind, {"program_id": program, "member_id": member, **fields}),
         **fields,
-    }
+    )
 
 
 def db_rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -86,9 +94,9 @@ async def test_group_commit_applies_concurrent_operations_in_few_transactions(
     results = await asyncio.gather(
         *(core.submit(op("debit", program, "alice", 3, f"d{i}")) for i in range(200))
     )
-    assert [r["status"] for r in results] == [201] * 200
+    assert [r.code for r in results] == [Code.CREATED] * 200
     assert core.stats["batches"] - batches_before < 200  # grouped, not one commit each
-    balances = sorted(r["body"]["balance_after"] for r in results)
+    balances = sorted(r.body["balance_after"] for r in results)
     assert balances == list(range(1000 - 600, 1000, 3))  # each debit saw the one before
     assert check_member_invariants(database_url, program, "alice") == 400
 
@@ -100,10 +108,10 @@ async def test_concurrent_debits_never_overdraw(
     results = await asyncio.gather(
         *(core.submit(op("debit", program, "bob", 1, f"d{i}")) for i in range(300))
     )
-    statuses = [r["status"] for r in results]
-    assert statuses.count(201) == 100
-    assert statuses.count(409) == 200
-    assert {r["body"]["code"] for r in results if r["status"] == 409} == {"insufficient_points"}
+    codes = [r.code for r in results]
+    assert codes.count(Code.CREATED) == 100
+    assert codes.count(Code.INSUFFICIENT_POINTS) == 200
+    assert {r.code for r in results if not r.succeeded} == {"insufficient_points"}
     assert check_member_invariants(database_url, program, "bob") == 0
 
 
@@ -112,9 +120,9 @@ async def test_same_key_in_one_batch_applies_once(core: ShardCore, program: str)
     results = await asyncio.gather(
         *(core.submit(op("debit", program, "carol", 7, "same")) for _ in range(20))
     )
-    assert {r["status"] for r in results} == {201}
-    assert len({r["body"]["transaction_id"] for r in results}) == 1
-    assert sum(not r["replayed"] for r in results) == 1
+    assert {r.code for r in results} == {Code.CREATED}
+    assert len({r.body["transaction_id"] for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
     view = await core.get_account(program, "carol")
     assert view is not None and view["balance"]["available"] == 43
 
@@ -123,22 +131,22 @@ async def test_idempotency_survives_a_restart(
     database_url: str, program: str, core: ShardCore
 ) -> None:
     first = await core.submit(op("credit", program, "dave", 25, "k1"))
-    assert first["status"] == 201 and not first["replayed"]
+    assert first.code is Code.CREATED and not first.replayed
 
     restarted = ShardCore(LedgerRepo(database_url))  # empty caches, as after a crash
     try:
         again = await restarted.submit(op("credit", program, "dave", 25, "k1"))
-        assert again["replayed"] is True
-        assert again["status"] == 201 and again["body"] == first["body"]
+        assert again.replayed is True
+        assert again.code is Code.CREATED and again.body == first.body
         conflict = await restarted.submit(op("credit", program, "dave", 26, "k1"))
-        assert conflict["status"] == 409
-        assert conflict["body"]["code"] == "idempotency_conflict"
+        assert not conflict.succeeded
+        assert conflict.code == "idempotency_conflict"
         # A new key in the same batch as a replay still applies.
         mixed = await asyncio.gather(
             restarted.submit(op("credit", program, "dave", 25, "k1")),
             restarted.submit(op("credit", program, "dave", 5, "k2")),
         )
-        assert [m["replayed"] for m in mixed] == [True, False]
+        assert [m.replayed for m in mixed] == [True, False]
     finally:
         await restarted.close()
     rows = db_rows(
@@ -155,10 +163,10 @@ async def test_business_refusals_are_remembered_under_their_key(
 ) -> None:
     await core.submit(op("credit", program, "erin", 5, "seed"))
     refused = await core.submit(op("debit", program, "erin", 10, "big"))
-    assert refused["status"] == 409
+    assert not refused.succeeded
     await core.submit(op("credit", program, "erin", 100, "topup"))
     replayed = await core.submit(op("debit", program, "erin", 10, "big"))
-    assert replayed["status"] == 409 and replayed["replayed"] is True
+    assert replayed.replayed is True and replayed.code is Code.INSUFFICIENT_POINTS
 
 
 async def test_two_owners_of_one_slot_only_one_commits(database_url: str, program: str) -> None:
@@ -166,16 +174,18 @@ async def test_two_owners_of_one_slot_only_one_commits(database_url: str, progra
     owner_a = ShardCore(LedgerRepo(database_url))
     owner_b = ShardCore(LedgerRepo(database_url))
     try:
-        assert (await owner_a.submit(op("credit", program, "frank", 100, "a1")))["status"] == 201
+        assert (
+            await owner_a.submit(op("credit", program, "frank", 100, "a1"))
+        ).code is Code.CREATED
         # B loads the account and moves it on; A's cached copy is now stale.
-        assert (await owner_b.submit(op("debit", program, "frank", 60, "b1")))["status"] == 201
+        assert (await owner_b.submit(op("debit", program, "frank", 60, "b1"))).code is Code.CREATED
         stale = await owner_a.submit(op("debit", program, "frank", 60, "a2"))
-        assert stale["status"] == 503 and stale["body"]["code"] == "unavailable"
+        assert stale.code is Code.UNAVAILABLE and stale.code == "unavailable"
         assert owner_a.stats["fenced"] == 1, stale
         retried = await owner_a.submit(op("debit", program, "frank", 60, "a2"))
-        assert retried["status"] == 409 and retried["body"]["code"] == "insufficient_points"
+        assert retried.code == "insufficient_points"
         ok = await owner_a.submit(op("debit", program, "frank", 40, "a3"))
-        assert ok["status"] == 201 and ok["body"]["balance_after"] == 0
+        assert ok.code is Code.CREATED and ok.body["balance_after"] == 0
     finally:
         await owner_a.close()
         await owner_b.close()
@@ -207,13 +217,13 @@ async def test_failed_commit_fails_the_batch_and_changes_nothing(
         failed = await asyncio.gather(
             *(shard.submit(op("debit", program, "gina", 1, f"x{i}")) for i in range(5))
         )
-        assert all(r["status"] == 503 for r in failed)
+        assert all(r.code is Code.UNAVAILABLE for r in failed)
         view = await shard.get_account(program, "gina")
         assert view is not None and view["balance"]["available"] == 10
         retried = await asyncio.gather(
             *(shard.submit(op("debit", program, "gina", 1, f"x{i}")) for i in range(5))
         )
-        assert all(r["status"] == 201 and not r["replayed"] for r in retried)
+        assert all(r.code is Code.CREATED and not r.replayed for r in retried)
     finally:
         await shard.close()
     assert check_member_invariants(database_url, program, "gina") == 5
@@ -221,9 +231,9 @@ async def test_failed_commit_fails_the_batch_and_changes_nothing(
 
 async def test_unknown_program_and_member_are_not_found(core: ShardCore, program: str) -> None:
     missing_program = await core.submit(op("credit", "no-such-program", "m", 1, "k"))
-    assert missing_program["status"] == 404
+    assert missing_program.code is Code.NOT_FOUND
     missing_member = await core.submit(op("debit", program, "nobody", 1, "k"))
-    assert missing_member["status"] == 404
+    assert missing_member.code is Code.NOT_FOUND
     assert await core.get_account(program, "nobody") is None
 
 
@@ -286,7 +296,7 @@ async def test_reads_and_pings_during_group_commits_do_not_disturb_writes(
         results = await asyncio.gather(*writes, *reads, *pings)
     finally:
         await cold.close()
-    assert [r["status"] for r in results[:300]] == [201] * 300
+    assert [r.code for r in results[:300]] == [Code.CREATED] * 300
     views = results[300:400]
     assert all(v is not None and 985 <= v["balance"]["available"] <= 1000 for v in views)
     assert all("queued" in p for p in results[400:])
@@ -309,7 +319,7 @@ async def test_a_tiny_cache_never_turns_known_members_into_unknown_ones(
         )
     finally:
         await tiny.close()
-    assert [r["status"] for r in results] == [201] * 40
+    assert [r.code for r in results] == [Code.CREATED] * 40
     for i in range(8):
         assert check_member_invariants(database_url, program, f"lru{i}") == 5
 
@@ -321,11 +331,11 @@ async def test_a_refusal_on_a_member_created_in_the_same_batch_is_remembered(
         core.submit(op("credit", program, "newbie", 5, "c")),
         core.submit(op("debit", program, "newbie", 50, "d")),
     )
-    assert first["status"] == 201
-    assert refused["status"] == 409 and refused["body"]["code"] == "insufficient_points"
+    assert first.code is Code.CREATED
+    assert refused.code == "insufficient_points"
     await core.submit(op("credit", program, "newbie", 100, "c2"))
     again = await core.submit(op("debit", program, "newbie", 50, "d"))
-    assert again["status"] == 409 and again["replayed"] is True
+    assert again.replayed is True
 
 
 async def test_replay_and_conflict_of_an_uncached_key_in_one_batch(
@@ -341,6 +351,6 @@ async def test_replay_and_conflict_of_an_uncached_key_in_one_batch(
         )
     finally:
         await restarted.close()
-    assert different["status"] == 409 and different["body"]["code"] == "idempotency_conflict"
-    assert same["status"] == 201 and same["replayed"] and same["body"] == original["body"]
+    assert different.code == "idempotency_conflict"
+    assert same.code is Code.CREATED and same.replayed and same.body == original.body
     assert check_member_invariants(database_url, program, "ivy") == 10

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from actors.protocol import AccountCommand
 from actors.shard_core import ShardCore
 from db.engine import libpq_url, migrate
 from db.ledger_repo import LedgerRepo
 from db.verify_repo import run_checks
+from domain.errors import Code
 from loadtests.verify import main as verify_main
 from tests.conftest import temporary_database
 from tests.integration.test_shard_core import op
@@ -120,10 +122,10 @@ async def saga_ledger(url: str, completed: uuid.UUID, cancelled: uuid.UUID) -> d
     """The account side of both sagas, through ShardCore with the keys the saga uses."""
     core = ShardCore(LedgerRepo(url))
 
-    async def txn(request: dict[str, object]) -> str:
+    async def txn(request: AccountCommand) -> str:
         answer = await core.submit(request)
-        assert answer["status"] == 201, answer
-        return str(answer["body"]["transaction_id"])
+        assert answer.code is Code.CREATED, answer
+        return str(answer.body["transaction_id"])
 
     try:
         await txn(op("credit", "shop", "m0", 100, "c0"))
@@ -131,10 +133,14 @@ async def saga_ledger(url: str, completed: uuid.UUID, cancelled: uuid.UUID) -> d
         ids = {"m1_debit": await txn(op("debit", "shop", "m1", 30, "d1"))}
         ids["cancelled_debit"] = await txn(op("debit", "shop", "m0", 30, f"saga {cancelled} debit"))
         ids["cancelled_refund"] = await txn(
-            {
-                **op("refund", "shop", "m0", 30, f"saga {cancelled} refund"),
-                "refund_of": uuid.UUID(ids["cancelled_debit"]),
-            }
+            op(
+                "refund",
+                "shop",
+                "m0",
+                30,
+                f"saga {cancelled} refund",
+                refund_of=uuid.UUID(ids["cancelled_debit"]),
+            )
         )
         ids["completed_debit"] = await txn(op("debit", "shop", "m0", 30, f"saga {completed} debit"))
         return ids

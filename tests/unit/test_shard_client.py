@@ -7,7 +7,9 @@ import pytest
 from ray.exceptions import ActorUnavailableError
 
 from actors import shard_client
+from actors.protocol import Debit, Outcome
 from actors.shard_client import ShardClient
+from domain.errors import Code
 
 
 class _Method:
@@ -26,24 +28,24 @@ class StandInShard:
         self.failures = failures
         self.submit_many = _Method(self._submit_many)
 
-    async def _submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _submit_many(self, requests: list[Debit]) -> list[Outcome]:
         await asyncio.sleep(0.01)  # a commit takes a while; more requests queue meanwhile
         if self.failures:
             self.failures -= 1
             raise ActorUnavailableError("restarting", None)
         self.calls.append(len(requests))
-        return [{"status": 201, "body": {"key": r["key"]}} for r in requests]
+        return [Outcome.created({"key": r.key}) for r in requests]
 
 
-def request(i: int) -> dict[str, Any]:
-    return {"program_id": "p", "member_id": "m", "key": f"k{i}"}
+def request(i: int) -> Debit:
+    return Debit(program_id="p", member_id="m", key=f"k{i}", points=1, reason="r")
 
 
 async def test_requests_queue_while_a_call_is_in_flight_and_travel_together() -> None:
     shard = StandInShard()
     client = ShardClient([shard])
     results = await asyncio.gather(*(client.submit(request(i)) for i in range(100)))
-    assert [r["body"]["key"] for r in results] == [f"k{i}" for i in range(100)]
+    assert [r.body["key"] for r in results] == [f"k{i}" for i in range(100)]
     assert sum(shard.calls) == 100
     assert len(shard.calls) < 100  # batched, not one Ray call per request
 
@@ -52,7 +54,7 @@ async def test_a_restarting_shard_is_retried_with_the_same_requests() -> None:
     shard = StandInShard(failures=2)
     client = ShardClient([shard])
     results = await asyncio.gather(*(client.submit(request(i)) for i in range(10)))
-    assert {r["status"] for r in results} == {201}
+    assert {r.code for r in results} == {Code.CREATED}
     assert sum(shard.calls) == 10
 
 
@@ -62,4 +64,4 @@ async def test_past_the_retry_budget_the_answer_is_unavailable(
     monkeypatch.setattr(shard_client, "RETRY_BUDGET_S", 0.05)
     client = ShardClient([StandInShard(failures=1000)])
     result = await client.submit(request(1))
-    assert result["status"] == 503 and result["body"]["code"] == "unavailable"
+    assert result.code is Code.UNAVAILABLE and "unavailable" in result.detail

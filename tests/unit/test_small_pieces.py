@@ -8,11 +8,11 @@ from pydantic import ValidationError
 
 from actors.routing import SLOTS, shard_of, slot_of
 from db.api_repo import decode_cursor, encode_cursor
-from domain.errors import HTTP_STATUS, Code, PointsError
+from domain.errors import STORED_ONLY_CODES, SUCCESS_CODES, Code, PointsError
 from domain.idempotency import StoredResponse, replay, request_hash
 from domain.ids import uuid7, valid_id
 from serve_app.auth import KeyCache, hash_key, new_key
-from serve_app.problems import TITLES, problem_body
+from serve_app.problems import HTTP_STATUS, TITLES, problem_body
 from serve_app.schemas import CreditIn, DebitIn
 
 
@@ -25,7 +25,7 @@ def test_request_hash_is_canonical() -> None:
 
 
 def test_replay_returns_original_or_conflicts() -> None:
-    stored = StoredResponse(request_hash("debit", {"p": 1}), 201, {"transaction_id": "t"})
+    stored = StoredResponse(request_hash("debit", {"p": 1}), Code.CREATED, {"transaction_id": "t"})
     assert replay(stored, stored.request_hash) is stored
     with pytest.raises(PointsError) as err:
         replay(stored, request_hash("debit", {"p": 2}))
@@ -70,7 +70,14 @@ def test_id_alphabet(value: str, ok: bool) -> None:
 
 def test_every_code_maps_to_a_status_and_a_title() -> None:
     for code in Code:
+        if code in STORED_ONLY_CODES:  # stored, never answered: no status on purpose
+            assert code not in HTTP_STATUS
+            continue
+        if code in SUCCESS_CODES:
+            assert 200 <= HTTP_STATUS[code] < 300 and code not in TITLES
+            continue
         assert code in HTTP_STATUS and code in TITLES
+        assert HTTP_STATUS[code] >= 400
         body = problem_body(code, "detail")
         assert body["code"] == code.value and body["status"] == HTTP_STATUS[code]
         assert body["type"].endswith(code.value) and body["title"]

@@ -1,0 +1,207 @@
+"""The typed protocol between the ingress and the shard actors.
+
+Contract: the ingress (and the reward shards' saga, and the stream consumer) send frozen
+*commands*, one type per operation, and get back one `Outcome` each. An outcome carries a
+domain result code (`domain.errors.Code`, never an HTTP status), the body, and whether it
+is a replay of an earlier answer. Only `serve_app` turns a code into an HTTP status.
+
+Why dataclasses with slots: they pickle as their class (memoized once per Ray call) plus a
+list of field values, so a call carrying a thousand commands costs about what a list of
+tuples would, and every field is typed and named on both sides. Commands carry only what
+the operation needs; the idempotency key and the request hash travel with the writes that
+are keyed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from domain.errors import SUCCESS_CODES, Code, PointsError
+from domain.rules import EventIn
+
+
+class OpKind(StrEnum):
+    """Every operation a shard applies. The account kinds double as the names hashed into
+    request hashes (`domain.idempotency.request_hash`), so they never change."""
+
+    # Account shards.
+    CREDIT = "credit"
+    DEBIT = "debit"
+    REFUND = "refund"
+    EVENT = "event"
+    REVERSE = "reverse"
+    CONFIRM = "confirm"
+    EXPIRE = "expire"
+    RETIER = "retier"
+    # Reward shards.
+    PUT_REWARD = "put_reward"
+    RESTOCK = "restock"
+    REDEEM = "redeem"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an operation answered. `body` is the resource view for a success, and
+    `{"detail": ..., **extra}` for a refusal."""
+
+    code: Code
+    body: dict[str, Any] = field(default_factory=dict)
+    replayed: bool = False
+
+    @staticmethod
+    def created(body: dict[str, Any]) -> Outcome:
+        return Outcome(Code.CREATED, body)
+
+    @staticmethod
+    def done(body: dict[str, Any] | None = None) -> Outcome:
+        return Outcome(Code.OK, body if body is not None else {})
+
+    @staticmethod
+    def refused(code: Code, detail: str, **extra: Any) -> Outcome:
+        assert code not in SUCCESS_CODES
+        assert detail
+        return Outcome(code, {"detail": detail, **extra})
+
+    @staticmethod
+    def of_error(exc: PointsError) -> Outcome:
+        return Outcome.refused(exc.code, exc.detail)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.code in SUCCESS_CODES
+
+    @property
+    def detail(self) -> str:
+        return str(self.body.get("detail", self.code.value))
+
+    def as_replay(self, replayed: bool = True) -> Outcome:
+        return replace(self, replayed=replayed)
+
+
+# --------------------------------------------------------------------- account shards
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountCommand:
+    """An operation on one member account; `(program_id, member_id)` picks the shard."""
+
+    kind: ClassVar[OpKind]
+    program_id: str
+    member_id: str
+    # Scoped to (program, member); empty for operations that are not keyed.
+    key: str = ""
+    request_hash: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credit(AccountCommand):
+    kind: ClassVar[OpKind] = OpKind.CREDIT
+    points: int
+    reason: str
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Debit(AccountCommand):
+    kind: ClassVar[OpKind] = OpKind.DEBIT
+    points: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refund(AccountCommand):
+    """Give back everything a debit took, into the lots it took it from (the saga's
+    compensation)."""
+
+    kind: ClassVar[OpKind] = OpKind.REFUND
+    points: int
+    reason: str
+    refund_of: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyEvent(AccountCommand):
+    kind: ClassVar[OpKind] = OpKind.EVENT
+    event: EventIn
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reverse(AccountCommand):
+    """Claw back what an event earned, in proportion to `amount` (None: all of it)."""
+
+    kind: ClassVar[OpKind] = OpKind.REVERSE
+    event_id: str
+    amount: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Confirm(AccountCommand):
+    kind: ClassVar[OpKind] = OpKind.CONFIRM
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expire(AccountCommand):
+    """Write off the account's points past expiry (the shard's expiry pass)."""
+
+    kind: ClassVar[OpKind] = OpKind.EXPIRE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retier(AccountCommand):
+    """Re-decide the member's tier without an event (the shard's tier pass)."""
+
+    kind: ClassVar[OpKind] = OpKind.RETIER
+
+
+# --------------------------------------------------------------------- reward shards
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RewardCommand:
+    """An operation on one reward; `(program_id, reward_id)` picks the reward shard."""
+
+    kind: ClassVar[OpKind]
+    program_id: str
+    reward_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutReward(RewardCommand):
+    kind: ClassVar[OpKind] = OpKind.PUT_REWARD
+    name: str
+    cost_points: int
+    # Units stocked in all; None: unlimited.
+    stock: int | None
+    per_member_limit: int | None
+    active: bool
+    fulfillment: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Restock(RewardCommand):
+    kind: ClassVar[OpKind] = OpKind.RESTOCK
+    quantity: int
+    key: str
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redeem(RewardCommand):
+    kind: ClassVar[OpKind] = OpKind.REDEEM
+    member_id: str
+    quantity: int
+    key: str
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel(RewardCommand):
+    kind: ClassVar[OpKind] = OpKind.CANCEL
+    redemption_id: uuid.UUID

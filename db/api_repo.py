@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from db.reward_repo import REDEMPTION_COLUMNS, redemption_from_row
+from domain.limits import CURSOR_LENGTH_MAX, PAGE_SIZE_MAX
 from domain.rewards import Redemption, Reward, RewardStock, redemption_view, reward_view
 
 
@@ -27,7 +28,7 @@ def encode_cursor(created_at: datetime, txn_id: uuid.UUID) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """Raises ValueError on anything that is not a cursor this API produced."""
-    if len(cursor) > 200:
+    if len(cursor) > CURSOR_LENGTH_MAX:
         raise ValueError("cursor too long")
     padded = cursor + "=" * (-len(cursor) % 4)
     created, txn = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
@@ -120,6 +121,57 @@ class ApiRepo:
             )
             row = await cur.fetchone()
         return None if row is None else _program(row)
+
+    async def list_programs(
+        self, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """By program id, keyset-paginated; `cursor` is a next_cursor this returned (a bad
+        one raises ValueError). next_cursor is None on the last page."""
+        assert 0 < limit <= PAGE_SIZE_MAX
+        after = None if cursor is None else decode_id_cursor(cursor)
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT program_id, name, policy, policy_version, created_at, updated_at"
+                " FROM programs WHERE (%s::text IS NULL OR program_id > %s)"
+                " ORDER BY program_id LIMIT %s",
+                (after, after, limit + 1),
+            )
+            rows = await cur.fetchall()
+        items = [_program(row) for row in rows[:limit]]
+        next_cursor = encode_id_cursor(items[-1]["program_id"]) if len(rows) > limit else None
+        assert len(items) <= limit
+        return items, next_cursor
+
+    async def list_members(
+        self, program_id: str, *, tier: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A program's member accounts by member id, keyset-paginated, only those in `tier`
+        if given; `cursor` as in list_programs. An unknown program has no members."""
+        assert 0 < limit <= PAGE_SIZE_MAX
+        after = None if cursor is None else decode_id_cursor(cursor)
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT member_id, balance, tier, lifetime_earned, lifetime_spent,"
+                " created_at, updated_at FROM accounts WHERE program_id = %s"
+                " AND (%s::text IS NULL OR tier = %s)"
+                " AND (%s::text IS NULL OR member_id > %s)"
+                " ORDER BY member_id LIMIT %s",
+                (program_id, tier, tier, after, after, limit + 1),
+            )
+            rows = await cur.fetchall()
+        items = [
+            {
+                **row,
+                "created_at": _iso(row["created_at"]),
+                "updated_at": _iso(row["updated_at"]),
+            }
+            for row in rows[:limit]
+        ]
+        next_cursor = encode_id_cursor(items[-1]["member_id"]) if len(rows) > limit else None
+        assert len(items) <= limit
+        return items, next_cursor
 
     async def add_rule_set(
         self, program_id: str, rules: list[dict[str, Any]], effective_from: datetime | None
@@ -279,7 +331,7 @@ class ApiRepo:
         more = len(rows) > limit
         rows = rows[:limit]
         items = [reward_view(_reward(row)) for row in rows]
-        next_cursor = _b64(rows[-1][1]) if more and rows else None
+        next_cursor = encode_id_cursor(rows[-1][1]) if more and rows else None
         return items, next_cursor
 
     async def get_reward(self, program_id: str, reward_id: str) -> dict[str, Any] | None:
@@ -349,15 +401,24 @@ def _reward(row: Any) -> Reward:
     return Reward(row[0], row[1], row[2], row[3], stock, row[8], row[9], row[10], row[11], row[12])
 
 
-def _b64(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+def encode_id_cursor(last_id: str) -> str:
+    """The cursor of a list ordered by a text id (rewards, programs, members): the last id."""
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
 
 
-def decode_reward_cursor(cursor: str) -> str:
+def decode_id_cursor(cursor: str) -> str:
     """Raises ValueError on anything that is not a cursor this API produced."""
-    if len(cursor) > 200:
+    if len(cursor) > CURSOR_LENGTH_MAX:
         raise ValueError("cursor too long")
-    return base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
+    last_id = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
+    # PostgreSQL text cannot hold NUL: it would fail the query, not the cursor.
+    if "\x00" in last_id:
+        raise ValueError("cursor with NUL")
+    return last_id
+
+
+# The rewards route's name for it (serve_app/app.py).
+decode_reward_cursor = decode_id_cursor
 
 
 def _program(row: dict[str, Any]) -> dict[str, Any]:

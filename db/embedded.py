@@ -6,6 +6,7 @@ the data directory and survives restarts; `stop()` shuts both servers down.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import subprocess
@@ -30,17 +31,44 @@ class EmbeddedPostgres:
         return uri
 
     def stop(self) -> None:
+        """Stop the server. Quiet when it stops; RuntimeError when it is still running after.
+
+        pgserver stops the server in its `_cleanup`, which it also registers with atexit,
+        but only when this process holds the last handle: a handle left by a killed process
+        keeps it running, so we then stop it with pg_ctl ourselves. That fallback ran
+        unconditionally before, and after a clean stop pg_ctl failed ("PID file does not
+        exist") and pgserver logged a "Failed postgres command" block for a server that had
+        stopped fine. Now it runs only while the server is still up.
+        """
         if self._server is None:
             return
         server, self._server = self._server, None
-        with contextlib.suppress(Exception):
+        # Ours to stop now; at exit it would find no handle of ours and do nothing anyway.
+        atexit.unregister(server._cleanup)
+        cleanup_error: Exception | None = None
+        try:
             server._cleanup()
-        # pgserver only stops the server when it believes it holds the last handle; a
-        # handle left by a killed process would keep it running. Stop it regardless.
-        with contextlib.suppress(Exception):
+        except Exception as exc:  # reported below only if the server did not stop
+            cleanup_error = exc
+        if self.running():
             from pgserver.postgres_server import pg_ctl
 
-            pg_ctl(["-w", "stop"], pgdata=self.pgdata, user=server.system_user)
+            with contextlib.suppress(subprocess.CalledProcessError):  # checked just below
+                pg_ctl(["-w", "stop"], pgdata=self.pgdata, user=server.system_user)
+        if self.running():
+            raise RuntimeError(
+                f"embedded PostgreSQL in {self.pgdata} did not stop"
+                + (f" ({type(cleanup_error).__name__}: {cleanup_error})" if cleanup_error else "")
+                + f"; see {self.pgdata / 'log'}"
+            )
+
+    def running(self) -> bool:
+        """Is a postmaster running on this data directory (its postmaster.pid names a live
+        process)?"""
+        from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        return info is not None and info.is_running()
 
 
 class EmbeddedRedis:

@@ -20,6 +20,10 @@ IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 IDEMPOTENCY_RETENTION_S = 30 * 24 * 3600
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
+# An opaque page cursor (base64 of a position: an id, or a time and a uuid).
+CURSOR_LENGTH_MAX = 200
+# An id-keyed cursor is the id in base64 (4 characters per 3 bytes): the longest id fits.
+assert 4 * -(-ID_LENGTH_MAX // 3) <= CURSOR_LENGTH_MAX
 BODY_BYTES_MAX = 1024 * 1024
 # Lots shown in the member view (newest-expiring first); the balance always counts all.
 LOTS_IN_VIEW_MAX = 100

@@ -1,20 +1,48 @@
-"""`points`: run the service (`up`), apply migrations (`migrate`), check it (`status`)."""
+"""`points`: run the service (`up`), apply migrations (`migrate`), check it (`status`), create
+and list programs (`programs create`, `programs list`)."""
 
 import contextlib
+import json
 import signal
 import socket
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from serve_app.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from serve_app import runtime
+
+
+def make_console(file: IO[str] | None = None) -> Console:
+    """Rich wraps at the terminal's width, or at 80 columns when output goes to a file or a
+    pipe; there, a wrapped URL or command no longer works when copied. So: no wrapping
+    unless it is a terminal."""
+    out = Console(file=file)
+    out.soft_wrap = not out.is_terminal
+    return out
+
+
+console = make_console()
+
 app = typer.Typer(help="Points: loyalty points service on Ray.", no_args_is_help=True)
-programs_app = typer.Typer(help="Programs: create one from a template.", no_args_is_help=True)
+programs_app = typer.Typer(
+    help="Programs: create one from a template, list them.", no_args_is_help=True
+)
+
+# A page of `points programs list` (the API's page size bound is domain.limits.PAGE_SIZE_MAX).
+PROGRAMS_PAGE_SIZE = 200
+# Pages followed at most: a server that kept answering a next_cursor would otherwise keep
+# the command going forever. 10 000 pages of 200 is two million programs.
+PROGRAMS_PAGES_MAX = 10_000
+HTTP_TIMEOUT_S = 30.0
 app.add_typer(programs_app, name="programs")
 
 
@@ -28,6 +56,79 @@ def _admin_key(settings: Settings, key: str | None) -> str:
     except OSError as exc:
         console.print(f"[red]no API key[/]: pass --key or set POINTS_ADMIN_KEY ({exc})")
         raise typer.Exit(2) from exc
+
+
+def _api_client(url: str | None, key: str | None) -> httpx.Client:
+    """The CLI's HTTP client: `--url`, else the configured host and port; `--key`, else the
+    admin key (POINTS_ADMIN_KEY or the key file)."""
+    settings: Settings = load_settings()
+    base = url or f"http://{settings.host}:{settings.port}"
+    headers = {"Authorization": f"Bearer {_admin_key(settings, key)}"}
+    return httpx.Client(base_url=base, headers=headers, timeout=HTTP_TIMEOUT_S)
+
+
+class ListRefused(Exception):
+    """The service answered a list request with something other than a page."""
+
+
+def fetch_programs(
+    client: httpx.Client, page_size: int = PROGRAMS_PAGE_SIZE
+) -> list[dict[str, Any]]:
+    """Every program, following next_cursor from the first page to the last."""
+    assert 0 < page_size <= PROGRAMS_PAGE_SIZE
+    programs: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(PROGRAMS_PAGES_MAX):
+        params: dict[str, str | int] = {"limit": page_size}
+        if cursor is not None:
+            params["cursor"] = cursor
+        answer = client.get("/v1/programs", params=params)
+        if answer.status_code != 200:
+            raise ListRefused(f"{answer.status_code}: {answer.text}")
+        try:
+            page = answer.json()
+            programs.extend(page["items"])
+            cursor = page["next_cursor"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ListRefused(f"not a page of programs: {answer.text[:200]}") from exc
+        if cursor is None:
+            return programs
+    raise ListRefused(f"still more after {PROGRAMS_PAGES_MAX} pages of {page_size}")
+
+
+def programs_table(programs: list[dict[str, Any]]) -> Table:
+    table = Table("id", "name", "created")
+    for program in programs:
+        # Names are the users' text, not Rich markup: "[b]" stays "[b]".
+        table.add_row(escape(program["program_id"]), escape(program["name"]), program["created_at"])
+    return table
+
+
+@programs_app.command("list")
+def programs_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the programs as a JSON array.")
+    ] = False,
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
+) -> None:
+    """List every program (all pages): id, name and when it was created."""
+    client = _api_client(url, key)
+    try:
+        with client:
+            programs = fetch_programs(client)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]down[/]: {client.base_url} does not answer ({type(exc).__name__})")
+        raise typer.Exit(1) from exc
+    except ListRefused as exc:
+        console.print(f"[red]list refused[/] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(programs, indent=2, ensure_ascii=False))
+    elif programs:
+        console.print(programs_table(programs))
+    else:
+        console.print("No programs yet: create one with `points programs create`.")
 
 
 @programs_app.command("create")
@@ -47,11 +148,9 @@ def programs_create(
         console.print(f"[red]unknown template[/] {template!r}: one of {', '.join(TEMPLATES)}")
         raise typer.Exit(2)
     chosen = TEMPLATES[template]
-    settings: Settings = load_settings()
-    base = url or f"http://{settings.host}:{settings.port}"
-    headers = {"Authorization": f"Bearer {_admin_key(settings, key)}"}
+    client = _api_client(url, key)
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        with client:
             program = client.put(
                 f"/v1/programs/{program_id}",
                 json={"name": name or chosen["name"], "policy": chosen["policy"]},
@@ -64,7 +163,7 @@ def programs_create(
                 console.print(f"[red]rules refused[/] {rules.status_code}: {rules.text}")
                 raise typer.Exit(1)
     except httpx.HTTPError as exc:
-        console.print(f"[red]down[/]: {base} does not answer ({type(exc).__name__})")
+        console.print(f"[red]down[/]: {client.base_url} does not answer ({type(exc).__name__})")
         raise typer.Exit(1) from exc
     version = rules.json()["version"]
     console.print(
@@ -74,8 +173,6 @@ def programs_create(
     )
     console.print(chosen["description"])
 
-
-console = Console()
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Where embedded PostgreSQL/Redis keep data.")
@@ -132,40 +229,66 @@ def up(
 
     services = None
     started_ray = False
+    stopped_cleanly = False
     try:
         with console.status("starting PostgreSQL and Redis…"):
             services = runtime.start_services(settings)
         with console.status("applying migrations…"):
-            admin_key, generated = runtime.prepare_database(settings, services.database_url)
+            admin_key, key_source = runtime.prepare_database(settings, services.database_url)
         with console.status("starting Ray…"):
             started_ray = runtime.start_ray(settings)
         catch_signals()  # ray.init installs its own SIGTERM handler (sys.exit): take it back
-        if stop.is_set():
-            return
-        with console.status("deploying the Serve application…"):
-            base_url = runtime.deploy(settings, services.database_url, services.redis_url)
-        console.print(f"[bold green]Points is up[/] at {base_url}")
-        console.print(f"  API docs:   {base_url}/docs")
-        console.print(f"  Database:   {_redact(services.database_url)}")
-        console.print(f"  Redis:      {services.redis_url}")
-        if admin_key:
-            note = " (new: shown once here, saved to " if generated else " (from "
-            source = "POINTS_ADMIN_KEY" if settings.admin_key else str(settings.admin_key_file)
-            console.print(f"  Admin key:  {admin_key}{note}{source})")
-        console.print("Press Ctrl-C to stop.")
-        stop.wait()
+        if not stop.is_set():
+            with console.status("deploying the Serve application…"):
+                base_url = runtime.deploy(settings, services.database_url, services.redis_url)
+            print_banner(
+                console,
+                base_url,
+                services.database_url,
+                services.redis_url,
+                runtime.admin_key_note(admin_key, key_source, settings.admin_key_file),
+            )
+            stop.wait()
     finally:
-        console.print("stopping…")
+        stopped_cleanly = _stop(settings, services, started_ray)
+    if not stopped_cleanly:
+        raise typer.Exit(1)
+
+
+def print_banner(
+    out: Console, base_url: str, database_url: str, redis_url: str, admin_key_note: str
+) -> None:
+    """What `points up` prints once the service answers: where everything is."""
+    out.print(f"[bold green]Points is up[/] at {base_url}")
+    out.print(f"  API docs:   {base_url}/docs")
+    out.print(f"  Database:   {_redact(database_url)}")
+    out.print(f"  Redis:      {redis_url}")
+    out.print(f"  Admin key:  {admin_key_note}")
+    out.print("Press Ctrl-C to stop.")
+
+
+def _stop(settings: Settings, services: "runtime.Services | None", started_ray: bool) -> bool:
+    """Stop what `up` started; one line either way. Returns whether everything stopped."""
+    from serve_app import runtime
+
+    failure = None
+    with console.status("stopping…"):
         with contextlib.suppress(Exception):
             runtime.stop_ray(settings, started_ray, reap=False)
         if services is not None:
-            services.stop()
+            try:
+                services.stop()
+            except RuntimeError as exc:
+                failure = exc
         leftovers = runtime.reap_descendants()
-        console.print(
-            "stopped"
-            + (" (local Ray head shut down)" if started_ray else "")
-            + (f"; ended {leftovers} leftover processes" if leftovers else "")
-        )
+    details = ("local Ray head shut down" if started_ray else "") + (
+        f"; ended {leftovers} leftover processes" if leftovers else ""
+    )
+    if failure is not None:
+        console.print(f"[red]Stopped with an error[/]: {failure}")
+        return False
+    console.print("Stopped" + (f" ({details.lstrip('; ')})" if details else "") + ".")
+    return True
 
 
 @app.command()

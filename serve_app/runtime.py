@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import random
 import secrets
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -51,9 +53,16 @@ class Services:
     embedded: list[Any] = field(default_factory=list)
 
     def stop(self) -> None:
+        """Stop every embedded server, even after one fails; RuntimeError names each failure."""
+        failures: list[str] = []
         for server in reversed(self.embedded):
-            server.stop()
+            try:
+                server.stop()
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
         self.embedded.clear()
+        if failures:
+            raise RuntimeError("; ".join(failures))
 
 
 def start_services(settings: Settings) -> Services:
@@ -71,20 +80,42 @@ def start_services(settings: Settings) -> Services:
     return Services(libpq_url(database_url), redis_url, embedded)
 
 
-def provision_admin_key(settings: Settings, dsn: str) -> tuple[str | None, bool]:
-    """Returns (admin key if known, newly generated?). Only the hash goes to the database."""
+class AdminKeySource(enum.Enum):
+    """Where the admin key `points up` uses came from (the start-up banner says which)."""
+
+    GENERATED = "generated"  # new in this start, saved to the key file: shown this once
+    KEY_FILE = "key_file"  # read from the key file an earlier start wrote
+    ENVIRONMENT = "environment"  # given by POINTS_ADMIN_KEY
+
+
+def provision_admin_key(settings: Settings, dsn: str) -> tuple[str, AdminKeySource]:
+    """Returns (admin key, where it came from). Only the hash goes to the database."""
     if settings.admin_key:
         ensure_admin_key(dsn, hash_key(settings.admin_key))
-        return settings.admin_key, False
+        return settings.admin_key, AdminKeySource.ENVIRONMENT
     key_file = settings.admin_key_file
     if key_file.exists() and admin_key_installed(dsn):
-        return key_file.read_text().strip(), False
+        return key_file.read_text().strip(), AdminKeySource.KEY_FILE
+    # No key file, or a database that has no admin key yet (a new DATABASE_URL with an
+    # old data dir): a new key, so the file and the database agree again.
     key = new_key()
     ensure_admin_key(dsn, hash_key(key))
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.touch(mode=0o600)
     key_file.write_text(key + "\n")
-    return key, True
+    return key, AdminKeySource.GENERATED
+
+
+def admin_key_note(key: str, source: AdminKeySource, key_file: Path) -> str:
+    """The banner's admin key line: the key itself only when it is new (it is in the key
+    file from then on, and start-up output often ends up in logs)."""
+    assert key
+    if source is AdminKeySource.GENERATED:
+        return f"{key} (new: generated now and saved to {key_file}; shown only this once)"
+    if source is AdminKeySource.KEY_FILE:
+        return f"read from the key file {key_file}"
+    assert source is AdminKeySource.ENVIRONMENT
+    return "given by POINTS_ADMIN_KEY"
 
 
 def shard_config(settings: Settings) -> dict[str, Any]:
@@ -247,6 +278,7 @@ def undeploy(settings: Settings) -> None:
             ray.kill(ray.get_actor(reward_shard_name(index), namespace=NAMESPACE))
 
 
-def prepare_database(settings: Settings, dsn: str) -> tuple[str | None, bool]:
+def prepare_database(settings: Settings, dsn: str) -> tuple[str, AdminKeySource]:
+    """Apply migrations and install the admin key; returns (key, where it came from)."""
     migrate(dsn)
     return provision_admin_key(settings, dsn)

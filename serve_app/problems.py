@@ -3,7 +3,7 @@
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from actors.protocol import Outcome
 from domain.errors import STORED_ONLY_CODES, Code
@@ -84,8 +84,9 @@ def problem_response(
     )
 
 
-class JsonResponse(Response):
-    media_type = "application/json"
+class JsonResponse(JSONResponse):
+    """JSON by orjson. A JSONResponse subclass, so FastAPI documents each route's
+    response model under application/json (any other class is documented as a string)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

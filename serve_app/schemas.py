@@ -14,6 +14,8 @@ from pydantic import (
 )
 
 from domain.limits import (
+    EVENT_TYPE_PATTERN,
+    EVENTS_PER_BATCH_MAX,
     EXPIRY_HORIZON_S,
     ID_LENGTH_MAX,
     ID_PATTERN,
@@ -119,3 +121,22 @@ class RedemptionIn(_Strict):
     member_id: str = Field(min_length=1, max_length=ID_LENGTH_MAX, pattern=ID_PATTERN)
     reward_id: str = Field(min_length=1, max_length=ID_LENGTH_MAX, pattern=ID_PATTERN)
     quantity: StrictInt = Field(default=1, ge=1, le=QUANTITY_MAX)
+
+
+class EventBody(_Strict):
+    """A business event (documentation of what domain.events.parse_event accepts; that
+    function is the one parser of events, for the API and the Redis stream alike)."""
+
+    id: str = Field(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX, description="dedup key")
+    member_id: str = Field(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)
+    type: str = Field(pattern=EVENT_TYPE_PATTERN, description="a type the program's rules know")
+    occurred_at: AwareDatetime = Field(
+        description="RFC 3339; at most 5 minutes ahead, at most 35 days back"
+    )
+    attributes: dict[str, Any] | None = Field(
+        default=None, description="amounts as integer minor units or decimal strings"
+    )
+
+
+class EventBatchIn(_Strict):
+    events: list[EventBody] = Field(min_length=1, max_length=EVENTS_PER_BATCH_MAX)

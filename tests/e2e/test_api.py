@@ -217,6 +217,28 @@ BAD_INPUTS: list[tuple[str, dict[str, Any]]] = [
         {"content": b'{"points": 5,', "headers": {"content-type": "application/json"}},
     ),
     ("not json", {"content": b"points=5", "headers": {"content-type": "text/plain"}}),
+    (
+        "json sent as text/plain",
+        {"content": b'{"points": 5, "reason": "x"}', "headers": {"content-type": "text/plain"}},
+    ),
+    (
+        "no content type",
+        {"content": b'{"points": 5, "reason": "x"}', "headers": {"content-type": ""}},
+    ),
+    (
+        "duplicated key",
+        {
+            "content": b'{"points": 1, "points": 2, "reason": "x"}',
+            "headers": {"content-type": "application/json"},
+        },
+    ),
+    (
+        "NaN points",
+        {
+            "content": b'{"points": NaN, "reason": "x"}',
+            "headers": {"content-type": "application/json"},
+        },
+    ),
     ("empty body", {"content": b"", "headers": {"content-type": "application/json"}}),
     ("body over 1 MiB", {"json": {"points": 5, "reason": "x", "pad": "y" * (1024 * 1024 + 10)}}),
     ("naive expiry", {"json": {"points": 5, "reason": "x", "expires_at": "2099-01-01T00:00:00"}}),

@@ -200,7 +200,7 @@ async def test_caps_batch_and_bad_events_change_nothing(
         content=b"{not json",
         headers={"Content-Type": "application/json"},
     )
-    assert raw.status_code == 422
+    assert raw.status_code == 400 and raw.json()["code"] == "bad_request"
     assert (await client.get(f"/v1/programs/{program}/members/dz")).status_code == 404
     assert scalar(service, "SELECT count(*) FROM events WHERE program_id=%s", program) == 3
     bad_rules = await client.put(

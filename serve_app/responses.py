@@ -1,0 +1,499 @@
+"""Response models: what each success answer looks like, for the OpenAPI document.
+
+Routes build their answers as plain JSON (orjson, no per-request model validation on the
+hot path); these models describe them exactly, each with an example, and an e2e test holds
+real answers to them (the contract fuzzer checks every answer against the document).
+Fields a resource may grow are allowed (`extra="allow"`), fields it has are typed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TXN_ID = "0193a0c4-5f1e-7c3a-9d2b-1f0e6a7b8c9d"
+LOT_ID = "0193a0c4-5f1e-7c3a-9d2b-1f0e6a7b8c9e"
+NOW = "2026-11-29T12:00:00Z"
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def _example(value: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(extra="allow", json_schema_extra={"examples": [value]})
+
+
+class Balance(_Open):
+    available: int
+    total: int
+    pending: int | None = None
+    debt: int | None = None
+
+
+class Transaction(_Open):
+    """A point movement, as the write that made it answers it."""
+
+    model_config = _example(
+        {
+            "transaction_id": TXN_ID,
+            "program_id": "shop",
+            "member_id": "alice",
+            "type": "credit",
+            "points": 500,
+            "reason": "order 1001",
+            "created_at": NOW,
+            "expires_at": "2027-12-31T23:59:59Z",
+            "balance_after": 500,
+            "balance": {"available": 500, "total": 500},
+        }
+    )
+    transaction_id: str
+    program_id: str
+    member_id: str
+    type: str
+    points: int
+    reason: str
+    created_at: str
+    expires_at: str | None
+    balance_after: int
+    balance: Balance
+
+
+class TransactionItem(_Open):
+    transaction_id: str
+    type: str
+    points: int
+    reason: str
+    balance_after: int
+    created_at: str
+    expires_at: str | None
+
+
+class Page(_Open):
+    next_cursor: str | None = Field(description="pass back as ?cursor= for the next page")
+
+
+class TransactionPage(Page):
+    model_config = _example(
+        {
+            "items": [
+                {
+                    "transaction_id": TXN_ID,
+                    "type": "debit",
+                    "points": 120,
+                    "reason": "coffee mug",
+                    "balance_after": 380,
+                    "created_at": NOW,
+                    "expires_at": None,
+                }
+            ],
+            "next_cursor": None,
+        }
+    )
+    items: list[TransactionItem]
+
+
+class Lot(_Open):
+    lot_id: str
+    original: int
+    remaining: int
+    expires_at: str | None
+    created_at: str | None
+
+
+class Member(_Open):
+    """A member account: balances, what expires soon, lots, tier."""
+
+    model_config = _example(
+        {
+            "program_id": "shop",
+            "member_id": "alice",
+            "balance": {"available": 380, "pending": 0, "total": 380, "debt": 0},
+            "expiring_soon": [],
+            "lifetime_earned": 500,
+            "lifetime_spent": 120,
+            "lots": [
+                {
+                    "lot_id": LOT_ID,
+                    "original": 500,
+                    "remaining": 380,
+                    "expires_at": "2027-12-31T23:59:59Z",
+                    "created_at": NOW,
+                }
+            ],
+            "lots_total": 1,
+            "pending_lots": [],
+        }
+    )
+    program_id: str
+    member_id: str
+    balance: Balance
+    expiring_soon: list[dict[str, Any]]
+    lifetime_earned: int
+    lifetime_spent: int
+    lots: list[Lot]
+    lots_total: int
+    pending_lots: list[dict[str, Any]]
+    tier: dict[str, Any] | None = None
+
+
+class MemberItem(_Open):
+    member_id: str
+    balance: int
+    tier: str | None
+    lifetime_earned: int
+    lifetime_spent: int
+    created_at: str | None
+    updated_at: str | None
+
+
+class MemberPage(Page):
+    model_config = _example(
+        {
+            "items": [
+                {
+                    "member_id": "alice",
+                    "balance": 380,
+                    "tier": None,
+                    "lifetime_earned": 500,
+                    "lifetime_spent": 120,
+                    "created_at": NOW,
+                    "updated_at": NOW,
+                }
+            ],
+            "next_cursor": None,
+        }
+    )
+    items: list[MemberItem]
+
+
+class TierChange(_Open):
+    from_tier: str | None
+    to_tier: str
+    reason: str
+    changed_at: str | None
+
+
+class TierChanges(_Open):
+    model_config = _example(
+        {
+            "items": [
+                {"from_tier": None, "to_tier": "silver", "reason": "earned 2000", "changed_at": NOW}
+            ]
+        }
+    )
+    items: list[TierChange]
+
+
+class Program(_Open):
+    model_config = _example(
+        {
+            "program_id": "shop",
+            "name": "My shop",
+            "policy": {"time_zone": "UTC", "expiry": {"kind": "never"}},
+            "policy_version": 1,
+            "created_at": NOW,
+            "updated_at": NOW,
+        }
+    )
+    program_id: str
+    name: str
+    policy: dict[str, Any]
+    policy_version: int
+    created_at: str | None
+    updated_at: str | None
+
+
+class ProgramPage(Page):
+    model_config = _example(
+        {
+            "items": [
+                {
+                    "program_id": "shop",
+                    "name": "My shop",
+                    "policy": {"time_zone": "UTC"},
+                    "policy_version": 1,
+                    "created_at": NOW,
+                    "updated_at": NOW,
+                }
+            ],
+            "next_cursor": None,
+        }
+    )
+    items: list[Program]
+
+
+class RuleSet(_Open):
+    model_config = _example(
+        {
+            "program_id": "shop",
+            "version": 1,
+            "effective_from": NOW,
+            "created_at": NOW,
+            "rules": [
+                {"id": "order_points", "event": "order", "award": {"kind": "fixed", "points": 10}}
+            ],
+        }
+    )
+    program_id: str
+    version: int
+    effective_from: str | None
+    created_at: str | None
+    rules: list[dict[str, Any]]
+
+
+class RuleSets(_Open):
+    model_config = _example({"items": []})
+    items: list[RuleSet]
+
+
+class Reward(_Open):
+    model_config = _example(
+        {
+            "program_id": "shop",
+            "reward_id": "mug",
+            "name": "Coffee mug",
+            "cost_points": 150,
+            "stock": 99,
+            "stocked": 100,
+            "reserved": 0,
+            "redeemed": 1,
+            "per_member_limit": 3,
+            "active": True,
+            "fulfillment": {"type": "none"},
+            "created_at": NOW,
+            "updated_at": NOW,
+        }
+    )
+    program_id: str
+    reward_id: str
+    name: str
+    cost_points: int
+    stock: int | None = Field(description="units left; null: unlimited")
+    stocked: int | None
+    reserved: int
+    redeemed: int
+    per_member_limit: int | None
+    active: bool
+    fulfillment: dict[str, Any]
+    created_at: str | None
+    updated_at: str | None
+
+
+class RewardPage(Page):
+    model_config = _example({"items": [], "next_cursor": None})
+    items: list[Reward]
+
+
+class RestockDone(_Open):
+    model_config = _example(
+        {
+            "program_id": "shop",
+            "reward_id": "mug",
+            "quantity": 50,
+            "stocked_after": 150,
+            "created_at": NOW,
+        }
+    )
+    program_id: str
+    reward_id: str
+    quantity: int
+    stocked_after: int
+    created_at: str
+
+
+class Redemption(_Open):
+    model_config = _example(
+        {
+            "id": "5b7f0f4e-1d2c-4b3a-8e9f-0a1b2c3d4e5f",
+            "program_id": "shop",
+            "reward_id": "mug",
+            "member_id": "alice",
+            "quantity": 1,
+            "status": "completed",
+            "points_spent": 150,
+            "points": 150,
+            "balance_after": 230,
+            "debit_transaction_id": TXN_ID,
+            "refund_transaction_id": None,
+            "fulfillment": {"type": "none"},
+            "failure": None,
+            "created_at": NOW,
+            "updated_at": NOW,
+        }
+    )
+    id: str
+    program_id: str
+    reward_id: str
+    member_id: str
+    quantity: int
+    status: str
+    points_spent: int
+    points: int
+    balance_after: int | None
+    debit_transaction_id: str | None
+    refund_transaction_id: str | None
+    fulfillment: dict[str, Any]
+    failure: dict[str, Any] | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class RedemptionPage(Page):
+    model_config = _example({"items": [], "next_cursor": None})
+    items: list[Redemption]
+
+
+class EventResult(_Open):
+    """What an event earned (or would earn, dry run), and why."""
+
+    model_config = _example(
+        {
+            "event_id": "order-1",
+            "member_id": "dave",
+            "type": "order",
+            "points": 129,
+            "rule_version": 1,
+            "why": [{"rule": "order_points", "points": 129}],
+            "dry_run": False,
+            "balance": {"available": 129, "total": 129},
+        }
+    )
+    event_id: str
+    member_id: str
+    type: str
+    points: int
+    rule_version: int
+    why: list[dict[str, Any]]
+    dry_run: bool
+
+
+class BatchEntry(_Open):
+    status: int = Field(description="the HTTP status this event alone would have answered")
+    body: dict[str, Any] = Field(description="its answer: an event result, or a problem")
+    replayed: bool | None = None
+
+
+class EventBatchResult(_Open):
+    model_config = _example(
+        {
+            "results": [
+                {
+                    "status": 201,
+                    "body": {
+                        "event_id": "ci-1",
+                        "member_id": "dave",
+                        "type": "check_in",
+                        "points": 10,
+                        "rule_version": 1,
+                        "why": [],
+                        "dry_run": False,
+                    },
+                }
+            ]
+        }
+    )
+    results: list[BatchEntry]
+
+
+class StoredEvent(_Open):
+    model_config = _example(
+        {
+            "program_id": "shop",
+            "event_id": "order-1",
+            "member_id": "dave",
+            "type": "order",
+            "occurred_at": NOW,
+            "attributes": {"amount": 12990},
+            "rule_version": 1,
+            "points": 129,
+            "why": [],
+            "txn_id": TXN_ID,
+            "reversed_amount": "0",
+            "reversed_points": 0,
+            "created_at": NOW,
+        }
+    )
+    program_id: str
+    event_id: str
+    member_id: str
+    type: str
+    occurred_at: str | None
+    attributes: dict[str, Any]
+    rule_version: int | None
+    points: int
+    why: list[dict[str, Any]]
+    txn_id: str | None
+    reversed_amount: str
+    reversed_points: int
+    created_at: str | None
+
+
+class Reversal(_Open):
+    model_config = _example(
+        {
+            "event_id": "order-1",
+            "member_id": "dave",
+            "event_points": 129,
+            "reversed_amount": "6495",
+            "clawed_back": 64,
+            "owed": 0,
+            "unrecovered": 0,
+            "debt": 0,
+            "reversed_points_total": 64,
+            "transaction": None,
+            "balance": {"available": 75, "total": 75},
+        }
+    )
+    event_id: str
+    member_id: str
+    event_points: int
+    reversed_amount: str
+    clawed_back: int
+    owed: int
+    unrecovered: int
+    debt: int
+    reversed_points_total: int
+    transaction: dict[str, Any] | None
+    balance: Balance
+
+
+class Confirmation(_Open):
+    model_config = _example(
+        {
+            "event_id": "spend-9",
+            "member_id": "erin",
+            "released_points": 800,
+            "balance": {"available": 800, "total": 800},
+        }
+    )
+    event_id: str
+    member_id: str
+    released_points: int
+    balance: Balance
+
+
+class Health(_Open):
+    model_config = _example({"status": "ok"})
+    status: str
+
+
+class Ready(_Open):
+    model_config = _example(
+        {
+            "status": "ready",
+            "database": "ok",
+            "redis": "ok",
+            "shards": [],
+            "reward_shards": [],
+            "event_consumer": None,
+        }
+    )
+    status: str
+    database: str
+    redis: str
+    shards: list[dict[str, Any]]
+    reward_shards: list[dict[str, Any]]
+    event_consumer: dict[str, Any] | None

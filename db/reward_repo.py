@@ -1,39 +1,43 @@
 """The reward shards' repository: load rewards with their redemptions, commit one batch.
 
-Same discipline as the ledger repository: one dedicated connection per shard, set-based
-statements over `unnest` arrays, the whole batch pipelined in one transaction, and every
-reward row fenced by its version (a stale owner's batch rolls back whole).
+Same discipline as the ledger repository, on the same kind of connection (ShardRepo): one
+dedicated connection per shard, set-based statements over `unnest` arrays, the whole batch
+pipelined in one transaction, and every reward row fenced by its version (a stale owner's
+batch rolls back whole). The commit is a list of writers, one per table (`REWARD_WRITERS`).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
-import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.rows import dict_row
 
-from db.ledger_repo import FencedError, LedgerRepo
+from db.errors import FencedError, RedemptionKeysExist
+from db.shard_connection import Claim, Conn, Cursor, ShardRepo, TableWriter, jsonb, unzip
 from domain.rewards import Redemption, Reward, RewardStock, SagaState
+
+# Callers import these from here (actors/reward_core.py).
+__all__ = [
+    "REDEMPTION_COLUMNS",
+    "REWARD_COLUMNS",
+    "FencedError",
+    "LoadedReward",
+    "RedemptionKeysExist",
+    "Restock",
+    "RewardKey",
+    "RewardRepo",
+    "RewardWrite",
+    "redemption_from_row",
+    "reward_from_row",
+]
 
 RewardKey = tuple[str, str]
 
 OPEN_STATES = ("started", "stock_reserved", "points_debited", "pending_fulfillment", "compensating")
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-class RedemptionKeysExist(Exception):
-    """Redemption keys of the batch are already used (by another reward's redemption)."""
-
-    def __init__(self, keys: list[tuple[str, str, str]]) -> None:
-        super().__init__(f"{len(keys)} redemption keys already used")
-        self.keys = keys
 
 
 @dataclass(slots=True)
@@ -68,273 +72,347 @@ class RewardWrite:
         return not (self.new_rewards or self.updated_rewards)
 
 
-REDEMPTION_COLUMNS = """redemption_id, program_id, reward_id, member_id, idempotency_key,
-    request_hash, quantity, cost_points, points, status, stock_state, fulfillment, created_at,
-    updated_at, compensate_to, debit_txn_id, refund_txn_id, balance_after, attempts,
-    failure_code, failure_reason"""
+# ----------------------------------------------------------------- rows read by name
+
+REWARD_COLUMNS = """program_id, reward_id, name, cost_points, stocked, reserved, redeemed,
+    active, per_member_limit, fulfillment, version, created_at, updated_at"""
 
 
-def redemption_from_row(row: Any) -> Redemption:
-    return Redemption(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        row[7],
-        row[8],
-        SagaState(row[9]),
-        row[10],
-        row[11],
-        row[12],
-        row[13],
-        SagaState(row[14]) if row[14] else None,
-        row[15],
-        row[16],
-        row[17],
-        row[18],
-        row[19],
-        row[20],
+def reward_from_row(row: dict[str, Any]) -> Reward:
+    """A row of REWARD_COLUMNS (a dict_row cursor)."""
+    stock = RewardStock(
+        reward_id=row["reward_id"],
+        stocked=row["stocked"],
+        reserved=row["reserved"],
+        redeemed=row["redeemed"],
+        active=row["active"],
+    )
+    return Reward(
+        program_id=row["program_id"],
+        reward_id=row["reward_id"],
+        name=row["name"],
+        cost_points=row["cost_points"],
+        stock=stock,
+        per_member_limit=row["per_member_limit"],
+        fulfillment=row["fulfillment"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
-class RewardRepo(LedgerRepo):
-    """Reuses the ledger repository's connection handling (one connection, reconnects)."""
+def _optional_state(value: str | None) -> SagaState | None:
+    return SagaState(value) if value else None
+
+
+# redemptions: each column, its array type, and its value in a Redemption. The insert, the
+# update and every read (REDEMPTION_COLUMNS) follow this one list.
+_REDEMPTION_FIELDS: tuple[tuple[str, str, Callable[[Redemption], Any]], ...] = (
+    ("redemption_id", "uuid", lambda r: r.redemption_id),
+    ("program_id", "text", lambda r: r.program_id),
+    ("reward_id", "text", lambda r: r.reward_id),
+    ("member_id", "text", lambda r: r.member_id),
+    ("idempotency_key", "text", lambda r: r.key),
+    ("request_hash", "text", lambda r: r.request_hash),
+    ("quantity", "bigint", lambda r: r.quantity),
+    ("cost_points", "bigint", lambda r: r.cost_points),
+    ("points", "bigint", lambda r: r.points),
+    ("status", "text", lambda r: str(r.status)),
+    ("stock_state", "text", lambda r: r.stock_state),
+    ("fulfillment", "jsonb", lambda r: jsonb(r.fulfillment)),
+    ("created_at", "timestamptz", lambda r: r.created_at),
+    ("updated_at", "timestamptz", lambda r: r.updated_at),
+    ("compensate_to", "text", lambda r: str(r.compensate_to) if r.compensate_to else None),
+    ("debit_txn_id", "uuid", lambda r: r.debit_txn_id),
+    ("refund_txn_id", "uuid", lambda r: r.refund_txn_id),
+    ("balance_after", "bigint", lambda r: r.balance_after),
+    ("attempts", "int", lambda r: r.attempts),
+    ("failure_code", "text", lambda r: r.failure_code),
+    ("failure_reason", "text", lambda r: r.failure_reason),
+)
+REDEMPTION_COLUMNS = ", ".join(column for column, _, _ in _REDEMPTION_FIELDS)
+# What a redemption's later steps change (its identity and request never change).
+_REDEMPTION_UPDATED = frozenset(
+    {
+        "status",
+        "stock_state",
+        "updated_at",
+        "compensate_to",
+        "debit_txn_id",
+        "refund_txn_id",
+        "balance_after",
+        "attempts",
+        "failure_code",
+        "failure_reason",
+    }
+)
+_REDEMPTION_UPDATE_FIELDS = tuple(
+    (column, kind, value)
+    for column, kind, value in _REDEMPTION_FIELDS
+    if column in _REDEMPTION_UPDATED
+)
+
+
+def redemption_from_row(row: dict[str, Any]) -> Redemption:
+    """A row of REDEMPTION_COLUMNS (a dict_row cursor)."""
+    return Redemption(
+        redemption_id=row["redemption_id"],
+        program_id=row["program_id"],
+        reward_id=row["reward_id"],
+        member_id=row["member_id"],
+        key=row["idempotency_key"],
+        request_hash=row["request_hash"],
+        quantity=row["quantity"],
+        cost_points=row["cost_points"],
+        points=row["points"],
+        status=SagaState(row["status"]),
+        stock_state=row["stock_state"],
+        fulfillment=row["fulfillment"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        compensate_to=_optional_state(row["compensate_to"]),
+        debit_txn_id=row["debit_txn_id"],
+        refund_txn_id=row["refund_txn_id"],
+        balance_after=row["balance_after"],
+        attempts=row["attempts"],
+        failure_code=row["failure_code"],
+        failure_reason=row["failure_reason"],
+    )
+
+
+class RewardRepo(ShardRepo):
+    """The reward shard's repository, on its own dedicated connection (ShardRepo)."""
 
     def reader(self) -> RewardRepo:
-        return RewardRepo(self._dsn, self._connect_timeout_s, autocommit=True)
+        """A second repository on its own connection, for reads outside the batch loop."""
+        return RewardRepo(self._db.reader())
 
     async def load_rewards(self, keys: list[RewardKey]) -> dict[RewardKey, LoadedReward]:
         """Rewards with every redemption and restock they have (one snapshot)."""
         if not keys:
             return {}
-        conn = await self._connection()
-        programs = [k[0] for k in keys]
-        rewards = [k[1] for k in keys]
         found: dict[RewardKey, LoadedReward] = {}
-        async with conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur = await conn.execute(
-                """
-                SELECT r.program_id, r.reward_id, r.name, r.cost_points, r.stocked, r.reserved,
-                       r.redeemed, r.active, r.per_member_limit, r.fulfillment, r.version,
-                       r.created_at, r.updated_at
+        async with self._db.snapshot() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"""
+                SELECT {REWARD_COLUMNS}
                 FROM unnest(%b::text[], %b::text[]) AS k(p, w)
                 JOIN rewards r ON r.program_id = k.p AND r.reward_id = k.w
                 """,
-                (programs, rewards),
+                unzip(keys),
             )
             for row in await cur.fetchall():
-                stock = RewardStock(row[1], row[4], row[5], row[6], row[7])
-                reward = Reward(
-                    row[0], row[1], row[2], row[3], stock, row[8], row[9], row[10], row[11], row[12]
-                )
-                found[(row[0], row[1])] = LoadedReward(reward, [], {})
+                reward = reward_from_row(row)
+                found[(reward.program_id, reward.reward_id)] = LoadedReward(reward, [], {})
             if not found:
                 return found
-            cur = await conn.execute(
+            await cur.execute(
                 f"""
                 SELECT {REDEMPTION_COLUMNS} FROM redemptions
                 WHERE (program_id, reward_id) IN (SELECT * FROM unnest(%b::text[], %b::text[]))
                 """,
-                (programs, rewards),
+                unzip(keys),
             )
             for row in await cur.fetchall():
                 redemption = redemption_from_row(row)
                 found[(redemption.program_id, redemption.reward_id)].redemptions.append(redemption)
-            cur = await conn.execute(
+            await cur.execute(
                 """
                 SELECT program_id, reward_id, key, request_hash, quantity, stocked_after,
                        created_at
                 FROM restocks
                 WHERE (program_id, reward_id) IN (SELECT * FROM unnest(%b::text[], %b::text[]))
                 """,
-                (programs, rewards),
+                unzip(keys),
             )
             for row in await cur.fetchall():
-                found[(row[0], row[1])].restocks[row[2]] = Restock(*row[2:])
+                found[(row["program_id"], row["reward_id"])].restocks[row["key"]] = Restock(
+                    key=row["key"],
+                    request_hash=row["request_hash"],
+                    quantity=row["quantity"],
+                    stocked_after=row["stocked_after"],
+                    created_at=row["created_at"],
+                )
         return found
 
     async def open_reward_keys(self, slots: list[int]) -> list[RewardKey]:
         """Rewards with redemptions left half-way (not completed, failed or cancelled)."""
-        conn = await self._connection()
-        async with self._transaction(conn):
-            cur = await conn.execute(
-                """
-                SELECT DISTINCT program_id, reward_id FROM redemptions
-                WHERE slot = ANY(%b::int[])
-                  AND status NOT IN ('completed', 'failed', 'cancelled')
-                """,
-                (slots,),
-            )
-            return [(row[0], row[1]) for row in await cur.fetchall()]
+        rows = await self._db.fetch_all(
+            """
+            SELECT DISTINCT program_id, reward_id FROM redemptions
+            WHERE slot = ANY(%b::int[]) AND status NOT IN ('completed', 'failed', 'cancelled')
+            """,
+            (slots,),
+            dict_row,
+        )
+        return [(row["program_id"], row["reward_id"]) for row in rows]
 
     async def commit_rewards(self, write: RewardWrite, now: datetime) -> None:
+        """Write the batch in one transaction, or raise (FencedError, RedemptionKeysExist
+        or a database error)."""
         if write.empty:
             return
-        conn = await self._connection()
-        async with conn.pipeline() as pipeline, conn.transaction():
-            checks: list[tuple[Any, int, str]] = []
-            new_cur = None
-            if write.new_rewards:
-                new = write.new_rewards
-                cur = await conn.execute(
-                    """
-                    INSERT INTO rewards (program_id, reward_id, name, cost_points, stocked,
-                                         reserved, redeemed, per_member_limit, active,
-                                         fulfillment, version, created_at, updated_at)
-                    SELECT p, w, n, c, s, r, d, l, a, f, 1, t, t
-                    FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
-                                %b::bigint[], %b::bigint[], %b::bigint[], %b::bool[],
-                                %b::jsonb[], %b::timestamptz[])
-                         AS v(p, w, n, c, s, r, d, l, a, f, t)
-                    ON CONFLICT DO NOTHING
-                    """,
-                    (
-                        [r.program_id for r in new],
-                        [r.reward_id for r in new],
-                        [r.name for r in new],
-                        [r.cost_points for r in new],
-                        [r.stock.stocked for r in new],
-                        [r.stock.reserved for r in new],
-                        [r.stock.redeemed for r in new],
-                        [r.per_member_limit for r in new],
-                        [r.stock.active for r in new],
-                        [Jsonb(r.fulfillment, dumps=_dumps) for r in new],
-                        [r.created_at for r in new],
-                    ),
-                )
-                checks.append((cur, len(new), "a reward this shard created already exists"))
-            if write.updated_rewards:
-                upd = write.updated_rewards
-                cur = await conn.execute(
-                    """
-                    UPDATE rewards r
-                    SET name = v.n, cost_points = v.c, stocked = v.s, reserved = v.r,
-                        redeemed = v.d, per_member_limit = v.l, active = v.a, fulfillment = v.f,
-                        version = v.old + 1, updated_at = v.t
-                    FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
-                                %b::bigint[], %b::bigint[], %b::bigint[], %b::bool[],
-                                %b::jsonb[], %b::timestamptz[], %b::bigint[])
-                         AS v(p, w, n, c, s, r, d, l, a, f, t, old)
-                    WHERE r.program_id = v.p AND r.reward_id = v.w AND r.version = v.old
-                    """,
-                    (
-                        [r.program_id for r, _ in upd],
-                        [r.reward_id for r, _ in upd],
-                        [r.name for r, _ in upd],
-                        [r.cost_points for r, _ in upd],
-                        [r.stock.stocked for r, _ in upd],
-                        [r.stock.reserved for r, _ in upd],
-                        [r.stock.redeemed for r, _ in upd],
-                        [r.per_member_limit for r, _ in upd],
-                        [r.stock.active for r, _ in upd],
-                        [Jsonb(r.fulfillment, dumps=_dumps) for r, _ in upd],
-                        [r.updated_at for r, _ in upd],
-                        [old for _, old in upd],
-                    ),
-                )
-                checks.append((cur, len(upd), "a reward changed under this shard (stale version)"))
-            if write.restocks:
-                rows = write.restocks
-                await conn.execute(
-                    """
-                    INSERT INTO restocks (program_id, reward_id, key, request_hash, quantity,
-                                          stocked_after, created_at)
-                    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],
-                                         %b::bigint[], %b::bigint[], %b::timestamptz[])
-                    """,
-                    (
-                        [r.program_id for r, _ in rows],
-                        [r.reward_id for r, _ in rows],
-                        [s.key for _, s in rows],
-                        [s.request_hash for _, s in rows],
-                        [s.quantity for _, s in rows],
-                        [s.stocked_after for _, s in rows],
-                        [s.created_at for _, s in rows],
-                    ),
-                )
-            if write.new_redemptions:
-                new_cur = await conn.execute(
-                    f"""
-                    INSERT INTO redemptions ({REDEMPTION_COLUMNS}, slot)
-                    SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],
-                        %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                        %b::text[], %b::text[], %b::jsonb[], %b::timestamptz[],
-                        %b::timestamptz[], %b::text[], %b::uuid[], %b::uuid[], %b::bigint[],
-                        %b::int[], %b::text[], %b::text[], %b::int[])
-                    ON CONFLICT (program_id, member_id, idempotency_key) DO NOTHING
-                    RETURNING program_id, member_id, idempotency_key
-                    """,
-                    (
-                        *_redemption_columns([r for r, _ in write.new_redemptions]),
-                        [slot for _, slot in write.new_redemptions],
-                    ),
-                )
-            if write.updated_redemptions:
-                upd_r = write.updated_redemptions
-                cols = _redemption_columns(upd_r)
-                cur = await conn.execute(
-                    """
-                    UPDATE redemptions r
-                    SET status = v.status, stock_state = v.stock_state, updated_at = v.t,
-                        compensate_to = v.comp, debit_txn_id = v.debit, refund_txn_id = v.refund,
-                        balance_after = v.bal, attempts = v.att, failure_code = v.fc,
-                        failure_reason = v.fr
-                    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::timestamptz[],
-                                %b::text[], %b::uuid[], %b::uuid[], %b::bigint[], %b::int[],
-                                %b::text[], %b::text[])
-                         AS v(id, status, stock_state, t, comp, debit, refund, bal, att, fc, fr)
-                    WHERE r.redemption_id = v.id
-                    """,
-                    (cols[0], cols[9], cols[10], *cols[13:]),
-                )
-                checks.append((cur, len(upd_r), "a redemption this shard updated is missing"))
-            try:
-                await pipeline.sync()
-            except psycopg.errors.IntegrityError as exc:
-                raise FencedError(f"constraint failed, state was stale: {exc}") from exc
-            for cur, expected, message in checks:
-                if cur.rowcount != expected:
-                    raise FencedError(message)
-            if new_cur is not None:
-                written = {tuple(row) for row in await new_cur.fetchall()}
-                missing = [
-                    (r.program_id, r.member_id, r.key)
-                    for r, _ in write.new_redemptions
-                    if (r.program_id, r.member_id, r.key) not in written
-                ]
-                if missing:
-                    raise RedemptionKeysExist(missing)
+        await self._db.commit(REWARD_WRITERS, write, now)
 
 
-def _redemption_columns(items: list[Redemption]) -> list[list[Any]]:
-    """Columns in REDEMPTION_COLUMNS order."""
+# ----------------------------------------------------------------- the commit's writers
+# The columns a commit sets on a reward row (insert and update), in `_reward_arrays` order.
+_REWARD_ARRAYS = """%b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
+                    %b::bigint[], %b::bigint[], %b::bigint[], %b::bool[], %b::jsonb[]"""
+
+
+def _reward_arrays(rewards: list[Reward]) -> list[list[Any]]:
+    """program_id, reward_id, name, cost_points, stocked, reserved, redeemed,
+    per_member_limit, active, fulfillment: one array each."""
     return [
-        [r.redemption_id for r in items],
-        [r.program_id for r in items],
-        [r.reward_id for r in items],
-        [r.member_id for r in items],
-        [r.key for r in items],
-        [r.request_hash for r in items],
-        [r.quantity for r in items],
-        [r.cost_points for r in items],
-        [r.points for r in items],
-        [str(r.status) for r in items],
-        [r.stock_state for r in items],
-        [Jsonb(r.fulfillment, dumps=_dumps) for r in items],
-        [r.created_at for r in items],
-        [r.updated_at for r in items],
-        [str(r.compensate_to) if r.compensate_to else None for r in items],
-        [r.debit_txn_id for r in items],
-        [r.refund_txn_id for r in items],
-        [r.balance_after for r in items],
-        [r.attempts for r in items],
-        [r.failure_code for r in items],
-        [r.failure_reason for r in items],
+        [r.program_id for r in rewards],
+        [r.reward_id for r in rewards],
+        [r.name for r in rewards],
+        [r.cost_points for r in rewards],
+        [r.stock.stocked for r in rewards],
+        [r.stock.reserved for r in rewards],
+        [r.stock.redeemed for r in rewards],
+        [r.per_member_limit for r in rewards],
+        [r.stock.active for r in rewards],
+        [jsonb(r.fulfillment) for r in rewards],
     ]
+
+
+async def _insert_new_rewards(conn: Conn, write: RewardWrite, now: datetime) -> Cursor:
+    new = write.new_rewards
+    return await conn.execute(
+        f"""
+        INSERT INTO rewards (program_id, reward_id, name, cost_points, stocked, reserved,
+                             redeemed, per_member_limit, active, fulfillment, created_at,
+                             updated_at, version)
+        SELECT p, w, n, c, s, r, d, l, a, f, t, t, 1
+        FROM unnest({_REWARD_ARRAYS}, %b::timestamptz[]) AS v(p, w, n, c, s, r, d, l, a, f, t)
+        ON CONFLICT DO NOTHING
+        """,
+        (*_reward_arrays(new), [r.created_at for r in new]),
+    )
+
+
+async def _update_rewards(conn: Conn, write: RewardWrite, now: datetime) -> Cursor:
+    # Fenced by version: a row another owner changed is not updated, and the batch fails.
+    updated = write.updated_rewards
+    return await conn.execute(
+        f"""
+        UPDATE rewards r
+        SET name = v.n, cost_points = v.c, stocked = v.s, reserved = v.r, redeemed = v.d,
+            per_member_limit = v.l, active = v.a, fulfillment = v.f, version = v.old + 1,
+            updated_at = v.t
+        FROM unnest({_REWARD_ARRAYS}, %b::timestamptz[], %b::bigint[])
+             AS v(p, w, n, c, s, r, d, l, a, f, t, old)
+        WHERE r.program_id = v.p AND r.reward_id = v.w AND r.version = v.old
+        """,
+        (
+            *_reward_arrays([reward for reward, _ in updated]),
+            [reward.updated_at for reward, _ in updated],
+            [loaded_version for _, loaded_version in updated],
+        ),
+    )
+
+
+async def _insert_restocks(conn: Conn, write: RewardWrite, now: datetime) -> Cursor:
+    rows = write.restocks
+    return await conn.execute(
+        """
+        INSERT INTO restocks (program_id, reward_id, key, request_hash, quantity,
+                              stocked_after, created_at)
+        SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],
+                             %b::bigint[], %b::bigint[], %b::timestamptz[])
+        """,
+        (
+            [r.program_id for r, _ in rows],
+            [r.reward_id for r, _ in rows],
+            [s.key for _, s in rows],
+            [s.request_hash for _, s in rows],
+            [s.quantity for _, s in rows],
+            [s.stocked_after for _, s in rows],
+            [s.created_at for _, s in rows],
+        ),
+    )
+
+
+def _arrays(
+    fields: tuple[tuple[str, str, Callable[[Redemption], Any]], ...], items: list[Redemption]
+) -> list[list[Any]]:
+    return [[value(r) for r in items] for _, _, value in fields]
+
+
+def _types(fields: tuple[tuple[str, str, Callable[[Redemption], Any]], ...]) -> str:
+    return ", ".join(f"%b::{kind}[]" for _, kind, _ in fields)
+
+
+_INSERT_REDEMPTIONS = f"""
+    INSERT INTO redemptions ({REDEMPTION_COLUMNS}, slot)
+    SELECT * FROM unnest({_types(_REDEMPTION_FIELDS)}, %b::int[])
+    ON CONFLICT (program_id, member_id, idempotency_key) DO NOTHING
+    RETURNING program_id, member_id, idempotency_key
+"""
+_UPDATED_NAMES = ", ".join(column for column, _, _ in _REDEMPTION_UPDATE_FIELDS)
+_UPDATE_REDEMPTIONS = f"""
+    UPDATE redemptions r
+    SET {", ".join(f"{column} = v.{column}" for column, _, _ in _REDEMPTION_UPDATE_FIELDS)}
+    FROM unnest(%b::uuid[], {_types(_REDEMPTION_UPDATE_FIELDS)})
+         AS v(redemption_id, {_UPDATED_NAMES})
+    WHERE r.redemption_id = v.redemption_id
+"""
+
+
+async def _insert_redemptions(conn: Conn, write: RewardWrite, now: datetime) -> Cursor:
+    # A key used before (for another reward's redemption): RedemptionKeysExist after the sync.
+    new = write.new_redemptions
+    return await conn.execute(
+        _INSERT_REDEMPTIONS,
+        (
+            *_arrays(_REDEMPTION_FIELDS, [r for r, _ in new]),
+            [slot for _, slot in new],
+        ),
+    )
+
+
+async def _update_redemptions(conn: Conn, write: RewardWrite, now: datetime) -> Cursor:
+    updated = write.updated_redemptions
+    return await conn.execute(
+        _UPDATE_REDEMPTIONS,
+        (
+            [r.redemption_id for r in updated],
+            *_arrays(_REDEMPTION_UPDATE_FIELDS, updated),
+        ),
+    )
+
+
+# The group commit: one statement per table, in this order (rewards before the restocks and
+# redemptions that refer to them).
+REWARD_WRITERS: tuple[TableWriter[RewardWrite], ...] = (
+    TableWriter(
+        lambda w: w.new_rewards,
+        _insert_new_rewards,
+        fence="a reward this shard created already exists",
+    ),
+    TableWriter(
+        lambda w: w.updated_rewards,
+        _update_rewards,
+        fence="a reward changed under this shard (stale version)",
+    ),
+    TableWriter(lambda w: w.restocks, _insert_restocks),
+    TableWriter(
+        lambda w: w.new_redemptions,
+        _insert_redemptions,
+        claim=Claim(
+            lambda w: [(r.program_id, r.member_id, r.key) for r, _ in w.new_redemptions],
+            RedemptionKeysExist,
+        ),
+    ),
+    TableWriter(
+        lambda w: w.updated_redemptions,
+        _update_redemptions,
+        fence="a redemption this shard updated is missing",
+    ),
+)
 
 
 def new_redemption_id() -> uuid.UUID:

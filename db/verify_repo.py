@@ -247,6 +247,6 @@ def run_checks(dsn: str) -> list[Result]:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
             for check in CHECKS:
-                rows = conn.execute(check.sql).fetchall()  # type: ignore[arg-type]
+                rows = conn.execute(check.sql).fetchall()
                 results.append(Result(check.name, len(rows), rows[:EXAMPLES_MAX]))
     return results

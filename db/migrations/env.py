@@ -6,7 +6,9 @@ from sqlalchemy import create_engine, pool
 from db.models import metadata
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
+configured_url = config.get_main_option("sqlalchemy.url")
+assert configured_url is not None, "db.engine.alembic_config sets sqlalchemy.url"
+url: str = configured_url
 
 
 def run_migrations_offline() -> None:

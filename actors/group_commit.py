@@ -4,7 +4,8 @@ Contract: `add(op)` queues an operation (anything with a `future`) and returns a
 engine hands queued operations, in order and at most `batch_max` at a time, to the
 `process(batch)` coroutine it was built with, one batch after the other. `process` owns the
 batch: it applies it, commits it and answers every future (`answer`), or fails what it
-cannot commit (`fail`: `unavailable`, retry with the same key). If `process` raises anyway,
+cannot commit (`fail`: `unavailable`, retry with the same key; `commit_failed` counts the
+failure and resets the connection unless the commit was fenced). If `process` raises anyway,
 the engine answers every still-open future of that batch `unavailable` and goes on with the
 next batch: the loop never dies. `requeue_front(ops)` puts operations back at the head of
 the queue (a batch that must run again for some of its operations); they go first in the
@@ -36,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from actors.protocol import Outcome
+from db.ledger_repo import FencedError
 from domain.errors import Code
 
 
@@ -115,6 +117,21 @@ class GroupCommitter(Generic[OpT]):
         result = unavailable(detail)
         for op in ops:
             answer(op, result)
+
+    async def commit_failed(
+        self, exc: Exception, reset: Callable[[], Awaitable[None]], stats: dict[str, float]
+    ) -> None:
+        """Count a commit that failed (`commit_failures`, `fenced` in `stats`) and make the
+        connection usable again. A fenced commit (another owner committed first) leaves the
+        connection healthy; anything else may have broken it, so `reset` it. Answering the
+        batch's operations stays with the caller, which knows which ones were waiting."""
+        assert "commit_failures" in stats and "fenced" in stats
+        stats["commit_failures"] += 1
+        if isinstance(exc, FencedError):
+            stats["fenced"] += 1
+            self._log.warning("fenced: %s", exc)
+        else:
+            await reset()
 
     def now(self) -> datetime:
         """Wall clock, but never earlier than the previous batch (history stays ordered)."""

@@ -47,7 +47,6 @@ from actors.protocol import (
     RewardCommand,
 )
 from actors.protocol import Restock as RestockCommand
-from db.ledger_repo import FencedError
 from db.reward_repo import (
     LoadedReward,
     RedemptionKeysExist,
@@ -551,12 +550,7 @@ class RewardCore:
             self._commits.requeue_front(retry)
             return
         except Exception as exc:
-            self.stats["commit_failures"] += 1
-            if isinstance(exc, FencedError):
-                self.stats["fenced"] += 1
-                log.warning("fenced: %s", exc)
-            else:
-                await self.repo.reset()
+            await self._commits.commit_failed(exc, self.repo.reset, self.stats)
             self._evict(work)
             self._commits.fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}"[:300])
             return

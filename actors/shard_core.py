@@ -51,7 +51,6 @@ from actors.protocol import AccountCommand, Expire, Outcome, Retier
 from db.ledger_repo import (
     AccountKey,
     EventsTaken,
-    FencedError,
     IdemKey,
     KeysExist,
     LedgerRepo,
@@ -306,12 +305,7 @@ class ShardCore:
         except (KeysExist, EventsTaken) as exc:
             return exc
         except Exception as exc:
-            self.stats["commit_failures"] += 1
-            if isinstance(exc, FencedError):
-                self.stats["fenced"] += 1
-                log.warning("fenced: %s", exc)
-            else:
-                await self.repo.reset()
+            await self._commits.commit_failed(exc, self.repo.reset, self.stats)
             # Whatever this shard believed about these accounts may be stale: reload later.
             for key in work.accounts:
                 self._accounts.pop(key, None)

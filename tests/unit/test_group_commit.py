@@ -10,6 +10,7 @@ import pytest
 
 from actors.group_commit import GroupCommitter, answer
 from actors.protocol import Outcome
+from db.ledger_repo import FencedError
 from domain.errors import Code
 
 pytestmark = pytest.mark.unit
@@ -181,3 +182,18 @@ async def test_a_batch_window_gathers_operations_that_arrive_within_it() -> None
     await asyncio.gather(first[0].future, later[0].future)
     assert process.batches == [["a", "b"]]
     commits.close()
+
+
+async def test_a_failed_commit_resets_the_connection_unless_it_was_fenced() -> None:
+    commits = engine(Recorder())
+    stats = {"commit_failures": 0.0, "fenced": 0.0}
+    resets = 0
+
+    async def reset() -> None:
+        nonlocal resets
+        resets += 1
+
+    await commits.commit_failed(FencedError("another owner committed first"), reset, stats)
+    assert (stats, resets) == ({"commit_failures": 1, "fenced": 1}, 0)
+    await commits.commit_failed(OSError("connection lost"), reset, stats)
+    assert (stats, resets) == ({"commit_failures": 2, "fenced": 1}, 1)

@@ -20,6 +20,9 @@ Each step is idempotent: the debit and the refund carry keys derived from the re
 id, so re-running a step after a crash finds the first result. Whoever finds a redemption
 half-way (the request that started it, a replay of its key, the recovery pass) drives it
 on; one driver per redemption at a time within a shard, and fencing across shards.
+
+The queue and the batch loop are the engine the account shards use too
+(`actors.group_commit`); this class keeps what a batch of reward operations does.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from actors.group_commit import GroupCommitter, answer
 from actors.protocol import (
     AccountCommand,
     Cancel,
@@ -43,7 +47,6 @@ from actors.protocol import (
     RewardCommand,
 )
 from actors.protocol import Restock as RestockCommand
-from db.ledger_repo import FencedError
 from db.reward_repo import (
     LoadedReward,
     RedemptionKeysExist,
@@ -87,7 +90,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-problem = Outcome.refused
 # Failure codes of a redemption that answer as a refusal (nothing was taken, or what was
 # taken is given back): the codes of the debit's own refusals. A redemption that failed
 # later (its fulfilment) answers 201 with its view, status "failed".
@@ -160,11 +162,6 @@ class _Work:
     waiting: list[tuple[_Op, _Answer]] = field(default_factory=list)
 
 
-def _answer(op: _Op, result: _Answer) -> None:
-    if not op.future.done():
-        op.future.set_result(result)
-
-
 class RewardCore:
     def __init__(
         self,
@@ -185,19 +182,20 @@ class RewardCore:
         self._slot_of = slot_of
         self._owned_slots = owned_slots
         self._fulfil = fulfil
-        self._clock = clock
-        self._batch_max = batch_max
-        self._batch_window_s = batch_window_s
         self._recovery_interval_s = recovery_interval_s
         self._rewards: dict[RewardKey, _State] = {}
         self._programs: set[str] = set()
-        self._queue: list[_Op] = []
-        self._wakeup: asyncio.Event | None = None
-        self._loop_task: asyncio.Task[None] | None = None
+        self._commits: GroupCommitter[_Op] = GroupCommitter(
+            self._process,
+            batch_max=batch_max,
+            batch_window_s=batch_window_s,
+            clock=clock,
+            name="reward shard",
+            log=log,
+        )
         self._recovery_task: asyncio.Task[None] | None = None
         self._drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._fulfilling: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._last_now = datetime.min.replace(tzinfo=UTC)
         self.stats: dict[str, float] = {
             "batches": 0,
             "ops": 0,
@@ -240,7 +238,9 @@ class RewardCore:
             if redemption is None or rid not in self._drivers:
                 break
         if redemption is None:  # evicted by a failed commit meanwhile
-            return problem(Code.UNAVAILABLE, "redemption in progress; retry with the same key")
+            return Outcome.refused(
+                Code.UNAVAILABLE, "redemption in progress; retry with the same key"
+            )
         return self.answer_for(redemption).as_replay(started.replayed)
 
     async def cancel(self, command: Cancel) -> Outcome:
@@ -254,7 +254,7 @@ class RewardCore:
         await self.drive(key, rid)
         redemption = self._redemption(key, rid)
         if redemption is None or redemption.status is not SagaState.CANCELLED:
-            return problem(Code.UNAVAILABLE, "cancellation in progress; retry")
+            return Outcome.refused(Code.UNAVAILABLE, "cancellation in progress; retry")
         return Outcome.done(redemption_view(redemption))
 
     @staticmethod
@@ -264,7 +264,9 @@ class RewardCore:
         if redemption.status is SagaState.FAILED and redemption.failure_code is not None:
             code = Code._value2member_map_.get(redemption.failure_code)
             if isinstance(code, Code) and code not in IN_FLIGHT_CODES:
-                return problem(code, redemption.failure_reason or str(code), redemption=view)
+                return Outcome.refused(
+                    code, redemption.failure_reason or str(code), redemption=view
+                )
             return Outcome.created(view)
         if redemption.status in (
             SagaState.COMPLETED,
@@ -273,7 +275,7 @@ class RewardCore:
             SagaState.FAILED,
         ):
             return Outcome.created(view)
-        return problem(
+        return Outcome.refused(
             Code.UNAVAILABLE,
             "redemption in progress; retry with the same key",
             redemption=view,
@@ -284,14 +286,15 @@ class RewardCore:
         await self.reader.ping()
         return {
             "rewards_loaded": len(self._rewards),
-            "queued": len(self._queue),
+            "queued": self._commits.queued,
             "sagas_in_flight": len(self._drivers),
             "fulfilling": len(self._fulfilling),
             **self.stats,
         }
 
     async def close(self) -> None:
-        for task in (self._loop_task, self._recovery_task, *self._fulfilling.values()):
+        self._commits.close()
+        for task in (self._recovery_task, *self._fulfilling.values()):
             if task is not None:
                 task.cancel()
         await self.repo.close()
@@ -472,49 +475,19 @@ class RewardCore:
 
     async def _submit(self, command: _Command) -> _Answer:
         future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(command, future))
-        self._ensure_loop()
-        assert self._wakeup is not None
-        self._wakeup.set()
+        self._commits.add(_Op(command, future))
+        self._ensure_recovery()
         return await future
 
     def _ensure_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop_task is None or self._loop_task.done():
-            self._wakeup = asyncio.Event()
-            self._loop_task = loop.create_task(self._run())
+        self._commits.ensure_running()
+        self._ensure_recovery()
+
+    def _ensure_recovery(self) -> None:
         if self._recovery_interval_s > 0 and (
             self._recovery_task is None or self._recovery_task.done()
         ):
-            self._recovery_task = loop.create_task(self._recovery_loop())
-
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        while True:
-            await self._wakeup.wait()
-            if self._batch_window_s and len(self._queue) < self._batch_max:
-                await asyncio.sleep(self._batch_window_s)
-            batch = self._queue[: self._batch_max]
-            del self._queue[: self._batch_max]
-            if not self._queue:
-                self._wakeup.clear()
-            if not batch:
-                continue
-            try:
-                await self._process(batch)
-            except Exception as exc:
-                log.exception("reward batch failed unexpectedly")
-                self._fail(batch, f"reward shard error, retry: {type(exc).__name__}")
-
-    def _fail(self, ops: list[_Op], detail: str) -> None:
-        answer = problem(Code.UNAVAILABLE, detail)
-        for op in ops:
-            _answer(op, answer)
-
-    def _now(self) -> datetime:
-        now = max(self._clock(), self._last_now)
-        self._last_now = now
-        return now
+            self._recovery_task = asyncio.get_running_loop().create_task(self._recovery_loop())
 
     async def _load_redemption(self, key: RewardKey, rid: uuid.UUID) -> Redemption | None:
         redemption = self._redemption(key, rid)
@@ -532,15 +505,15 @@ class RewardCore:
             await self._prefetch(batch)
         except Exception as exc:
             await self.repo.reset()
-            self._fail(batch, f"database unavailable: {type(exc).__name__}")
+            self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
             return
-        now = self._now()
+        now = self._commits.now()
         work = _Work()
         for op in batch:  # check and change, no await in between
             try:
                 self._apply(op, work, now)
             except PointsError as exc:
-                _answer(op, problem(exc.code, exc.detail))
+                answer(op, Outcome.refused(exc.code, exc.detail))
                 self.stats["answered_from_memory"] += 1
         for rkey, version in work.touched.items():
             reward = self._rewards[rkey].reward
@@ -565,36 +538,28 @@ class RewardCore:
             for op, _ in work.waiting:
                 r = op.cmd
                 if isinstance(r, Redeem) and (r.program_id, r.member_id, r.key) in taken:
-                    _answer(
+                    answer(
                         op,
-                        problem(
+                        Outcome.refused(
                             Code.IDEMPOTENCY_CONFLICT,
                             "this Idempotency-Key was already used for another redemption",
                         ),
                     )
                 else:
                     retry.append(op)
-            self._queue[:0] = retry
-            self._ensure_loop()
-            assert self._wakeup is not None
-            self._wakeup.set()
+            self._commits.requeue_front(retry)
             return
         except Exception as exc:
-            self.stats["commit_failures"] += 1
-            if isinstance(exc, FencedError):
-                self.stats["fenced"] += 1
-                log.warning("fenced: %s", exc)
-            else:
-                await self.repo.reset()
+            await self._commits.commit_failed(exc, self.repo.reset, self.stats)
             self._evict(work)
-            self._fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}"[:300])
+            self._commits.fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}"[:300])
             return
         for rkey, version in work.touched.items():
             self._rewards[rkey].reward.version = version + 1
         self.stats["batches"] += 1
         self.stats["ops"] += len(batch)
         for op, result in work.waiting:
-            _answer(op, result)
+            answer(op, result)
 
     def _evict(self, work: _Work) -> None:
         """The batch did not commit: what memory holds for its rewards is ahead of the
@@ -635,28 +600,23 @@ class RewardCore:
         work.touched.setdefault((reward.program_id, reward.reward_id), reward.version)
 
     def _apply(self, op: _Op, work: _Work, now: datetime) -> None:
+        """One operation, by its command's type (the tables below the class)."""
         cmd = op.cmd
         if cmd.program_id not in self._programs:
             raise PointsError(Code.NOT_FOUND, f"program {cmd.program_id} not found")
         state = self._rewards.get(op.reward_key)
-        if isinstance(cmd, _Load):
-            _answer(op, Outcome.done())
-            return
-        if isinstance(cmd, PutReward):
-            self._apply_put(op, cmd, state, work, now)
+        may_create = _ON_ANY_REWARD.get(type(cmd))
+        if may_create is not None:
+            may_create(self, op, cmd, state, work, now)
             return
         if state is None:
             raise PointsError(Code.NOT_FOUND, f"reward {cmd.reward_id} not found")
-        if isinstance(cmd, RestockCommand):
-            self._apply_restock(op, cmd, state, work, now)
-        elif isinstance(cmd, Redeem):
-            self._apply_redeem(op, cmd, state, work, now)
-        elif isinstance(cmd, _Move):
-            self._apply_move(op, cmd, state, work, now)
-        elif isinstance(cmd, Cancel):
-            self._apply_cancel(op, cmd, state, work, now)
-        else:
-            raise AssertionError(type(cmd))
+        _ON_LOADED_REWARD[type(cmd)](self, op, cmd, state, work, now)
+
+    def _apply_load(
+        self, op: _Op, req: _Load, state: _State | None, work: _Work, now: datetime
+    ) -> None:
+        answer(op, Outcome.done())
 
     def _apply_put(
         self, op: _Op, req: PutReward, state: _State | None, work: _Work, now: datetime
@@ -709,7 +669,7 @@ class RewardCore:
                     Code.IDEMPOTENCY_CONFLICT,
                     "this Idempotency-Key was already used with a different request body",
                 )
-            _answer(op, Outcome.created(_restock_view(state.reward, done)).as_replay())
+            answer(op, Outcome.created(_restock_view(state.reward, done)).as_replay())
             return
         restock(state.reward.stock, req.quantity)
         assert state.reward.stock.stocked is not None
@@ -729,7 +689,7 @@ class RewardCore:
                     Code.IDEMPOTENCY_CONFLICT,
                     "this Idempotency-Key was already used with a different request body",
                 )
-            _answer(op, _Started(rid, replayed=True))
+            answer(op, _Started(rid, replayed=True))
             return
         redemption = start_redemption(
             state.reward,
@@ -754,7 +714,7 @@ class RewardCore:
         if redemption is None:
             raise PointsError(Code.NOT_FOUND, f"redemption {req.redemption_id} not found")
         if redemption.status == req.target:
-            _answer(op, Outcome.done())  # a step re-run: already there
+            answer(op, Outcome.done())  # a step re-run: already there
             return
         if req.then is not None:
             advance(req.target, req.then)  # check both moves before changing anything
@@ -786,7 +746,7 @@ class RewardCore:
         if status is SagaState.CANCELLED or (
             status is SagaState.COMPENSATING and redemption.compensate_to is SagaState.CANCELLED
         ):
-            _answer(op, Outcome.done())
+            answer(op, Outcome.done())
             return
         if status is SagaState.FAILED:
             raise PointsError(
@@ -799,6 +759,24 @@ class RewardCore:
         work.updated[rid] = redemption
         self._touch(work, state)
         work.waiting.append((op, Outcome.done()))
+
+
+# Operations by command type: those that may find no reward loaded (a load, a new reward),
+# and those on a reward that exists.
+_ON_ANY_REWARD: dict[
+    type[Any], Callable[[RewardCore, _Op, Any, _State | None, _Work, datetime], None]
+] = {
+    _Load: RewardCore._apply_load,
+    PutReward: RewardCore._apply_put,
+}
+_ON_LOADED_REWARD: dict[
+    type[Any], Callable[[RewardCore, _Op, Any, _State, _Work, datetime], None]
+] = {
+    RestockCommand: RewardCore._apply_restock,
+    Redeem: RewardCore._apply_redeem,
+    _Move: RewardCore._apply_move,
+    Cancel: RewardCore._apply_cancel,
+}
 
 
 def _restock_view(reward: Reward, record: Restock) -> dict[str, Any]:

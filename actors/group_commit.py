@@ -1,0 +1,173 @@
+"""The group-commit engine both shard kinds run: one queue, one batch in flight at a time.
+
+Contract: `add(op)` queues an operation (anything with a `future`) and returns at once; the
+engine hands queued operations, in order and at most `batch_max` at a time, to the
+`process(batch)` coroutine it was built with, one batch after the other. `process` owns the
+batch: it applies it, commits it and answers every future (`answer`), or fails what it
+cannot commit (`fail`: `unavailable`, retry with the same key; `commit_failed` counts the
+failure and resets the connection unless the commit was fenced). If `process` raises anyway,
+the engine answers every still-open future of that batch `unavailable` and goes on with the
+next batch: the loop never dies. `requeue_front(ops)` puts operations back at the head of
+the queue (a batch that must run again for some of its operations); they go first in the
+next batch. `now()` is the wall clock for a batch, never earlier than the previous batch's.
+
+Why one batch at a time: operations that arrive while a batch commits wait in the queue and
+together form the next batch, so the batch grows with load by itself (natural group
+commit) and a shard never has two commits racing over the same accounts or rewards. An
+optional `batch_window_s` waits a little for more operations when the queue is not already
+full; zero (the default of both shard kinds) means natural batching only.
+
+Why the engine does not apply anything itself: the rule that makes a shard correct without
+locks (no `await` between checking an account or a reward and changing it) lives inside
+each core's apply step, which runs within `process` as plain synchronous code. The engine
+only decides *which* operations go together, and it guarantees that callers are answered
+exactly once: a future already answered (or whose caller went away) is never set again.
+
+Why futures and not a Task per operation: a shard call carries up to thousands of
+operations, and a Task each would cost more than applying them. `add` appends to a list and
+sets an event; no await, no allocation besides what the caller built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from actors.protocol import Outcome
+from db.ledger_repo import FencedError
+from domain.errors import Code
+
+
+class Queued(Protocol):
+    """What the engine needs of an operation: the future its caller awaits."""
+
+    @property
+    def future(self) -> asyncio.Future[Any]: ...
+
+
+OpT = TypeVar("OpT", bound=Queued)
+
+
+def answer(op: Queued, result: object) -> None:
+    """Answer one operation, once. A caller that went away (its future cancelled) or an
+    operation answered earlier must not break the batch."""
+    if not op.future.done():
+        op.future.set_result(result)
+
+
+def unavailable(detail: str) -> Outcome:
+    """The answer of an operation whose batch did not commit: retry with the same key."""
+    assert detail
+    return Outcome.refused(Code.UNAVAILABLE, detail)
+
+
+class GroupCommitter(Generic[OpT]):
+    """`name` says whose batches these are in logs and in the `unavailable` detail of a
+    batch that failed unexpectedly ("shard", "reward shard")."""
+
+    def __init__(
+        self,
+        process: Callable[[list[OpT]], Awaitable[None]],
+        *,
+        batch_max: int,
+        batch_window_s: float,
+        clock: Callable[[], datetime],
+        name: str,
+        log: logging.Logger,
+    ) -> None:
+        assert batch_max > 0 and batch_window_s >= 0
+        assert name
+        self._process = process
+        self._batch_max = batch_max
+        self._batch_window_s = batch_window_s
+        self._clock = clock
+        self._name = name
+        self._log = log
+        self._queue: list[OpT] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_now = datetime.min.replace(tzinfo=UTC)
+
+    @property
+    def queued(self) -> int:
+        """Operations waiting for a batch (not counting the one in flight)."""
+        return len(self._queue)
+
+    def add(self, op: OpT) -> None:
+        """Queue one operation; `process` answers it. Call from within the event loop."""
+        self._queue.append(op)
+        if self._task is None or self._task.done():
+            self.ensure_running()
+        self._wakeup.set()
+
+    def requeue_front(self, ops: list[OpT]) -> None:
+        """Put operations back at the head of the queue, in their order: the next batch
+        starts with them. For `process` to run some of its batch again."""
+        if not ops:
+            return
+        self._queue[:0] = ops
+        self.ensure_running()
+        self._wakeup.set()
+
+    def fail(self, ops: list[OpT], detail: str) -> None:
+        """Answer every still-open operation `unavailable` (one Outcome shared by all)."""
+        result = unavailable(detail)
+        for op in ops:
+            answer(op, result)
+
+    async def commit_failed(
+        self, exc: Exception, reset: Callable[[], Awaitable[None]], stats: dict[str, float]
+    ) -> None:
+        """Count a commit that failed (`commit_failures`, `fenced` in `stats`) and make the
+        connection usable again. A fenced commit (another owner committed first) leaves the
+        connection healthy; anything else may have broken it, so `reset` it. Answering the
+        batch's operations stays with the caller, which knows which ones were waiting."""
+        assert "commit_failures" in stats and "fenced" in stats
+        stats["commit_failures"] += 1
+        if isinstance(exc, FencedError):
+            stats["fenced"] += 1
+            self._log.warning("fenced: %s", exc)
+        else:
+            await reset()
+
+    def now(self) -> datetime:
+        """Wall clock, but never earlier than the previous batch (history stays ordered)."""
+        now = max(self._clock(), self._last_now)
+        assert now >= self._last_now
+        self._last_now = now
+        return now
+
+    def ensure_running(self) -> None:
+        """Start the batch loop if it is not running (first use, or after `close`)."""
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            if self._queue:
+                self._wakeup.set()
+
+    def close(self) -> None:
+        """Stop the loop. Queued operations stay queued until the next `add`."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        wakeup = self._wakeup
+        while True:
+            await wakeup.wait()
+            if self._batch_window_s and len(self._queue) < self._batch_max:
+                await asyncio.sleep(self._batch_window_s)
+            batch = self._queue[: self._batch_max]
+            del self._queue[: self._batch_max]
+            if not self._queue:
+                wakeup.clear()
+            if not batch:
+                continue
+            assert len(batch) <= self._batch_max
+            try:
+                await self._process(batch)
+            except Exception as exc:  # never let the loop die: fail this batch, go on
+                self._log.exception("%s batch failed unexpectedly", self._name)
+                self.fail(batch, f"{self._name} error, retry: {type(exc).__name__}")

@@ -644,7 +644,7 @@ class RewardCore:
             stocked = req.stock
             if stocked is not None and stocked < reward.stock.reserved + reward.stock.redeemed:
                 raise PointsError(
-                    Code.VALIDATION_ERROR,
+                    Code.INVALID_STATE,
                     f"stock {stocked} is below the {reward.stock.reserved} units reserved and "
                     f"{reward.stock.redeemed} redeemed",
                 )

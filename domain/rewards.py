@@ -111,7 +111,7 @@ def release(stock: RewardStock, quantity: int, *, redeemed: bool = False) -> Non
 def restock(stock: RewardStock, quantity: int) -> None:
     _check_quantity(quantity)
     if stock.stocked is None:
-        raise PointsError(Code.VALIDATION_ERROR, "an unlimited reward cannot be restocked")
+        raise PointsError(Code.INVALID_STATE, "an unlimited reward cannot be restocked")
     if stock.stocked + quantity > STOCK_MAX:
         raise PointsError(Code.LIMIT_EXCEEDED, f"stock would exceed {STOCK_MAX} units")
     before = stock.available

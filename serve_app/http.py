@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -102,6 +103,27 @@ def _refuse_constant(name: str) -> Any:
     raise PointsError(Code.BAD_REQUEST, f"{name} is not JSON")
 
 
+# A number literal with a fraction or exponent (`27.0`, `1e3`) that is a whole number is
+# that integer: JSON has one number type, and JSON Schema's "integer" includes 27.0. Any
+# other stays a float, which every field that counts points or units refuses. Exponents
+# past this bound stay floats too (no giant integers from a short literal).
+INTEGRAL_EXPONENT_MAX = 18
+
+
+def _number(literal: str) -> int | float:
+    try:
+        exact = Decimal(literal)
+    except InvalidOperation:
+        return float(literal)
+    if (
+        exact.is_finite()
+        and exact.adjusted() <= INTEGRAL_EXPONENT_MAX
+        and exact == exact.to_integral_value()
+    ):
+        return int(exact)
+    return float(literal)
+
+
 def parse_json(raw: bytes, content_type: str | None) -> Any:
     """A JSON body, strictly: declared as JSON, valid UTF-8 JSON, no key twice, no NaN."""
     if not _is_json(content_type or ""):
@@ -111,7 +133,10 @@ def parse_json(raw: bytes, content_type: str | None) -> Any:
         )
     try:
         return json.loads(
-            raw, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+            raw,
+            object_pairs_hook=_refuse_duplicates,
+            parse_constant=_refuse_constant,
+            parse_float=_number,
         )
     except (ValueError, UnicodeDecodeError) as exc:
         raise PointsError(Code.BAD_REQUEST, f"the body is not valid JSON: {exc}"[:300]) from exc

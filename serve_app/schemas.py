@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -35,6 +36,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _text_only(value: object) -> object:
+    """Bodies are validated from parsed JSON (serve_app/http.py), where pydantic's lax mode
+    would read a number as a Unix time: a date-time is RFC 3339 text, nothing else."""
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string")
+    return value
+
+
+# An RFC 3339 date-time with a zone, given as a JSON string.
+JsonDateTime = Annotated[AwareDatetime, BeforeValidator(_text_only)]
+
+
 class ProgramPut(_Strict):
     name: str = Field(min_length=1, max_length=PROGRAM_NAME_LENGTH_MAX, pattern=NO_NUL)
     # Time zone, expiry, pending, debt, caps and tiers (see docs/earning.md); omitted: kept.
@@ -44,7 +57,7 @@ class ProgramPut(_Strict):
 class RulesPut(_Strict):
     rules: list[dict[str, Any]] = Field(max_length=RULES_PER_SET_MAX)
     # Events that occur from then on use this version (default: now).
-    effective_from: AwareDatetime | None = None
+    effective_from: JsonDateTime | None = None
 
     @field_validator("effective_from")
     @classmethod
@@ -70,7 +83,7 @@ class ReverseIn(_Strict):
 class CreditIn(_Strict):
     points: StrictInt = Field(ge=1, le=POINTS_PER_OPERATION_MAX)
     reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX, pattern=NO_NUL)
-    expires_at: AwareDatetime | None = None
+    expires_at: JsonDateTime | None = None
 
     @field_validator("expires_at")
     @classmethod
@@ -130,7 +143,7 @@ class EventBody(_Strict):
     id: str = Field(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX, description="dedup key")
     member_id: str = Field(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)
     type: str = Field(pattern=EVENT_TYPE_PATTERN, description="a type the program's rules know")
-    occurred_at: AwareDatetime = Field(
+    occurred_at: JsonDateTime = Field(
         description="RFC 3339; at most 5 minutes ahead, at most 35 days back"
     )
     attributes: dict[str, Any] | None = Field(
@@ -139,4 +152,6 @@ class EventBody(_Strict):
 
 
 class EventBatchIn(_Strict):
-    events: list[EventBody] = Field(min_length=1, max_length=EVENTS_PER_BATCH_MAX)
+    # Each item is an event; an item that is not a valid event gets its own 422 result and
+    # the others still apply, so the batch itself takes any JSON value per item.
+    events: list[EventBody | Any] = Field(min_length=1, max_length=EVENTS_PER_BATCH_MAX)

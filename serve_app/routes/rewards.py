@@ -22,7 +22,7 @@ router = APIRouter(tags=["rewards"])
     response_model=Reward,
     status_code=201,
     responses={200: {"model": Reward, "description": "the reward existed: updated"}},
-    openapi_extra=route(Code.NOT_FOUND, body=RewardPut),
+    openapi_extra=route(Code.NOT_FOUND, Code.INVALID_STATE, body=RewardPut),
 )
 async def put_reward(program_id: ProgramId, reward_id: RewardId, request: Request) -> Response:
     """Define a reward (201) or change it (200): cost, stock, per-member limit, fulfilment."""
@@ -68,7 +68,14 @@ async def get_reward(program_id: ProgramId, reward_id: RewardId, request: Reques
     "/v1/programs/{program_id}/rewards/{reward_id}/restock",
     response_model=RestockDone,
     status_code=201,
-    openapi_extra=route(Code.NOT_FOUND, Code.IDEMPOTENCY_CONFLICT, body=RestockIn, keyed=True),
+    openapi_extra=route(
+        Code.NOT_FOUND,
+        Code.IDEMPOTENCY_CONFLICT,
+        Code.INVALID_STATE,
+        Code.LIMIT_EXCEEDED,
+        body=RestockIn,
+        keyed=True,
+    ),
 )
 async def restock(program_id: ProgramId, reward_id: RewardId, request: Request) -> Response:
     """Add units to a limited reward (idempotent under its key)."""

@@ -389,7 +389,8 @@ async def test_stock_below_units_out_and_unknown_program_are_refused(
     lowered = await client.put(
         f"/v1/programs/{program}/rewards/few", json={"name": "x", "cost_points": 1, "stock": 1}
     )
-    assert lowered.status_code == 422
+    # Valid on its own, refused by the reward's state (2 units out): 409 invalid_state.
+    assert lowered.status_code == 409 and lowered.json()["code"] == "invalid_state"
     assert await reward_state(client, program, "few") == (1, 0, 2)
     nowhere = await client.put(
         "/v1/programs/no-such-program/rewards/few",

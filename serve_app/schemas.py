@@ -110,7 +110,9 @@ class FulfillmentNone(_Strict):
 
 class FulfillmentWebhook(_Strict):
     type: Literal["webhook"]
-    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s\x00]+$")
+    # Visible ASCII only (percent-encode the rest): the same set in Python's regex and in
+    # JSON Schema's (ECMA-262) regex, whose \s differ (U+0085 is whitespace in one only).
+    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[!-~]+$")
 
 
 class RewardPut(_Strict):

@@ -99,7 +99,9 @@ def validation_problem(raw_errors: Sequence[Any]) -> Response:
 def allowed_methods(app: FastAPI, path: str) -> list[str]:
     """Every method some route answers on this path (for 405's Allow)."""
     methods: set[str] = set()
-    for candidate in app.router.routes:
+    # Included routers are wrapped (FastAPI >= 0.16x): look at their own routes too.
+    routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
+    for candidate in routes:
         regex = getattr(candidate, "path_regex", None)
         if regex is not None and regex.match(path):
             methods |= set(getattr(candidate, "methods", None) or ())

@@ -324,7 +324,8 @@ async def test_database_outage_mid_sale_then_recovery(
 
 
 BAD_REDEMPTIONS: list[tuple[str, Any]] = [
-    ("quantity as float", {"member_id": "zed", "reward_id": "bad", "quantity": 1.0}),
+    # 1.0 is the integer 1 (JSON has one number type); 1.5 is no quantity.
+    ("quantity as float", {"member_id": "zed", "reward_id": "bad", "quantity": 1.5}),
     ("quantity as string", {"member_id": "zed", "reward_id": "bad", "quantity": "1"}),
     ("quantity zero", {"member_id": "zed", "reward_id": "bad", "quantity": 0}),
     ("quantity huge", {"member_id": "zed", "reward_id": "bad", "quantity": 10**9}),

@@ -68,13 +68,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import ray
 import redis.asyncio
 from redis.exceptions import ResponseError
 
 from actors.protocol import Outcome
-from domain.errors import Code
+from domain import jsontext
+from domain.errors import Code, PointsError
 from domain.ids import valid_id
 from domain.limits import BODY_BYTES_MAX, EVENTS_PER_BATCH_MAX, REASON_LENGTH_MAX
 
@@ -433,9 +433,9 @@ class StreamConsumerCore:
                 entry, f"event is {len(event)} bytes, more than {EVENT_BYTES_MAX}", invalid
             )
         try:
-            body = orjson.loads(event)
-        except orjson.JSONDecodeError as exc:
-            return _DeadLetter(entry, f"event is not valid JSON: {exc}", invalid)
+            body = jsontext.loads(event, "event")  # the HTTP API's parser: a key twice is refused
+        except PointsError as exc:
+            return _DeadLetter(entry, exc.detail, invalid)
         if not isinstance(body, dict):
             return _DeadLetter(entry, "an event must be a JSON object", invalid)
         return _text(program_id), body

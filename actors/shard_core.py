@@ -5,9 +5,9 @@ Request path inside a shard:
 1. `submit` puts the operation on the queue and awaits its future.
 2. The batch loop takes everything queued (up to `batch_max`), prefetches what it needs from
    PostgreSQL (accounts not cached, programs not known, the policies, events and debits
-   the operations refer to) in a few set-based queries, then applies every operation to in-memory *copies* of the accounts with
-   no `await` between checking and changing: operations on an account are strictly
-   serialized without any lock.
+   the operations refer to) in a few set-based queries, then applies every operation to
+   in-memory *copies* of the accounts with no `await` between checking and changing:
+   operations on an account are strictly serialized without any lock.
 3. The batch is written in one PostgreSQL transaction (group commit), fenced by account
    versions. Only after COMMIT are the copies swapped into the cache and the callers
    answered; reads use the cache, so they never show an uncommitted effect.

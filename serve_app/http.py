@@ -6,15 +6,13 @@ cost ~15% of a replica's CPU per debit); the OpenAPI document still describes he
 bodies and security (serve_app/openapi.py).
 
 Strict input: a body is JSON only when it says so (`Content-Type: application/json`, or a
-`+json` type), a body with the same key twice is refused rather than guessed at (the last
-one would silently win), and every refusal is a problem with a stable code.
+`+json` type), and is parsed by `domain.jsontext` (a key twice or NaN refused, 27.0 is
+27), the same parser the event stream uses; every refusal is a problem with a stable code.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from actors.protocol import Credit, Debit, Reverse
+from domain import jsontext
 from domain.errors import Code, PointsError
 from domain.idempotency import request_hash
 from domain.limits import IDEMPOTENCY_KEY_RE
@@ -90,40 +89,6 @@ def _is_json(content_type: str) -> bool:
     )
 
 
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in found:
-            raise PointsError(Code.BAD_REQUEST, f"the body has the key {name!r} twice")
-        found[name] = value
-    return found
-
-
-def _refuse_constant(name: str) -> Any:
-    raise PointsError(Code.BAD_REQUEST, f"{name} is not JSON")
-
-
-# A number literal with a fraction or exponent (`27.0`, `1e3`) that is a whole number is
-# that integer: JSON has one number type, and JSON Schema's "integer" includes 27.0. Any
-# other stays a float, which every field that counts points or units refuses. Exponents
-# past this bound stay floats too (no giant integers from a short literal).
-INTEGRAL_EXPONENT_MAX = 18
-
-
-def _number(literal: str) -> int | float:
-    try:
-        exact = Decimal(literal)
-    except InvalidOperation:
-        return float(literal)
-    if (
-        exact.is_finite()
-        and exact.adjusted() <= INTEGRAL_EXPONENT_MAX
-        and exact == exact.to_integral_value()
-    ):
-        return int(exact)
-    return float(literal)
-
-
 def parse_json(raw: bytes, content_type: str | None) -> Any:
     """A JSON body, strictly: declared as JSON, valid UTF-8 JSON, no key twice, no NaN."""
     if not _is_json(content_type or ""):
@@ -131,15 +96,7 @@ def parse_json(raw: bytes, content_type: str | None) -> Any:
             Code.UNSUPPORTED_MEDIA_TYPE,
             f"send the body as {JSON_MEDIA_TYPE} (got {content_type or 'no Content-Type'})",
         )
-    try:
-        return json.loads(
-            raw,
-            object_pairs_hook=_refuse_duplicates,
-            parse_constant=_refuse_constant,
-            parse_float=_number,
-        )
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PointsError(Code.BAD_REQUEST, f"the body is not valid JSON: {exc}"[:300]) from exc
+    return jsontext.loads(raw)
 
 
 async def json_body(request: Request) -> Any:

@@ -210,13 +210,17 @@ async def test_invalid_entries_are_dead_lettered_with_reason_and_acked(
     )
     no_event = await r.xadd(streams.main, {"program_id": "shop-1"})
     not_object = await r.xadd(streams.main, {"program_id": "shop-1", "event": b"[1, 2]"})
+    # The HTTP API's parser: a key twice is ambiguous, never "the last one wins".
+    twice = await r.xadd(
+        streams.main, {"program_id": "shop-1", "event": b'{"id": "ok-7", "id": "ok-6"}'}
+    )
     [refused] = await publish(r, streams.main, "shop-1", "bad-1")
     [fine] = await publish(r, streams.main, "shop-1", "ok-1")
 
     counters = await core.run_once()
 
-    assert counters["read"] == 7
-    assert counters["dead_lettered"] == 6 and counters["applied"] == 1
+    assert counters["read"] == 8
+    assert counters["dead_lettered"] == 7 and counters["applied"] == 1
     # Only entries that parse reach apply_events.
     assert applier.calls == [("shop-1", ["bad-1", "ok-1"])]
     assert await pending(r, streams.main) == 0
@@ -228,6 +232,7 @@ async def test_invalid_entries_are_dead_lettered_with_reason_and_acked(
         bad_program.decode(): "program_id is not a valid id",
         no_event.decode(): "entry has no event field",
         not_object.decode(): "an event must be a JSON object",
+        twice.decode(): "event has the key 'id' twice",
         refused: "type must be 1..64 characters",
     }
     assert set(letters) == set(expected)

@@ -149,3 +149,30 @@ def test_points_up_refuses_a_busy_port_before_starting_anything() -> None:
         result = CliRunner().invoke(app, ["up", "--port", str(port)])
     assert result.exit_code == 1
     assert "already in use" in result.output
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"points": 1, "points": 2}', "twice"),
+        (b'{"a": {"b": 1, "b": 1}}', "twice"),
+        (b'{"points": NaN}', "NaN"),
+        (b'{"points": Infinity}', "Infinity"),
+        (b'{"points": 1,', "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_strict_json_refuses_what_it_would_have_to_guess(raw: bytes, fragment: str) -> None:
+    from domain import jsontext
+
+    with pytest.raises(PointsError) as err:
+        jsontext.loads(raw)
+    assert err.value.code is Code.BAD_REQUEST and fragment in err.value.detail
+
+
+def test_strict_json_reads_whole_number_literals_as_integers() -> None:
+    from domain import jsontext
+
+    parsed = jsontext.loads(b'{"a": 27.0, "b": 1e3, "c": 1.5, "d": 1e300, "e": -0.0}')
+    assert parsed == {"a": 27, "b": 1000, "c": 1.5, "d": 1e300, "e": 0}
+    assert [type(parsed[k]) for k in "abcde"] == [int, int, float, float, int]

@@ -15,7 +15,9 @@ from db.ledger_repo import LedgerRepo
 EXPIRY_INTERVAL_S = 60.0
 
 
-@ray.remote(
+# Ray's typed overloads of ray.remote(**options) list task options only, not the actor
+# option max_concurrency (which it accepts at run time).
+@ray.remote(  # type: ignore[call-overload]
     # Restart forever on crash; state is reloaded lazily from PostgreSQL.
     max_restarts=-1,
     # Never re-run a call automatically: the caller retries with its idempotency key.

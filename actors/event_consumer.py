@@ -562,7 +562,9 @@ LANES_DEFAULT = 4
 LANES_MAX = 32
 
 
-@ray.remote(
+# Ray's typed overloads of ray.remote(**options) list task options only, not the actor
+# option max_concurrency (which it accepts at run time).
+@ray.remote(  # type: ignore[call-overload]
     # Restart forever on crash: pending entries are reclaimed (or re-read under the same
     # consumer name), so nothing is lost. The owner calls start() again (ping shows
     # running=False after a restart); start() is idempotent.

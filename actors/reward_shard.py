@@ -19,7 +19,11 @@ from actors.webhook import WebhookSender
 from db.reward_repo import RewardRepo
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=20_000, num_cpus=0)
+# Ray's typed overloads of ray.remote(**options) list task options only, not the actor
+# option max_concurrency (which it accepts at run time).
+@ray.remote(  # type: ignore[call-overload]
+    max_restarts=-1, max_task_retries=0, max_concurrency=20_000, num_cpus=0
+)
 class RewardShard:
     def __init__(self, index: int, count: int, dsn: str, config: dict[str, Any]) -> None:
         self.index = index

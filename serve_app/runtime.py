@@ -269,7 +269,7 @@ def deploy(settings: Settings, dsn: str, redis_url: str | None = None) -> str:
 def undeploy(settings: Settings) -> None:
     """Remove Serve (its app, proxies, HAProxy) and the shard actors from the cluster."""
     with contextlib.suppress(Exception):
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
     for index in range(settings.shards):
         with contextlib.suppress(Exception):
             ray.kill(ray.get_actor(shard_name(index), namespace=NAMESPACE))

@@ -44,8 +44,10 @@ FORGET_PROGRAM_TIMEOUT_S = 5.0
 def account_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[Any]:
     """Handles of the account shard actors (created detached if they do not run yet)."""
     assert shards > 0
+    # mypy keeps a decorated class's own type (it ignores class decorators' return types), so
+    # it does not see the ActorClass that @ray.remote made: hence the attr-defined ignores.
     return [
-        AccountShard.options(
+        AccountShard.options(  # type: ignore[attr-defined]
             name=shard_name(i), namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
         ).remote(i, dsn, shard_config)
         for i in range(shards)
@@ -57,7 +59,7 @@ def reward_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[A
     assert count > 0
     config = {**shard_config, "shards": shards}
     return [
-        RewardShard.options(
+        RewardShard.options(  # type: ignore[attr-defined]  # an ActorClass, see above
             name=reward_shard_name(i), namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
         ).remote(i, count, dsn, config)
         for i in range(count)
@@ -69,7 +71,7 @@ def event_consumer(redis_url: str | None, shards: int, shard_config: dict[str, A
     stream = shard_config.get("event_stream")
     if not redis_url or not stream:
         return None
-    return EventConsumer.options(
+    return EventConsumer.options(  # type: ignore[attr-defined]  # an ActorClass, see above
         name=EVENT_CONSUMER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote(
         redis_url,

@@ -1,5 +1,7 @@
 """The reward catalogue and stock: define, read, list, restock."""
 
+from typing import TypedDict
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -15,6 +17,14 @@ from serve_app.routes.params import LIMIT_DEFAULT, Cursor, Limit, ProgramId, Rew
 from serve_app.schemas import RestockIn, RewardPut
 
 router = APIRouter(tags=["rewards"])
+
+
+class _RestockFields(TypedDict):
+    """What a restock's request hash covers: the Restock command's own fields."""
+
+    program_id: str
+    reward_id: str
+    quantity: int
 
 
 @router.put(
@@ -82,6 +92,6 @@ async def restock(program_id: ProgramId, reward_id: RewardId, request: Request) 
     await authenticate(request)
     body = await body_of(request, RestockIn)
     key = idempotency_key(request)
-    fields = {"program_id": program_id, "reward_id": reward_id, "quantity": body.quantity}
+    fields = _RestockFields(program_id=program_id, reward_id=reward_id, quantity=body.quantity)
     command = Restock(**fields, key=key, request_hash=request_hash("restock", fields))
     return outcome_response(await backend(request).rewards.submit(command))

@@ -127,14 +127,17 @@ def test_a_contract_fuzzer_with_every_check_finds_nothing(service: Service) -> N
             "examples,fuzzing,stateful",
             "--seed",
             str(secrets.randbelow(2**32)),
+            # One worker: with two, schemathesis 4.32 failed inside itself once
+            # ("Test Execution Error" while folding worker events), not on an answer.
             "--workers",
-            "2",
+            "1",
         ],
         capture_output=True,
         text=True,
         timeout=FUZZ_TIMEOUT_S,
         cwd=ROOT,
     )
-    summary = run.stdout[-4000:]
+    failures = run.stdout.find("FAILURES")
+    summary = run.stdout[failures : failures + 6000] if failures >= 0 else run.stdout[-4000:]
     assert run.returncode == 0, summary
     assert "No issues found" in run.stdout or " passed" in run.stdout, summary

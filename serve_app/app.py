@@ -97,15 +97,19 @@ def validation_problem(raw_errors: Sequence[Any]) -> Response:
 
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:
-    """Every method some route answers on this path (for 405's Allow)."""
-    methods: set[str] = set()
+    """The methods of the route templates this path belongs to (for 405's Allow). Where a
+    literal segment and a parameter both match (`/events/batch`, `/events/{event_id}`),
+    the path belongs to the template with fewer parameters, as the document says."""
     # Included routers are wrapped (FastAPI >= 0.16x): look at their own routes too.
     routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
+    matching: dict[int, set[str]] = {}
     for candidate in routes:
         regex = getattr(candidate, "path_regex", None)
-        if regex is not None and regex.match(path):
-            methods |= set(getattr(candidate, "methods", None) or ())
-    return sorted(methods)
+        methods = getattr(candidate, "methods", None)
+        if regex is not None and methods and regex.match(path):
+            parameters = len(getattr(candidate, "param_convertors", {}))
+            matching.setdefault(parameters, set()).update(methods)
+    return sorted(matching[min(matching)]) if matching else []
 
 
 def create_app() -> FastAPI:

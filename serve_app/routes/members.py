@@ -1,6 +1,5 @@
 """Members: credits and debits (the hot path), the member view, history, tier changes, list."""
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -8,7 +7,7 @@ from starlette.responses import Response
 
 from actors.protocol import Credit, Debit
 from db.api_repo import decode_cursor, decode_id_cursor
-from domain.errors import Code, PointsError
+from domain.errors import Code
 from serve_app.http import (
     authenticate,
     backend,
@@ -20,7 +19,7 @@ from serve_app.http import (
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse
 from serve_app.responses import Member, MemberPage, TierChanges, Transaction, TransactionPage
-from serve_app.routes.params import LIMIT_DEFAULT, Cursor, Limit, MemberId, ProgramId
+from serve_app.routes.params import LIMIT_DEFAULT, Cursor, Limit, MemberId, Moment, ProgramId
 from serve_app.schemas import CreditIn, DebitIn
 
 router = APIRouter(tags=["members"])
@@ -131,16 +130,13 @@ async def list_transactions(
     member_id: MemberId,
     request: Request,
     type: Annotated[str | None, Query(pattern=TRANSACTION_TYPES)] = None,
-    since: Annotated[datetime | None, Query(description="RFC 3339, with a zone")] = None,
-    until: Annotated[datetime | None, Query(description="RFC 3339, with a zone")] = None,
+    since: Moment = None,
+    until: Moment = None,
     limit: Limit = LIMIT_DEFAULT,
     cursor: Cursor = None,
 ) -> Response:
     """The member's history, newest first, keyset-paginated; filter by type and time."""
     await authenticate(request)
-    for name, moment in (("since", since), ("until", until)):
-        if moment is not None and moment.tzinfo is None:
-            raise PointsError(Code.VALIDATION_ERROR, f"{name} needs a time zone (e.g. Z)")
     position = cursor_of(cursor, decode_cursor)
     repo = await backend(request).repo()
     items, next_cursor = await repo.list_transactions(

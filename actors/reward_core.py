@@ -92,7 +92,7 @@ def utcnow() -> datetime:
 
 # Failure codes of a redemption that answer as a refusal (nothing was taken, or what was
 # taken is given back): the codes of the debit's own refusals. A redemption that failed
-# later (its fulfilment) answers 201 with its view, status "failed".
+# later (its fulfilment) answers `created` with its view, status "failed".
 IN_FLIGHT_CODES = RETRYABLE_CODES | {Code.INTERNAL, Code.FULFILLMENT_FAILED}
 
 

@@ -1,6 +1,7 @@
 """Fulfilment by webhook: POST a signed JSON body, bounded retries with backoff.
 
-2xx: fulfilled. 4xx other than 408/425/429: a permanent refusal, no retry. Anything else
+Success: fulfilled. A client error other than request timeout, too early or too many
+requests: a permanent refusal, no retry. Anything else
 (5xx, timeouts, connection errors) is retried up to `attempts` times with exponential
 backoff. The receiver must treat `Idempotency-Key` (the redemption id) as the dedup key:
 after a crash, recovery may send the same redemption again.
@@ -18,7 +19,10 @@ import orjson
 from domain.rewards import Redemption, redemption_view
 from domain.webhooks import SIGNATURE_HEADER, sign
 
-RETRYABLE_4XX = frozenset({408, 425, 429})
+# The receiver's client errors that may pass: retried like server errors.
+RETRYABLE_CLIENT_ERRORS = frozenset(
+    {httpx.codes.REQUEST_TIMEOUT, httpx.codes.TOO_EARLY, httpx.codes.TOO_MANY_REQUESTS}
+)
 
 
 class WebhookSender:
@@ -68,10 +72,10 @@ class WebhookSender:
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"[:200]
             else:
-                if 200 <= response.status_code < 300:
+                if response.is_success:
                     return True, ""
                 last = f"HTTP {response.status_code}"
-                if 400 <= response.status_code < 500 and response.status_code not in RETRYABLE_4XX:
+                if response.is_client_error and response.status_code not in RETRYABLE_CLIENT_ERRORS:
                     return False, f"webhook refused the fulfilment: {last}"
             if attempt + 1 < self._attempts:
                 await asyncio.sleep(self._backoff_s * 2**attempt)

@@ -38,7 +38,7 @@ B = TypeVar("B")  # a batch: what one group commit writes
 R = TypeVar("R")  # a row, as its row factory makes it
 
 CONNECT_TIMEOUT_S = 5
-# Bounded waits: a stuck statement fails its batch (503, retry) instead of holding the
+# Bounded waits: a stuck statement fails its batch (unavailable, retry) instead of holding the
 # shard's batch loop forever; a transaction left open by a lost client is ended.
 STATEMENT_TIMEOUT_MS = 15_000
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000

@@ -6,7 +6,13 @@ from typing import Any
 
 import ray
 
-from actors.protocol import AccountCommand, Outcome
+from actors.protocol import (
+    AccountCommand,
+    Outcome,
+    Wire,
+    command_from_wire,
+    outcome_to_wire,
+)
 from actors.routing import shard_of
 from actors.shard_core import ShardCore
 from db.ledger_repo import LedgerRepo
@@ -52,10 +58,14 @@ class AccountShard:
         self._ensure_expiry()
         return await self.core.submit(command)
 
-    async def submit_many(self, commands: list[AccountCommand]) -> list[Outcome]:
-        """Many commands in one Ray call (the ingress batches them); one outcome each."""
+    async def submit_many(self, commands: list[Wire]) -> list[Wire]:
+        """Many commands in one Ray call (the ingress batches them, in their wire form:
+        actors/protocol.py); one outcome each, in order."""
         self._ensure_expiry()
-        return list(await asyncio.gather(*[self.core.enqueue(c) for c in commands]))
+        outcomes = await asyncio.gather(
+            *[self.core.enqueue(command_from_wire(c)) for c in commands]
+        )
+        return [outcome_to_wire(outcome) for outcome in outcomes]
 
     async def forget_program(self, program_id: str) -> None:
         """The program's policy or rules changed: read them again before the next event."""

@@ -11,7 +11,13 @@ from typing import Any
 
 import ray
 
-from actors.protocol import AccountCommand, Outcome, RewardCommand
+from actors.protocol import (
+    AccountCommand,
+    Outcome,
+    Wire,
+    command_from_wire,
+    outcome_to_wire,
+)
 from actors.reward_core import RewardCore
 from actors.routing import NAMESPACE, owned_slots, shard_name, slot_of
 from actors.shard_client import ShardClient
@@ -53,9 +59,11 @@ class RewardShard:
             self._accounts = ShardClient(handles)
         return await self._accounts.submit(command)
 
-    async def submit_many(self, commands: list[RewardCommand]) -> list[Outcome]:
-        """Many commands in one Ray call (the ingress batches them); one outcome each."""
-        return list(await asyncio.gather(*(self.core.submit(c) for c in commands)))
+    async def submit_many(self, commands: list[Wire]) -> list[Wire]:
+        """Many commands in one Ray call (the ingress batches them, in their wire form:
+        actors/protocol.py); one outcome each, in order."""
+        outcomes = await asyncio.gather(*(self.core.submit(command_from_wire(c)) for c in commands))
+        return [outcome_to_wire(outcome) for outcome in outcomes]
 
     async def recover(self) -> int:
         return await self.core.recover_once()

@@ -22,7 +22,13 @@ from typing import Any
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from actors.protocol import AccountCommand, Outcome, RewardCommand
+from actors.protocol import (
+    AccountCommand,
+    Outcome,
+    RewardCommand,
+    command_to_wire,
+    outcome_from_wire,
+)
 from actors.routing import shard_of
 from domain.errors import Code
 
@@ -103,7 +109,8 @@ class ShardClient:
         loop = asyncio.get_running_loop()
         try:
             results = await asyncio.wait_for(
-                lane.handle.submit_many.remote([p.command for p in batch]), CALL_TIMEOUT_S
+                lane.handle.submit_many.remote([command_to_wire(p.command) for p in batch]),
+                CALL_TIMEOUT_S,
             )
         except ACTOR_ERRORS as exc:
             retry = []
@@ -125,7 +132,7 @@ class ShardClient:
             assert len(results) == len(batch)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
-                    p.future.set_result(result)
+                    p.future.set_result(outcome_from_wire(result))
         finally:
             lane.in_flight -= 1
             self._pump(lane)

@@ -7,7 +7,7 @@ import pytest
 from ray.exceptions import ActorUnavailableError
 
 from actors import shard_client
-from actors.protocol import Debit, Outcome
+from actors.protocol import Debit, Outcome, Wire, command_from_wire, outcome_to_wire
 from actors.shard_client import ShardClient
 from domain.errors import Code
 
@@ -28,13 +28,14 @@ class StandInShard:
         self.failures = failures
         self.submit_many = _Method(self._submit_many)
 
-    async def _submit_many(self, requests: list[Debit]) -> list[Outcome]:
+    async def _submit_many(self, wires: list[Wire]) -> list[Wire]:
+        requests = [command_from_wire(w) for w in wires]
         await asyncio.sleep(0.01)  # a commit takes a while; more requests queue meanwhile
         if self.failures:
             self.failures -= 1
             raise ActorUnavailableError("restarting", None)
         self.calls.append(len(requests))
-        return [Outcome.created({"key": r.key}) for r in requests]
+        return [outcome_to_wire(Outcome.created({"key": r.key})) for r in requests]
 
 
 def request(i: int) -> Debit:

@@ -100,10 +100,8 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     """The methods of the route templates this path belongs to (for 405's Allow). Where a
     literal segment and a parameter both match (`/events/batch`, `/events/{event_id}`),
     the path belongs to the template with fewer parameters, as the document says."""
-    # Included routers are wrapped (FastAPI >= 0.16x): look at their own routes too.
-    routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
     matching: dict[int, set[str]] = {}
-    for candidate in routes:
+    for candidate in app.router.routes:
         regex = getattr(candidate, "path_regex", None)
         methods = getattr(candidate, "methods", None)
         if regex is not None and methods and regex.match(path):
@@ -123,8 +121,11 @@ def create_app() -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": True},
     )
     created.add_middleware(BodyLimit)
+    # The routers' routes go straight into the app's route list: FastAPI >= 0.16x wraps an
+    # included router in another routing layer, which cost ~15 us per request here
+    # (measured in-process: 58 vs 43 us for a trivial route), on every debit.
     for router in ROUTERS:
-        created.include_router(router)
+        created.router.routes.extend(router.routes)
 
     def document() -> dict[str, Any]:
         if created.openapi_schema is None:

@@ -13,7 +13,7 @@ Strict input: a body is JSON only when it says so (`Content-Type: application/js
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -24,11 +24,9 @@ from domain import jsontext
 from domain.errors import Code, PointsError
 from domain.idempotency import request_hash
 from domain.limits import IDEMPOTENCY_KEY_RE
+from serve_app import wiring
 from serve_app.auth import KEY_LENGTH_MAX, hash_key
 from serve_app.problems import outcome_response
-
-if TYPE_CHECKING:
-    from serve_app.wiring import Backend
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 T = TypeVar("T")
@@ -46,10 +44,8 @@ class InvalidBody(Exception):
         self.errors = errors
 
 
-def backend(request: Request) -> Backend:
+def backend(request: Request) -> wiring.Backend:
     """The replica's wiring (repository, shard clients), installed by the ingress."""
-    from serve_app import wiring
-
     return wiring.current()
 
 

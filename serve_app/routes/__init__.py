@@ -3,11 +3,12 @@ answer through the one renderer (serve_app/problems.py)."""
 
 from serve_app.routes import events, health, members, programs, redemptions, rewards, rules
 
+# Routes are matched in this order: members (credits and debits, the hot path) first.
 ROUTERS = (
+    members.router,
     health.router,
     programs.router,
     rules.router,
-    members.router,
     rewards.router,
     redemptions.router,
     events.router,

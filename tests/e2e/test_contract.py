@@ -15,6 +15,9 @@ from tests.e2e.conftest import ADMIN_KEY, Service
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ_TIME_S = int(os.environ.get("POINTS_FUZZ_TIME_S", "60"))
 FUZZ_TIMEOUT_S = FUZZ_TIME_S + 60
+# A fixed seed keeps CI's run comparable from one commit to the next (the stateful phase
+# still follows the service's answers); POINTS_FUZZ_SEED=random explores.
+FUZZ_SEED = os.environ.get("POINTS_FUZZ_SEED", "20261129")
 
 
 async def test_the_served_document_has_security_and_problems(client: httpx.AsyncClient) -> None:
@@ -124,7 +127,7 @@ def test_a_contract_fuzzer_with_every_check_finds_nothing(service: Service) -> N
             "--max-time",
             str(FUZZ_TIME_S),
             "--seed",
-            str(secrets.randbelow(2**32)),
+            str(secrets.randbelow(2**32)) if FUZZ_SEED == "random" else FUZZ_SEED,
             # One worker: with two, schemathesis 4.32 failed inside itself, not on an
             # answer ("Test Execution Error" folding worker events; "AST constructor
             # recursion depth mismatch" in its coverage phase).

@@ -455,13 +455,15 @@ def apply_reverse(
             work.write.transactions.append((txn, op.key))
             for lot_id, taken in txn.allocations:
                 work.write.lot_deltas[lot_id] += taken
-    work.reversals[ekey] = (str(new_reversed), target)
-    work.write.event_reversals[ekey] = (str(new_reversed), target)
+    # Plain notation: str() would write 1E-7, which the next reversal could not read back.
+    reversed_text = format(new_reversed, "f")
+    work.reversals[ekey] = (reversed_text, target)
+    work.write.event_reversals[ekey] = (reversed_text, target)
     body = {
         "event_id": op.event_id,
         "member_id": op.member_id,
         "event_points": stored.points,
-        "reversed_amount": str(new_reversed),
+        "reversed_amount": reversed_text,
         # From the member's lots; what was already spent is owed (debt) or unrecovered.
         "clawed_back": txn.points - txn.debt_change if txn is not None else 0,
         "owed": txn.debt_change if txn is not None else 0,

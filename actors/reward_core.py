@@ -689,7 +689,12 @@ class RewardCore:
                     Code.IDEMPOTENCY_CONFLICT,
                     "this Idempotency-Key was already used with a different request body",
                 )
-            answer(op, _Started(rid, replayed=True))
+            if rid in work.new_redemptions:
+                # Started earlier in this very batch, not committed yet: the saga must not
+                # move before it is (a failed commit evicts it); answer after the commit.
+                work.waiting.append((op, _Started(rid, replayed=True)))
+            else:
+                answer(op, _Started(rid, replayed=True))
             return
         redemption = start_redemption(
             state.reward,

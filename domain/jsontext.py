@@ -15,6 +15,8 @@ import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
+
 from domain.errors import Code, PointsError
 
 INTEGRAL_EXPONENT_MAX = 18
@@ -57,14 +59,24 @@ def loads(raw: bytes | str, subject: str = "the body") -> Any:
     """Parse JSON strictly; PointsError(bad_request) saying what is wrong with `subject`."""
     assert subject
     try:
-        return json.loads(
+        value = json.loads(
             raw,
             object_pairs_hook=_refuse_duplicates,
             parse_constant=_refuse_constant,
             parse_float=_number,
         )
+    except RecursionError as exc:  # nesting deeper than Python's stack: never a real body
+        raise PointsError(Code.BAD_REQUEST, f"{subject} is nested too deeply") from exc
     except _Ambiguous as exc:
         raise PointsError(Code.BAD_REQUEST, f"{subject} {exc}"[:DETAIL_LENGTH_MAX]) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         detail = f"{subject} is not valid JSON: {exc}"[:DETAIL_LENGTH_MAX]
         raise PointsError(Code.BAD_REQUEST, detail) from exc
+    # Python's parser takes a lone UTF-16 surrogate ("\ud800"), which no UTF-8 text can
+    # hold: everything downstream (orjson answers, PostgreSQL JSONB) would fail on it.
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        detail = f"{subject} is not valid JSON: {exc}"[:DETAIL_LENGTH_MAX]
+        raise PointsError(Code.BAD_REQUEST, detail) from exc
+    return value

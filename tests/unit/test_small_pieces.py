@@ -160,6 +160,8 @@ def test_points_up_refuses_a_busy_port_before_starting_anything() -> None:
         (b'{"points": Infinity}', "Infinity"),
         (b'{"points": 1,', "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
+        (b'{"note": "\\ud800"}', "not valid JSON"),  # a lone surrogate
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
     ],
 )
 def test_strict_json_refuses_what_it_would_have_to_guess(raw: bytes, fragment: str) -> None:

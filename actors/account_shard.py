@@ -6,6 +6,7 @@ from typing import Any
 
 import ray
 
+from actors.placement import placement
 from actors.protocol import (
     AccountCommand,
     Outcome,
@@ -84,7 +85,7 @@ class AccountShard:
 
     async def ping(self) -> dict[str, Any]:
         self._ensure_expiry()
-        return {"shard": self.index, **(await self.core.ping())}
+        return {"shard": self.index, **placement(), **(await self.core.ping())}
 
     def pid(self) -> int:
         return os.getpid()

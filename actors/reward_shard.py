@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from actors.placement import placement
 from actors.protocol import (
     AccountCommand,
     Outcome,
@@ -69,7 +70,7 @@ class RewardShard:
         return await self.core.recover_once()
 
     async def ping(self) -> dict[str, Any]:
-        return {"reward_shard": self.index, **(await self.core.ping())}
+        return {"reward_shard": self.index, **placement(), **(await self.core.ping())}
 
     def pid(self) -> int:
         return os.getpid()

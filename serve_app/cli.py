@@ -339,13 +339,20 @@ def status(
         console.print(
             f"shard {shard['shard']}: {shard['cached_accounts']} cached accounts,"
             f" {int(shard['ops'])} operations in {int(shard['batches'])} group commits,"
-            f" {int(shard['commit_failures'])} failed commits"
+            f" {int(shard['commit_failures'])} failed commits{_where(shard)}"
         )
     for shard in body.get("reward_shards", []):
         console.print(
             f"reward shard {shard['reward_shard']}: {shard['rewards_loaded']} rewards loaded,"
-            f" {shard['sagas_in_flight']} redemptions in flight"
+            f" {shard['sagas_in_flight']} redemptions in flight{_where(shard)}"
         )
+
+
+def _where(shard: dict[str, Any]) -> str:
+    """Where a shard runs, as its ping says (node address and process)."""
+    if "node_ip" not in shard:
+        return ""
+    return f"; on node {shard['node_ip']} ({str(shard.get('node_id', ''))[:8]}), pid {shard['pid']}"
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -497,3 +497,52 @@ class Ready(_Open):
     shards: list[dict[str, Any]]
     reward_shards: list[dict[str, Any]]
     event_consumer: dict[str, Any] | None
+
+
+class ShardPlacement(_Open):
+    index: int
+    name: str
+    slots: int = Field(description="slots this shard owns (of `slots`)")
+    node_id: str
+    node_ip: str
+    pid: int
+
+
+class NodeHolding(_Open):
+    node_id: str
+    node_ip: str
+    account_shards: list[int]
+    reward_shards: list[int]
+
+
+class Topology(_Open):
+    model_config = _example(
+        {
+            "slots": 1024,
+            "account_shards": [
+                {
+                    "index": 0,
+                    "name": "points-account-shard-0",
+                    "slots": 512,
+                    "node_id": "9f1c",
+                    "node_ip": "10.0.0.5",
+                    "pid": 4242,
+                }
+            ],
+            "reward_shards": [],
+            "nodes": [
+                {
+                    "node_id": "9f1c",
+                    "node_ip": "10.0.0.5",
+                    "account_shards": [0],
+                    "reward_shards": [],
+                }
+            ],
+            "move": None,
+        }
+    )
+    slots: int
+    account_shards: list[ShardPlacement]
+    reward_shards: list[ShardPlacement]
+    nodes: list[NodeHolding]
+    move: dict[str, Any] | None = Field(description="the slot move in progress, if any")

@@ -1,7 +1,16 @@
 """One router per resource. Each route: authenticate, parse, build a typed command (or read),
 answer through the one renderer (serve_app/problems.py)."""
 
-from serve_app.routes import events, health, members, programs, redemptions, rewards, rules
+from serve_app.routes import (
+    admin,
+    events,
+    health,
+    members,
+    programs,
+    redemptions,
+    rewards,
+    rules,
+)
 
 # Routes are matched in this order: members (credits and debits, the hot path) first.
 ROUTERS = (
@@ -12,4 +21,5 @@ ROUTERS = (
     rewards.router,
     redemptions.router,
     events.router,
+    admin.router,
 )

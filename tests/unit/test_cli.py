@@ -174,3 +174,11 @@ def test_programs_list_json_is_every_item(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_programs_list_with_none_says_how_to_create_one(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "points programs create" in _run(monkeypatch, FakeApi([]))
+
+
+def test_status_says_where_each_shard_runs() -> None:
+    from serve_app.cli import _where
+
+    ping = {"shard": 0, "node_id": "9f1c2d3e4f5a", "node_ip": "10.0.0.5", "pid": 4242}
+    assert _where(ping) == "; on node 10.0.0.5 (9f1c2d3e), pid 4242"
+    assert _where({"shard": 0}) == ""  # a shard of an older version: nothing to say

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row, scalar_row
@@ -36,6 +37,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     if moment.tzinfo is None:
         raise ValueError("cursor without time zone")
     return moment, uuid.UUID(txn)
+
+
+T = TypeVar("T")
+
+
+def _page(
+    rows: list[T], limit: int, cursor_after: Callable[[T], str]
+) -> tuple[list[T], str | None]:
+    """One keyset page from `limit + 1` rows fetched: the page, and the cursor after its
+    last row when there is more (None on the last page). Every listing pages this way."""
+    assert limit > 0 and len(rows) <= limit + 1
+    page = rows[:limit]
+    return page, cursor_after(page[-1]) if len(rows) > limit else None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -138,10 +152,8 @@ class ApiRepo:
                 (after, after, limit + 1),
             )
             rows = await cur.fetchall()
-        items = [_program(row) for row in rows[:limit]]
-        next_cursor = encode_id_cursor(items[-1]["program_id"]) if len(rows) > limit else None
-        assert len(items) <= limit
-        return items, next_cursor
+        page, next_cursor = _page(rows, limit, lambda row: encode_id_cursor(row["program_id"]))
+        return [_program(row) for row in page], next_cursor
 
     async def list_members(
         self, program_id: str, *, tier: str | None, limit: int, cursor: str | None
@@ -161,16 +173,11 @@ class ApiRepo:
                 (program_id, tier, tier, after, after, limit + 1),
             )
             rows = await cur.fetchall()
+        page, next_cursor = _page(rows, limit, lambda row: encode_id_cursor(row["member_id"]))
         items = [
-            {
-                **row,
-                "created_at": _iso(row["created_at"]),
-                "updated_at": _iso(row["updated_at"]),
-            }
-            for row in rows[:limit]
+            {**row, "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"])}
+            for row in page
         ]
-        next_cursor = encode_id_cursor(items[-1]["member_id"]) if len(rows) > limit else None
-        assert len(items) <= limit
         return items, next_cursor
 
     async def add_rule_set(
@@ -297,8 +304,9 @@ class ApiRepo:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(query, params)
             rows = await cur.fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
+        page, next_cursor = _page(
+            rows, limit, lambda row: encode_cursor(row["created_at"], row["txn_id"])
+        )
         items = [
             {
                 "transaction_id": str(r["txn_id"]),
@@ -309,11 +317,8 @@ class ApiRepo:
                 "created_at": _iso(r["created_at"]),
                 "expires_at": _iso(r["expires_at"]),
             }
-            for r in rows
+            for r in page
         ]
-        next_cursor = (
-            encode_cursor(rows[-1]["created_at"], rows[-1]["txn_id"]) if more and rows else None
-        )
         return items, next_cursor
 
     # ----------------------------------------------------------------- rewards (reads)
@@ -330,11 +335,10 @@ class ApiRepo:
                 (program_id, after, after, limit + 1),
             )
             rows = await cur.fetchall()
-        more = len(rows) > limit
-        rewards = [reward_from_row(row) for row in rows[:limit]]
-        items = [reward_view(reward) for reward in rewards]
-        next_cursor = encode_id_cursor(rewards[-1].reward_id) if more and rewards else None
-        return items, next_cursor
+        rewards, next_cursor = _page(
+            [reward_from_row(row) for row in rows], limit, lambda r: encode_id_cursor(r.reward_id)
+        )
+        return [reward_view(reward) for reward in rewards], next_cursor
 
     async def get_reward(self, program_id: str, reward_id: str) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
@@ -380,10 +384,10 @@ class ApiRepo:
                 params,
             )
             rows = await cur.fetchall()
-        more = len(rows) > limit
-        found = [redemption_from_row(row) for row in rows[:limit]]
-        next_cursor = (
-            encode_cursor(found[-1].created_at, found[-1].redemption_id) if more and found else None
+        found, next_cursor = _page(
+            [redemption_from_row(row) for row in rows],
+            limit,
+            lambda r: encode_cursor(r.created_at, r.redemption_id),
         )
         return [redemption_view(r) for r in found], next_cursor
 

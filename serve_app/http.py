@@ -12,7 +12,8 @@ Strict input: a body is JSON only when it says so (`Content-Type: application/js
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -110,14 +111,21 @@ async def body_of(request: Request, model: type[BodyT]) -> BodyT:
         ) from exc
 
 
+@contextmanager
+def cursor_errors() -> Iterator[None]:
+    """A cursor this API did not produce (decoding raised) is a validation error."""
+    try:
+        yield
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PointsError(Code.VALIDATION_ERROR, "invalid cursor") from exc
+
+
 def cursor_of(cursor: str | None, decode: Callable[[str], T]) -> T | None:
     """A `cursor` query parameter decoded, or a validation error for one we did not make."""
     if cursor is None:
         return None
-    try:
+    with cursor_errors():
         return decode(cursor)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PointsError(Code.VALIDATION_ERROR, "invalid cursor") from exc
 
 
 def not_found(what: str, ident: object) -> PointsError:

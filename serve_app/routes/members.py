@@ -6,12 +6,13 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from actors.protocol import Credit, Debit
-from db.api_repo import decode_cursor, decode_id_cursor
+from db.api_repo import decode_cursor
 from domain.errors import Code
 from serve_app.http import (
     authenticate,
     backend,
     body_of,
+    cursor_errors,
     cursor_of,
     keyed_account_write,
     not_found,
@@ -81,10 +82,11 @@ async def list_members(
 ) -> Response:
     """The program's members by id (only those in `tier` if given), keyset-paginated."""
     await authenticate(request)
-    cursor_of(cursor, decode_id_cursor)
-    items, next_cursor = await (await backend(request).repo()).list_members(
-        program_id, tier=tier, limit=limit, cursor=cursor
-    )
+    repo = await backend(request).repo()
+    with cursor_errors():  # the repository decodes the cursor
+        items, next_cursor = await repo.list_members(
+            program_id, tier=tier, limit=limit, cursor=cursor
+        )
     return JsonResponse({"items": items, "next_cursor": next_cursor})
 
 

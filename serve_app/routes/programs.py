@@ -3,10 +3,9 @@
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from db.api_repo import decode_id_cursor
 from domain.errors import Code
 from domain.policy import parse_policy, policy_to_json
-from serve_app.http import authenticate, backend, body_of, cursor_of, not_found
+from serve_app.http import authenticate, backend, body_of, cursor_errors, not_found
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse
 from serve_app.responses import Program, ProgramPage
@@ -29,8 +28,9 @@ async def list_programs(
 ) -> Response:
     """Every program, by id, keyset-paginated."""
     await authenticate(request)
-    cursor_of(cursor, decode_id_cursor)
-    items, next_cursor = await (await backend(request).repo()).list_programs(limit, cursor)
+    repo = await backend(request).repo()
+    with cursor_errors():  # the repository decodes the cursor
+        items, next_cursor = await repo.list_programs(limit, cursor)
     return JsonResponse({"items": [program_view(p) for p in items], "next_cursor": next_cursor})
 
 

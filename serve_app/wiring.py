@@ -39,6 +39,10 @@ KEEPER_CALL_TIMEOUT_S = 5.0
 REWARD_CALLS_IN_FLIGHT = 1
 EVENT_CONSUMER_NAME = "points-event-consumer"
 FORGET_PROGRAM_TIMEOUT_S = 5.0
+# Shards spread over the cluster's nodes (Ray's SPREAD strategy: each new actor goes to the
+# node holding fewest of them), so a node added before `points scale` takes new shards.
+# They ask for no CPU (num_cpus=0), so without it Ray would pack them all on the head.
+SHARD_PLACEMENT = "SPREAD"
 
 
 def account_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[Any]:
@@ -48,7 +52,11 @@ def account_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[
     # it does not see the ActorClass that @ray.remote made: hence the attr-defined ignores.
     return [
         AccountShard.options(  # type: ignore[attr-defined]
-            name=shard_name(i), namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+            name=shard_name(i),
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            scheduling_strategy=SHARD_PLACEMENT,
         ).remote(i, dsn, shard_config)
         for i in range(shards)
     ]
@@ -60,7 +68,11 @@ def reward_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[A
     config = {**shard_config, "shards": shards}
     return [
         RewardShard.options(  # type: ignore[attr-defined]  # an ActorClass, see above
-            name=reward_shard_name(i), namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+            name=reward_shard_name(i),
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            scheduling_strategy=SHARD_PLACEMENT,
         ).remote(i, count, dsn, config)
         for i in range(count)
     ]

@@ -154,6 +154,8 @@ class Op:
     # REVERSE: the amount of the event reversed (decimal text; None: all of it).
     amount: str | None = None
     dry_run: bool = False
+    # The account's slot (set by the shard on arrival: ownership is checked by slot).
+    slot: int = -1
 
     @staticmethod
     def of(command: AccountCommand, future: asyncio.Future[Outcome]) -> Op:

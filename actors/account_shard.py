@@ -14,12 +14,16 @@ from actors.protocol import (
     command_from_wire,
     outcome_to_wire,
 )
-from actors.routing import shard_of
+from actors.routing import slot_of
 from actors.shard_core import ShardCore
+from actors.topology import Ownership
 from db.ledger_repo import LedgerRepo
+from db.topology_repo import TopologyRepo
 
 # How often the expiry job runs in each shard when the config does not say.
 EXPIRY_INTERVAL_S = 60.0
+# A hand-off waits this long for the batch in flight; past it the epoch fence decides.
+RELEASE_SETTLE_S = 10.0
 
 
 # Ray's typed overloads of ray.remote(**options) list task options only, not the actor
@@ -35,18 +39,22 @@ EXPIRY_INTERVAL_S = 60.0
 class AccountShard:
     def __init__(self, index: int, dsn: str, config: dict[str, Any]) -> None:
         self.index = index
+        self.topology = TopologyRepo(dsn)
+        self.ownership = Ownership(
+            "account", index, lambda: self.topology.owned("account", index), slot_of
+        )
         self.core = ShardCore(
             LedgerRepo(dsn),
             batch_max=config["batch_max"],
             batch_window_s=config["batch_window_ms"] / 1000,
             accounts_cached_max=config["accounts_cached_max"],
+            ownership=self.ownership,
         )
-        self.shards = int(config.get("shards", 1))
         self.expiry_interval_s = float(config.get("expiry_interval_s", EXPIRY_INTERVAL_S))
         self._expiry_started = False
 
     def _owns(self, program_id: str, member_id: str) -> bool:
-        return shard_of(program_id, member_id, self.shards) == self.index
+        return self.ownership.owns(program_id, member_id)
 
     def _ensure_expiry(self) -> None:
         # Started from the first call (the actor's event loop runs by then), and again by
@@ -68,6 +76,15 @@ class AccountShard:
         )
         return [outcome_to_wire(outcome) for outcome in outcomes]
 
+    async def release(self, slots: list[int]) -> dict[str, int]:
+        """A move hands these slots to another shard (actors/topology.py, step 2)."""
+        return await self.core.release(slots, RELEASE_SETTLE_S)
+
+    async def refresh_ownership(self) -> list[int]:
+        """Read which slots this shard owns now (a move gave it some); returns them."""
+        await self.ownership.refresh(force=True)
+        return self.ownership.slots
+
     async def forget_program(self, program_id: str) -> None:
         """The program's policy or rules changed: read them again before the next event."""
         self.core.forget_program(program_id)
@@ -85,7 +102,13 @@ class AccountShard:
 
     async def ping(self) -> dict[str, Any]:
         self._ensure_expiry()
-        return {"shard": self.index, **placement(), **(await self.core.ping())}
+        await self.ownership.ensure([])
+        return {
+            "shard": self.index,
+            "slots": len(self.ownership.slots),
+            **placement(),
+            **(await self.core.ping()),
+        }
 
     def pid(self) -> int:
         return os.getpid()

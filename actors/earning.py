@@ -12,10 +12,9 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-import ray
-
 from actors.protocol import ApplyEvent, Outcome
-from actors.routing import NAMESPACE, shard_name
+from actors.routers import TopologyRouter
+from actors.routing import shard_name
 from actors.shard_client import ShardClient
 from domain.errors import PointsError
 from domain.events import event_json, parse_event
@@ -68,13 +67,12 @@ class EventApplier:
 
 
 class ShardApplierFactory:
-    """Picklable: builds an EventApplier inside another actor (the stream consumer) from the
-    account shards' names."""
+    """Picklable: builds an EventApplier inside another actor (the stream consumer) that
+    routes by the slot map in PostgreSQL (`dsn`) to the account shards, found by name."""
 
-    def __init__(self, shards: int) -> None:
-        assert shards > 0
-        self.shards = shards
+    def __init__(self, dsn: str) -> None:
+        assert dsn
+        self.dsn = dsn
 
     def __call__(self) -> EventApplier:
-        handles = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(self.shards)]
-        return EventApplier(ShardClient(handles))
+        return EventApplier(ShardClient(TopologyRouter("account", self.dsn, shard_name)))

@@ -40,6 +40,9 @@ from actors.protocol import Outcome
 from db.ledger_repo import FencedError
 from domain.errors import Code
 
+# How often `settle` looks whether the batch in flight is done (a hand-off waits on it).
+SETTLE_POLL_S = 0.002
+
 
 class Queued(Protocol):
     """What the engine needs of an operation: the future its caller awaits."""
@@ -90,6 +93,9 @@ class GroupCommitter(Generic[OpT]):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_now = datetime.min.replace(tzinfo=UTC)
+        # Batches started and finished: `settle` waits for the one in flight.
+        self._started = 0
+        self._finished = 0
 
     @property
     def queued(self) -> int:
@@ -133,6 +139,19 @@ class GroupCommitter(Generic[OpT]):
         else:
             await reset()
 
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait until the batch in flight now (if any) has committed or failed; False if it
+        took longer than `timeout_s`. Batches that start later are not waited for."""
+        assert timeout_s > 0
+        target = self._started
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._finished < target:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(SETTLE_POLL_S)
+        return True
+
     def now(self) -> datetime:
         """Wall clock, but never earlier than the previous batch (history stays ordered)."""
         now = max(self._clock(), self._last_now)
@@ -166,8 +185,11 @@ class GroupCommitter(Generic[OpT]):
             if not batch:
                 continue
             assert len(batch) <= self._batch_max
+            self._started += 1
             try:
                 await self._process(batch)
             except Exception as exc:  # never let the loop die: fail this batch, go on
                 self._log.exception("%s batch failed unexpectedly", self._name)
                 self.fail(batch, f"{self._name} error, retry: {type(exc).__name__}")
+            finally:
+                self._finished += 1

@@ -28,6 +28,7 @@ The queue and the batch loop are the engine the account shards use too
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,8 @@ from actors.protocol import (
     RewardCommand,
 )
 from actors.protocol import Restock as RestockCommand
+from actors.topology import EverythingOwned, Ownership
+from db.errors import FencedError
 from db.reward_repo import (
     LoadedReward,
     RedemptionKeysExist,
@@ -169,7 +172,7 @@ class RewardCore:
         accounts: Submit,
         *,
         slot_of: Callable[[str, str], int],
-        owned_slots: list[int],
+        ownership: Ownership | None = None,
         fulfil: Fulfil | None = None,
         clock: Callable[[], datetime] = utcnow,
         batch_max: int = BATCH_MAX,
@@ -180,7 +183,14 @@ class RewardCore:
         self.reader = repo.reader()
         self._accounts = accounts
         self._slot_of = slot_of
-        self._owned_slots = owned_slots
+        # The slots this shard owns (actors/topology.py); without one it owns every slot
+        # unfenced, which only a test of one shard's logic may do.
+        self.ownership = ownership or EverythingOwned("reward", slot_of)
+        self.ownership.on_lost = self._forget_slots
+        # Slots being handed off: new requests for them get `moved`, while the sagas in
+        # flight on them may still take their steps (until `release` gives up waiting).
+        self._draining: set[int] = set()
+        self._driver_keys: dict[uuid.UUID, RewardKey] = {}
         self._fulfil = fulfil
         self._recovery_interval_s = recovery_interval_s
         self._rewards: dict[RewardKey, _State] = {}
@@ -206,6 +216,7 @@ class RewardCore:
             # Round trips to PostgreSQL made by the batch loop (loads and commits).
             "db_loads": 0,
             "db_commits": 0,
+            "moved": 0,
         }
 
     # ----------------------------------------------------------------- public API
@@ -237,6 +248,10 @@ class RewardCore:
             # A fulfilment that failed at once may already be compensating: wait for it.
             if redemption is None or rid not in self._drivers:
                 break
+        if redemption is None and self._lost(key):
+            # The reward's slot moved while the saga ran: its new owner drives it on when
+            # the router resends this request (a replay of the same key).
+            return self._moved_outcome(key)
         if redemption is None:  # evicted by a failed commit meanwhile
             return Outcome.refused(
                 Code.UNAVAILABLE, "redemption in progress; retry with the same key"
@@ -253,9 +268,56 @@ class RewardCore:
         rid = command.redemption_id
         await self.drive(key, rid)
         redemption = self._redemption(key, rid)
+        if redemption is None and self._lost(key):
+            return self._moved_outcome(key)
         if redemption is None or redemption.status is not SagaState.CANCELLED:
             return Outcome.refused(Code.UNAVAILABLE, "cancellation in progress; retry")
         return Outcome.done(redemption_view(redemption))
+
+    def _forget_slots(self, lost: set[int]) -> None:
+        """Slots a refresh of the map found gone: what memory holds for them is stale."""
+        log.warning("lost %d slots to a move this shard was not told of", len(lost))
+        for key in [k for k in self._rewards if self._slot_of(*k) in lost]:
+            del self._rewards[key]
+
+    def _lost(self, key: RewardKey) -> bool:
+        return self.ownership.epoch(self._slot_of(*key)) is None
+
+    def _moved_outcome(self, key: RewardKey) -> Outcome:
+        self.stats["moved"] += 1
+        slot = self._slot_of(*key)
+        return Outcome.refused(Code.MOVED, f"slot {slot} is not owned by this shard")
+
+    async def release(self, slots: list[int], *, sagas_s: float, settle_s: float) -> dict[str, int]:
+        """Hand slots off (actors/topology.py): new requests for them get `moved` at once;
+        the sagas in flight on them get up to `sagas_s` to finish their steps here; then the
+        slots are forgotten, the batch in flight settles and their rewards are dropped. A
+        saga still running after that is refused its next step (fenced, if it got that
+        far) and its new owner's recovery pass, or the router resending the request that
+        started it, drives it on."""
+        wanted = set(slots)
+        self._draining |= wanted
+        try:
+            waiting = [
+                task
+                for rid, task in list(self._drivers.items())
+                if rid in self._driver_keys and self._slot_of(*self._driver_keys[rid]) in wanted
+            ]
+            if waiting:
+                await asyncio.wait(waiting, timeout=sagas_s)
+            released = self.ownership.release(wanted)
+            settled = await self._commits.settle(settle_s)
+            dropped = [key for key in self._rewards if self._slot_of(*key) in wanted]
+            for key in dropped:
+                del self._rewards[key]
+        finally:
+            self._draining -= wanted
+        return {
+            "released": len(released),
+            "evicted": len(dropped),
+            "settled": int(settled),
+            "sagas_waited": len(waiting),
+        }
 
     @staticmethod
     def answer_for(redemption: Redemption) -> Outcome:
@@ -309,7 +371,13 @@ class RewardCore:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._run_saga(key, rid))
             self._drivers[rid] = task
-            task.add_done_callback(lambda _t: self._drivers.pop(rid, None))
+            self._driver_keys[rid] = key
+
+            def done(_task: asyncio.Task[None]) -> None:
+                self._drivers.pop(rid, None)
+                self._driver_keys.pop(rid, None)
+
+            task.add_done_callback(done)
         await asyncio.shield(task)
 
     async def _run_saga(self, key: RewardKey, rid: uuid.UUID) -> None:
@@ -441,7 +509,8 @@ class RewardCore:
 
     async def recover_once(self) -> int:
         """Find redemptions left half-way in this shard's slots and drive each on."""
-        keys = await self.reader.open_reward_keys(self._owned_slots)
+        await self.ownership.ensure([])
+        keys = await self.reader.open_reward_keys(self.ownership.slots)
         resumed = 0
         for key in keys:
             await self._submit(_Load(key[0], key[1]))
@@ -500,7 +569,27 @@ class RewardCore:
         state = self._rewards.get(key)
         return state.redemptions.get(rid) if state else None
 
+    def _moved(self, op: _Op) -> bool:
+        """Answer `moved` to an operation whose slot this shard does not own (or is handing
+        off: then only the steps of sagas in flight still run here)."""
+        slot = self._slot_of(*op.reward_key)
+        if self.ownership.epoch(slot) is not None and (
+            slot not in self._draining or isinstance(op.cmd, _Load | _Move)
+        ):
+            return False
+        self.stats["moved"] += 1
+        answer(op, Outcome.refused(Code.MOVED, f"slot {slot} is not owned by this shard"))
+        return True
+
     async def _process(self, batch: list[_Op]) -> None:
+        try:
+            await self.ownership.ensure({self._slot_of(*op.reward_key) for op in batch})
+        except Exception as exc:
+            self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
+            return
+        batch = [op for op in batch if not self._moved(op)]
+        if not batch:
+            return
         try:
             await self._prefetch(batch)
         except Exception as exc:
@@ -510,6 +599,8 @@ class RewardCore:
         now = self._commits.now()
         work = _Work()
         for op in batch:  # check and change, no await in between
+            if self._moved(op):  # released while the batch was being prefetched
+                continue
             try:
                 self._apply(op, work, now)
             except PointsError as exc:
@@ -522,6 +613,8 @@ class RewardCore:
                 work.write.new_rewards.append(reward)
             else:
                 work.write.updated_rewards.append((reward, version))
+        if work.touched:
+            work.write.fence = self.ownership.fence({self._slot_of(*rkey) for rkey in work.touched})
         work.write.updated_redemptions = [
             r for rid, r in work.updated.items() if rid not in work.new_redemptions
         ]
@@ -552,6 +645,11 @@ class RewardCore:
         except Exception as exc:
             await self._commits.commit_failed(exc, self.repo.reset, self.stats)
             self._evict(work)
+            if isinstance(exc, FencedError):
+                # Another shard may own some of our slots now (a move that did not reach
+                # us): read the map again; the rewards of this batch are dropped already.
+                with contextlib.suppress(Exception):
+                    await self.ownership.refresh(force=True)
             self._commits.fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}"[:300])
             return
         for rkey, version in work.touched.items():

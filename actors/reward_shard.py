@@ -20,10 +20,18 @@ from actors.protocol import (
     outcome_to_wire,
 )
 from actors.reward_core import RewardCore
-from actors.routing import NAMESPACE, owned_slots, shard_name, slot_of
+from actors.routers import TopologyRouter
+from actors.routing import shard_name, slot_of
 from actors.shard_client import ShardClient
+from actors.topology import Ownership
 from actors.webhook import WebhookSender
 from db.reward_repo import RewardRepo
+from db.topology_repo import TopologyRepo
+
+# A hand-off gives the sagas in flight on the moving slots this long to finish here, and
+# the batch in flight this long to settle; past either the epoch fence decides.
+RELEASE_SAGAS_S = 5.0
+RELEASE_SETTLE_S = 10.0
 
 
 # Ray's typed overloads of ray.remote(**options) list task options only, not the actor
@@ -32,10 +40,14 @@ from db.reward_repo import RewardRepo
     max_restarts=-1, max_task_retries=0, max_concurrency=20_000, num_cpus=0
 )
 class RewardShard:
-    def __init__(self, index: int, count: int, dsn: str, config: dict[str, Any]) -> None:
+    def __init__(self, index: int, dsn: str, config: dict[str, Any]) -> None:
         self.index = index
-        self._account_shards = config["shards"]
+        self._dsn = dsn
         self._accounts: ShardClient | None = None
+        self.topology = TopologyRepo(dsn)
+        self.ownership = Ownership(
+            "reward", index, lambda: self.topology.owned("reward", index), slot_of
+        )
         self.webhooks = WebhookSender(
             config["webhook_secret"].encode(),
             attempts=config.get("webhook_attempts", 5),
@@ -45,7 +57,7 @@ class RewardShard:
             RewardRepo(dsn),
             self._account_call,
             slot_of=slot_of,
-            owned_slots=owned_slots(index, count),
+            ownership=self.ownership,
             fulfil=self.webhooks.send,
             batch_window_s=config.get("reward_batch_window_ms", 0.0) / 1000,
             recovery_interval_s=config.get("recovery_interval_s", 10.0),
@@ -53,11 +65,7 @@ class RewardShard:
 
     async def _account_call(self, command: AccountCommand) -> Outcome:
         if self._accounts is None:
-            handles = [
-                ray.get_actor(shard_name(i), namespace=NAMESPACE)
-                for i in range(self._account_shards)
-            ]
-            self._accounts = ShardClient(handles)
+            self._accounts = ShardClient(TopologyRouter("account", self._dsn, shard_name))
         return await self._accounts.submit(command)
 
     async def submit_many(self, commands: list[Wire]) -> list[Wire]:
@@ -66,11 +74,28 @@ class RewardShard:
         outcomes = await asyncio.gather(*(self.core.submit(command_from_wire(c)) for c in commands))
         return [outcome_to_wire(outcome) for outcome in outcomes]
 
+    async def release(self, slots: list[int]) -> dict[str, int]:
+        """A move hands these slots to another shard (actors/topology.py, step 2)."""
+        return await self.core.release(slots, sagas_s=RELEASE_SAGAS_S, settle_s=RELEASE_SETTLE_S)
+
+    async def refresh_ownership(self) -> list[int]:
+        """Read which slots this shard owns now (a move gave it some), and resume the
+        redemptions left half-way in them; returns the slots."""
+        await self.ownership.refresh(force=True)
+        await self.core.recover_once()
+        return self.ownership.slots
+
     async def recover(self) -> int:
         return await self.core.recover_once()
 
     async def ping(self) -> dict[str, Any]:
-        return {"reward_shard": self.index, **placement(), **(await self.core.ping())}
+        await self.ownership.ensure([])
+        return {
+            "reward_shard": self.index,
+            "slots": len(self.ownership.slots),
+            **placement(),
+            **(await self.core.ping()),
+        }
 
     def pid(self) -> int:
         return os.getpid()

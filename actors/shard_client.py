@@ -11,6 +11,11 @@ does for PostgreSQL). Inside the shard they land in the same group commit.
 
 A call that fails because the shard died or is restarting is retried with the very same
 requests: each carries its idempotency key, so a retry can never apply twice.
+
+Which shard owns a request's slot comes from a router (actors/routers.py), which follows
+the map a move changes. While a slot is being handed off the request is held here, and a
+request a shard answers `moved` (not its slot: nothing was applied) is sent again to the
+slot's owner; both within the same retry budget, after which it answers `unavailable`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from actors.protocol import (
     command_to_wire,
     outcome_from_wire,
 )
-from actors.routing import shard_of
+from actors.routers import Router, StaticRouter
+from actors.routing import slot_of
+from actors.topology import SlotMoved
 from domain.errors import Code
 
 log = logging.getLogger("points.shard_client")
@@ -43,6 +50,8 @@ CALL_REQUESTS_MAX = 2048
 CALLS_IN_FLIGHT_MAX = 1
 RETRY_BUDGET_S = 8.0
 CALL_TIMEOUT_S = 20.0
+# A request whose slot is being handed off (or was answered `moved`) asks again this soon.
+HOLD_S = 0.02
 
 
 Command = AccountCommand | RewardCommand
@@ -57,34 +66,41 @@ class _Pending:
     command: Command
     future: asyncio.Future[Outcome]
     deadline: float
+    slot: int
 
 
 class _ShardLane:
     """Queue and in-flight calls towards one shard."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, shard: int, handle: Any) -> None:
+        self.shard = shard
         self.handle = handle
         self.queue: list[_Pending] = []
         self.in_flight = 0
 
 
 class ShardClient:
-    """`route_field`: the request field that, with `program_id`, picks the shard
-    (`member_id` for account shards, `reward_id` for reward shards)."""
+    """`route_field`: the request field that, with `program_id`, picks the slot
+    (`member_id` for account shards, `reward_id` for reward shards); `router` (or a fixed
+    list of handles) says which shard owns the slot."""
 
     def __init__(
         self,
-        handles: list[Any],
+        router: Router | list[Any],
         route_field: str = "member_id",
         calls_in_flight: int = CALLS_IN_FLIGHT_MAX,
     ) -> None:
-        assert handles and calls_in_flight >= 1
-        self.lanes = [_ShardLane(h) for h in handles]
+        assert router and calls_in_flight >= 1
+        self.router: Router = StaticRouter(router) if isinstance(router, list) else router
+        self.lanes: dict[int, _ShardLane] = {}
         self.route_field = route_field
         self.calls_in_flight = calls_in_flight
 
-    def lane_for(self, program_id: str, member_id: str) -> _ShardLane:
-        return self.lanes[shard_of(program_id, member_id, len(self.lanes))]
+    def _lane(self, shard: int) -> _ShardLane:
+        lane = self.lanes.get(shard)
+        if lane is None:
+            lane = self.lanes[shard] = _ShardLane(shard, self.router.handle(shard))
+        return lane
 
     async def submit(self, command: Command) -> Outcome:
         return await self.enqueue(command)
@@ -92,11 +108,31 @@ class ShardClient:
     def enqueue(self, command: Command) -> asyncio.Future[Outcome]:
         """Queue one command; the future gets its outcome (many at once cost no Task each)."""
         loop = asyncio.get_running_loop()
-        lane = self.lane_for(command.program_id, getattr(command, self.route_field))
-        pending = _Pending(command, loop.create_future(), loop.time() + RETRY_BUDGET_S)
+        slot = slot_of(command.program_id, getattr(command, self.route_field))
+        pending = _Pending(command, loop.create_future(), loop.time() + RETRY_BUDGET_S, slot)
+        self._route(pending)
+        return pending.future
+
+    def _route(self, pending: _Pending) -> None:
+        """Queue towards the slot's owner; hold (ask again in HOLD_S) while it has none."""
+        if pending.future.done():
+            return
+        loop = asyncio.get_running_loop()
+        owner = self.router.owner(pending.slot)
+        lane = None
+        if owner is not None:
+            try:
+                lane = self._lane(owner)
+            except Exception as exc:  # not created yet (a move is adding it): hold
+                log.debug("shard %s not found: %r", owner, exc)
+        if lane is None:
+            if loop.time() >= pending.deadline:
+                pending.future.set_result(unavailable("the account's slot is moving, retry"))
+            else:
+                loop.call_later(HOLD_S, self._route, pending)
+            return
         lane.queue.append(pending)
         self._pump(lane)
-        return pending.future
 
     def _pump(self, lane: _ShardLane) -> None:
         while lane.queue and lane.in_flight < self.calls_in_flight:
@@ -121,7 +157,13 @@ class ShardClient:
                     p.future.set_result(unavailable(f"shard unavailable: {exc!r}"[:300]))
             if retry:
                 await asyncio.sleep(0.1)
-                lane.queue[:0] = retry
+                # The shard may have been retired (its slots moved) or created anew: ask
+                # the router again, for the owner and for a fresh handle.
+                self.router.forget_handle(lane.shard)
+                self.lanes.pop(lane.shard, None)
+                self.router.stale()
+                for p in retry:
+                    self._route(p)
         except Exception as exc:  # timeout or anything unexpected: let the client retry
             if not isinstance(exc, TimeoutError):
                 log.exception("shard call failed")
@@ -130,26 +172,48 @@ class ShardClient:
                     p.future.set_result(unavailable(f"shard call failed: {exc!r}"[:300]))
         else:
             assert len(results) == len(batch)
+            moved = False
             for p, result in zip(batch, results, strict=True):
-                if not p.future.done():
-                    p.future.set_result(outcome_from_wire(result))
+                if p.future.done():
+                    continue
+                outcome = outcome_from_wire(result)
+                if outcome.code is Code.MOVED:  # not applied: resend to the slot's owner
+                    moved = True
+                    if loop.time() < p.deadline:
+                        loop.call_later(HOLD_S, self._route, p)
+                    else:
+                        p.future.set_result(unavailable("the slot moved, retry"))
+                else:
+                    p.future.set_result(outcome)
+            if moved:
+                self.router.stale()
         finally:
             lane.in_flight -= 1
             self._pump(lane)
 
     async def call(self, program_id: str, member_id: str, method: str, *args: Any) -> Any:
-        """A single call (reads), retried while the shard restarts. Raises on timeout."""
-        lane = self.lane_for(program_id, member_id)
+        """A single call (reads) to the owner of the slot, retried while the shard restarts
+        or the slot moves. Raises on timeout (TimeoutError, or the last actor error)."""
+        slot = slot_of(program_id, member_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RETRY_BUDGET_S
-        delay_s = 0.05
+        delay_s = 0.02
         while True:
+            owner = self.router.owner(slot)
             try:
-                return await asyncio.wait_for(
-                    getattr(lane.handle, method).remote(*args), CALL_TIMEOUT_S
-                )
-            except ACTOR_ERRORS:
+                if owner is None:
+                    raise SlotMoved(f"slot {slot} is moving")
+                handle = self._lane(owner).handle
+                return await asyncio.wait_for(getattr(handle, method).remote(*args), CALL_TIMEOUT_S)
+            except (*ACTOR_ERRORS, SlotMoved, ValueError) as exc:
+                # ValueError: the owner's actor is not created yet (a move is adding it).
                 if loop.time() + delay_s > deadline:
+                    if isinstance(exc, SlotMoved | ValueError):
+                        raise TimeoutError(f"slot {slot} has no owner that answers") from exc
                     raise
+                if owner is not None and not isinstance(exc, SlotMoved):
+                    self.router.forget_handle(owner)
+                    self.lanes.pop(owner, None)
+                self.router.stale()
                 await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 1.0)
+                delay_s = min(delay_s * 2, 0.5)

@@ -24,6 +24,7 @@ prefetch, the apply loop inside the idempotency frame, commit, publish, replay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -48,9 +49,12 @@ from actors.account_ops import (
 )
 from actors.group_commit import GroupCommitter, answer
 from actors.protocol import AccountCommand, Expire, Outcome, Retier
+from actors.routing import slot_of
+from actors.topology import EverythingOwned, Ownership, SlotMoved
 from db.ledger_repo import (
     AccountKey,
     EventsTaken,
+    FencedError,
     IdemKey,
     KeysExist,
     LedgerRepo,
@@ -94,9 +98,14 @@ class ShardCore:
         batch_window_s: float = BATCH_WINDOW_S,
         accounts_cached_max: int = ACCOUNTS_CACHED_MAX,
         keys_cached_max: int = KEYS_CACHED_MAX,
+        ownership: Ownership | None = None,
     ) -> None:
+        """`ownership`: the slots this shard owns (actors/topology.py); without one it owns
+        every slot unfenced, which only a test of one shard's logic may do."""
         assert batch_max > 0 and batch_window_s >= 0
         self.repo = repo
+        self.ownership = ownership or EverythingOwned("account", slot_of)
+        self.ownership.on_lost = self._forget_slots
         # Reads and pings come from other coroutines than the batch loop: own connection.
         self.reader = repo.reader()
         self._clock = clock
@@ -123,6 +132,7 @@ class ShardCore:
             "events": 0,
             "expiry_passes": 0,
             "expired_points": 0,
+            "moved": 0,
         }
         # What the operation handlers read besides accounts (filled by the prefetch). Event
         # ids found recorded for another member are bounded like the key cache.
@@ -143,12 +153,20 @@ class ShardCore:
         no Task each (gather over futures), which matters for batches of 1,000 events."""
         assert isinstance(command, AccountCommand), type(command)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._commits.add(Op.of(command, future))
+        op = Op.of(command, future)
+        op.slot = self.ownership.slot_of(op.program_id, op.member_id)
+        self._commits.add(op)
         return future
 
     async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
         """The committed state of an account (cache, else PostgreSQL), or None."""
         key = (program_id, member_id)
+        slot = self.ownership.slot_of(program_id, member_id)
+        await self.ownership.ensure([slot])
+        if self.ownership.epoch(slot) is None:
+            # Not (or no longer) ours: what the cache holds may be stale. The router asks
+            # the map again and reads from the owner.
+            raise SlotMoved(f"slot {slot} is not owned by this shard")
         account = self._accounts.get_fresh(key)
         if account is None:
             # Not cached: read it, but do not cache it. The read's snapshot may predate a
@@ -188,6 +206,18 @@ class ShardCore:
             "queued": self._commits.queued,
             **self.stats,
         }
+
+    async def release(self, slots: list[int], timeout_s: float) -> dict[str, int]:
+        """Hand slots off (actors/topology.py): refuse their requests from now on (`moved`),
+        let the batch in flight finish, then forget their accounts. False `settled`: the
+        batch did not finish in time (the epoch fence still stops its commit)."""
+        wanted = set(slots)
+        released = self.ownership.release(wanted)
+        settled = await self._commits.settle(timeout_s)
+        evicted = [key for key in self._accounts if self.ownership.slot_of(*key) in wanted]
+        for key in evicted:
+            self._accounts.pop(key, None)
+        return {"released": len(released), "evicted": len(evicted), "settled": int(settled)}
 
     def forget_program(self, program_id: str) -> None:
         self._ctx.programs.discard(program_id)
@@ -251,6 +281,14 @@ class ShardCore:
     async def _process(self, batch: list[Op]) -> None:
         started = time.perf_counter()
         try:
+            await self.ownership.ensure({op.slot for op in batch})
+        except Exception as exc:
+            self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
+            return
+        batch = [op for op in batch if not self._moved(op)]
+        if not batch:
+            return
+        try:
             pinned = await self._prefetch(batch)
         except Exception as exc:
             await self.repo.reset()
@@ -309,11 +347,21 @@ class ShardCore:
             # Whatever this shard believed about these accounts may be stale: reload later.
             for key in work.accounts:
                 self._accounts.pop(key, None)
+            if isinstance(exc, FencedError):  # another shard may own some of our slots now
+                with contextlib.suppress(Exception):
+                    await self.ownership.refresh(force=True)
             self._commits.fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}")
             return None
         finally:
             self.stats["commit_s"] += time.perf_counter() - committing_at
         return work
+
+    def _forget_slots(self, lost: set[int]) -> None:
+        """Slots a refresh of the map found gone (a move that did not reach this shard):
+        what the cache holds for them is stale."""
+        log.warning("lost %d slots to a move this shard was not told of", len(lost))
+        for key in [k for k in self._accounts if self.ownership.slot_of(*k) in lost]:
+            self._accounts.pop(key, None)
 
     def _publish(self, work: Work, ops: int) -> None:
         """After COMMIT: swap the new state into the cache, then answer the callers."""
@@ -386,9 +434,20 @@ class ShardCore:
 
     # ----------------------------------------------------------------- apply (no await)
 
+    def _moved(self, op: Op) -> bool:
+        """Answer `moved` to an operation whose slot this shard does not own (nothing is
+        applied: its router sends it to the owner)."""
+        if self.ownership.epoch(op.slot) is not None:
+            return False
+        self.stats["moved"] += 1
+        answer(op, Outcome.refused(Code.MOVED, f"slot {op.slot} is not owned by this shard"))
+        return True
+
     def _apply(self, op: Op, work: Work, now: datetime, pinned: dict[AccountKey, Account]) -> None:
         """One operation: its handler (actors.account_ops), inside the idempotency frame for
         the keyed kinds. Check and change, no await."""
+        if self._moved(op):  # released while the batch was being prefetched
+            return
         standalone = DRY_RUN if op.dry_run else STANDALONE.get(op.kind)
         if standalone is not None:
             standalone(self._ctx, work, op, now, pinned)
@@ -467,6 +526,10 @@ class ShardCore:
         answer(op, Outcome(original.code, original.body, replayed=True))
 
     def _collect_account_writes(self, work: Work) -> None:
+        if work.changed:
+            work.write.fence = self.ownership.fence(
+                {self.ownership.slot_of(*key) for key in work.changed}
+            )
         for key in work.changed:
             account, loaded_version = work.accounts[key]
             account.check()

@@ -31,6 +31,7 @@ from db.shard_connection import (
     jsonb,
     unzip,
 )
+from db.topology_repo import SlotFence, slot_fence_writers
 from domain.errors import Code
 from domain.idempotency import StoredResponse
 from domain.ledger import MEMBER_ACCOUNTS, Account, Lot, Transaction
@@ -72,6 +73,8 @@ class BatchWrite:
     lot_states: list[Lot] = field(default_factory=list)
     # (program_id, member_id, from_tier, to_tier, reason)
     tier_changes: list[tuple[str, str, str | None, str, str]] = field(default_factory=list)
+    # The slots (at their epochs) the shard must still own for this batch to commit.
+    fence: SlotFence | None = None
 
     @property
     def empty(self) -> bool:
@@ -612,6 +615,8 @@ async def _insert_tier_changes(conn: Conn, batch: BatchWrite, now: datetime) -> 
 # The group commit: one statement per table, in this order (keys first; transactions before
 # the rows that refer to them; new lots before the debits that take from them).
 LEDGER_WRITERS: tuple[TableWriter[BatchWrite], ...] = (
+    # First: the batch's slots must still be this shard's (db/topology_repo.py).
+    *slot_fence_writers(lambda b: b.fence),
     TableWriter(
         lambda b: b.idempotency,
         _insert_idempotency_keys,

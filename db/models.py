@@ -364,3 +364,66 @@ redemptions = Table(
         postgresql_where=text("status NOT IN ('completed', 'failed', 'cancelled')"),
     ),
 )
+
+# Slot ownership (migration 0005): per kind of shard, the map version routers poll, the
+# shards that exist, which shard owns each slot at which epoch, and the moves.
+TOPOLOGY_KINDS = "kind IN ('account', 'reward')"
+
+topology = Table(
+    "topology",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    CheckConstraint(TOPOLOGY_KINDS, name="topology_kind_known"),
+)
+
+topology_shards = Table(
+    "topology_shards",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint(TOPOLOGY_KINDS, name="topology_shards_kind_known"),
+    CheckConstraint("shard >= 0", name="topology_shards_index"),
+)
+
+topology_slots = Table(
+    "topology_slots",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("owner", Integer, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("moving_to", Integer),
+    ForeignKeyConstraint(["kind", "owner"], ["topology_shards.kind", "topology_shards.shard"]),
+    ForeignKeyConstraint(["kind", "moving_to"], ["topology_shards.kind", "topology_shards.shard"]),
+    CheckConstraint("slot >= 0 AND epoch > 0", name="topology_slots_valid"),
+    CheckConstraint("moving_to IS DISTINCT FROM owner", name="topology_slots_move"),
+)
+
+topology_moves = Table(
+    "topology_moves",
+    metadata,
+    Column("move_id", Uuid, primary_key=True),
+    Column("account_from", Integer, nullable=False),
+    Column("account_to", Integer, nullable=False),
+    Column("reward_from", Integer, nullable=False),
+    Column("reward_to", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("slots_total", Integer, nullable=False),
+    Column("slots_moved", Integer, nullable=False),
+    Column("detail", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint("state IN ('running', 'done', 'failed')", name="topology_moves_state"),
+    CheckConstraint(
+        "account_to > 0 AND reward_to > 0 AND slots_moved >= 0", name="topology_moves_valid"
+    ),
+    Index(
+        "topology_moves_one_running",
+        text("(state)"),
+        unique=True,
+        postgresql_where=text("state = 'running'"),
+    ),
+)

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from db.errors import FencedError, RedemptionKeysExist
 from db.shard_connection import Claim, Conn, Cursor, ShardRepo, TableWriter, jsonb, unzip
+from db.topology_repo import SlotFence, slot_fence_writers
 from domain.rewards import Redemption, Reward, RewardStock, SagaState
 
 # Callers import these from here (actors/reward_core.py).
@@ -66,6 +67,8 @@ class RewardWrite:
     restocks: list[tuple[Reward, Restock]] = field(default_factory=list)
     new_redemptions: list[tuple[Redemption, int]] = field(default_factory=list)  # (r, slot)
     updated_redemptions: list[Redemption] = field(default_factory=list)
+    # The slots (at their epochs) the shard must still own for this batch to commit.
+    fence: SlotFence | None = None
 
     @property
     def empty(self) -> bool:
@@ -388,6 +391,8 @@ async def _update_redemptions(conn: Conn, write: RewardWrite, now: datetime) -> 
 # The group commit: one statement per table, in this order (rewards before the restocks and
 # redemptions that refer to them).
 REWARD_WRITERS: tuple[TableWriter[RewardWrite], ...] = (
+    # First: the batch's slots must still be this shard's (db/topology_repo.py).
+    *slot_fence_writers(lambda w: w.fence),
     TableWriter(
         lambda w: w.new_rewards,
         _insert_new_rewards,

@@ -41,6 +41,10 @@ class Code(StrEnum):
     # ... and why the event stream consumer dead-lettered an entry on its own.
     DELIVERIES_EXCEEDED = "deliveries_exceeded"
     ENTRY_DELETED = "entry_deleted"
+    # Routing only, never an answer's code: the shard asked does not own the request's slot
+    # (it moved, or is moving). Nothing was applied; the router resends the request to the
+    # slot's owner, and answers `unavailable` if none takes it within its retry budget.
+    MOVED = "moved"
 
 
 SUCCESS_CODES = frozenset({Code.CREATED, Code.OK})
@@ -62,7 +66,11 @@ REQUEST_CODES = frozenset(
         Code.FORBIDDEN,
     }
 )
-assert not SUCCESS_CODES & (RETRYABLE_CODES | STORED_ONLY_CODES)
+# Codes that pass between actors only (the router turns them into an answer).
+ROUTING_CODES = frozenset({Code.MOVED})
+# Codes no HTTP answer ever has.
+NEVER_ANSWERED_CODES = STORED_ONLY_CODES | ROUTING_CODES
+assert not SUCCESS_CODES & (RETRYABLE_CODES | NEVER_ANSWERED_CODES)
 
 
 class PointsError(Exception):

@@ -1,11 +1,13 @@
 """`points`: run the service (`up`), apply migrations (`migrate`), check it (`status`), create
-and list programs (`programs create`, `programs list`)."""
+and list programs (`programs create`, `programs list`), change and show how many shards own
+the slots (`scale`, `topology`)."""
 
 import contextlib
 import json
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -13,8 +15,10 @@ import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
+from actors.routing import SLOTS
 from serve_app.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -346,6 +350,116 @@ def status(
             f"reward shard {shard['reward_shard']}: {shard['rewards_loaded']} rewards loaded,"
             f" {shard['sagas_in_flight']} redemptions in flight{_where(shard)}"
         )
+
+
+# How often `points scale` looks at the move, and how long it waits for it at most.
+SCALE_POLL_S = 0.5
+SCALE_WAIT_S = 600.0
+
+
+@app.command()
+def scale(
+    shards: Annotated[
+        int | None,
+        typer.Option("--shards", min=1, max=SLOTS, help="Account shards to move to."),
+    ] = None,
+    reward_shards: Annotated[
+        int | None,
+        typer.Option("--reward-shards", min=1, max=SLOTS, help="Reward shards to move to."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the move until it is done (it runs on regardless).")
+    ] = True,
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
+) -> None:
+    """Change how many account (and reward) shards own the slots, live: slots are handed
+    off a chunk at a time while requests keep being served."""
+    if shards is None and reward_shards is None:
+        console.print("[red]nothing to do[/]: give --shards and/or --reward-shards")
+        raise typer.Exit(2)
+    body = {
+        name: value
+        for name, value in (("account_shards", shards), ("reward_shards", reward_shards))
+        if value is not None
+    }
+    client = _api_client(url, key)
+    try:
+        with client:
+            answer = client.put("/v1/admin/topology", json=body)
+            if answer.status_code != 202:
+                problem = answer.json()
+                console.print(
+                    f"[red]refused[/] ({answer.status_code} {problem.get('code')}):"
+                    f" {problem.get('detail')}; nothing changed"
+                )
+                raise typer.Exit(1)
+            view = answer.json()
+            if wait:
+                view = _follow_move(client, view)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]down[/]: {client.base_url} does not answer ({type(exc).__name__})")
+        raise typer.Exit(1) from exc
+    console.print(topology_table(view))
+
+
+def _follow_move(client: httpx.Client, view: dict[str, Any]) -> dict[str, Any]:
+    """A progress bar over the slots the move hands off, until it is done."""
+    move = view["move"]
+    deadline = time.monotonic() + SCALE_WAIT_S
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("moving slots", total=max(move["slots_total"], 1))
+        while move is not None and time.monotonic() < deadline:
+            progress.update(task, completed=move["slots_moved"])
+            time.sleep(SCALE_POLL_S)
+            view = client.get("/v1/admin/topology").json()
+            move = view["move"]
+    if move is not None:
+        console.print("[yellow]still moving[/]: follow it with `points topology`")
+    return view
+
+
+@app.command()
+def topology(
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
+) -> None:
+    """Shards, the slots each owns, the node each runs on, and the move in progress."""
+    client = _api_client(url, key)
+    try:
+        with client:
+            answer = client.get("/v1/admin/topology")
+    except httpx.HTTPError as exc:
+        console.print(f"[red]down[/]: {client.base_url} does not answer ({type(exc).__name__})")
+        raise typer.Exit(1) from exc
+    if answer.status_code != 200:
+        console.print(f"[red]refused[/] ({answer.status_code}): {answer.text}")
+        raise typer.Exit(1)
+    console.print(topology_table(answer.json()))
+
+
+def topology_table(view: dict[str, Any]) -> Table:
+    table = Table("kind", "shard", "slots", "node", "pid")
+    for kind in ("account_shards", "reward_shards"):
+        for shard in view[kind]:
+            node = shard["node_ip"] or "(restarting)"
+            if shard["node_id"]:
+                node = f"{node} ({shard['node_id'][:8]})"
+            table.add_row(
+                kind.removesuffix("_shards"),
+                str(shard["index"]),
+                str(shard["slots"]),
+                node,
+                str(shard["pid"] or ""),
+            )
+    move = view.get("move")
+    if move is not None:
+        table.caption = (
+            f"moving: {move['slots_moved']}/{move['slots_total']} slots,"
+            f" account shards {move['account_shards']['from']} -> {move['account_shards']['to']},"
+            f" reward shards {move['reward_shards']['from']} -> {move['reward_shards']['to']}"
+        )
+    return table
 
 
 def _where(shard: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from domain.errors import REQUEST_CODES, STORED_ONLY_CODES, SUCCESS_CODES, Code
+from domain.errors import NEVER_ANSWERED_CODES, REQUEST_CODES, SUCCESS_CODES, Code
 from serve_app.problems import HTTP_STATUS, PROBLEM_TYPE_BASE, TITLES
 
 BEARER = "bearer"
@@ -31,7 +31,7 @@ INPUT_CODES = (Code.VALIDATION_ERROR,)
 BODY_CODES = (Code.BAD_REQUEST, Code.PAYLOAD_TOO_LARGE, Code.UNSUPPORTED_MEDIA_TYPE)
 KEYED_CODES = (Code.BAD_REQUEST,)
 # Codes an answer can carry as a problem (never a success, never a stored-only code).
-PROBLEM_CODES = tuple(c for c in Code if c not in SUCCESS_CODES | STORED_ONLY_CODES)
+PROBLEM_CODES = tuple(c for c in Code if c not in SUCCESS_CODES | NEVER_ANSWERED_CODES)
 assert set(REQUEST_CODES) <= set(PROBLEM_CODES)
 
 IDEMPOTENCY_KEY_HEADER = {
@@ -77,7 +77,7 @@ def route(
         own += KEYED_CODES
         extra["parameters"] = [IDEMPOTENCY_KEY_HEADER]
     own += COMMON_CODES
-    assert not set(own) & (SUCCESS_CODES | STORED_ONLY_CODES)
+    assert not set(own) & (SUCCESS_CODES | NEVER_ANSWERED_CODES)
     extra[X_PROBLEMS] = sorted({code.value for code in own})
     if not authenticated:
         extra["security"] = []

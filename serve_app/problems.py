@@ -6,7 +6,7 @@ import orjson
 from starlette.responses import JSONResponse, Response
 
 from actors.protocol import Outcome
-from domain.errors import STORED_ONLY_CODES, Code
+from domain.errors import NEVER_ANSWERED_CODES, Code
 
 PROBLEM_TYPE_BASE = "https://points.dev/problems/"
 RETRY_AFTER_S = 1
@@ -34,7 +34,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.UNAVAILABLE: 503,
     Code.INTERNAL: 500,
 }
-assert set(HTTP_STATUS) == set(Code) - STORED_ONLY_CODES
+assert set(HTTP_STATUS) == set(Code) - NEVER_ANSWERED_CODES
 
 TITLES: dict[Code, str] = {
     Code.INSUFFICIENT_POINTS: "Insufficient points",

@@ -503,9 +503,9 @@ class ShardPlacement(_Open):
     index: int
     name: str
     slots: int = Field(description="slots this shard owns (of `slots`)")
-    node_id: str
-    node_ip: str
-    pid: int
+    node_id: str | None = Field(description="null while the shard restarts")
+    node_ip: str | None
+    pid: int | None
 
 
 class NodeHolding(_Open):

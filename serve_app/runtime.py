@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from actors.routing import NAMESPACE, reward_shard_name, shard_name
+from actors.routing import NAMESPACE, REWARD_SHARD_NAME_PREFIX, SHARD_NAME_PREFIX
 from db.api_repo import admin_key_installed, ensure_admin_key
 from db.embedded import EmbeddedPostgres, EmbeddedRedis
 from db.engine import libpq_url, migrate
@@ -26,6 +26,8 @@ from serve_app.settings import Settings
 log = logging.getLogger("points.runtime")
 
 APP_NAME = "points"
+# Names of the detached actors a deployment creates (undeploy removes them).
+OUR_ACTORS = (SHARD_NAME_PREFIX, REWARD_SHARD_NAME_PREFIX, "points-topology", "points-event")
 
 # The "fast" serve profile: replicas take HTTP directly (no Python proxy hop) behind
 # HAProxy, with Serve's throughput-optimized defaults. See docs/architecture.md.
@@ -270,12 +272,14 @@ def undeploy(settings: Settings) -> None:
     """Remove Serve (its app, proxies, HAProxy) and the shard actors from the cluster."""
     with contextlib.suppress(Exception):
         serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
-    for index in range(settings.shards):
-        with contextlib.suppress(Exception):
-            ray.kill(ray.get_actor(shard_name(index), namespace=NAMESPACE))
-    for index in range(settings.reward_shards):
-        with contextlib.suppress(Exception):
-            ray.kill(ray.get_actor(reward_shard_name(index), namespace=NAMESPACE))
+    # However many shards moves made: every named actor of ours (shards, the move
+    # coordinator, the event consumer).
+    with contextlib.suppress(Exception):
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry["namespace"] != NAMESPACE or not entry["name"].startswith(OUR_ACTORS):
+                continue
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
 
 
 def prepare_database(settings: Settings, dsn: str) -> tuple[str, AdminKeySource]:

@@ -14,6 +14,7 @@ from pydantic import (
     field_validator,
 )
 
+from actors.routing import SLOTS
 from domain.limits import (
     EVENT_TYPE_PATTERN,
     EVENTS_PER_BATCH_MAX,
@@ -157,3 +158,10 @@ class EventBatchIn(_Strict):
     # Each item is an event; an item that is not a valid event gets its own 422 result and
     # the others still apply, so the batch itself takes any JSON value per item.
     events: list[EventBody | Any] = Field(min_length=1, max_length=EVENTS_PER_BATCH_MAX)
+
+
+class TopologyPut(_Strict):
+    """The shard counts to move to (`points scale`); omitted: the current count."""
+
+    account_shards: StrictInt | None = Field(default=None, ge=1, le=SLOTS)
+    reward_shards: StrictInt | None = Field(default=None, ge=1, le=SLOTS)

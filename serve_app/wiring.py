@@ -17,13 +17,14 @@ from typing import Any
 import ray
 import redis.asyncio
 
-from actors.account_shard import AccountShard
+from actors import fleet, mover
 from actors.earning import EventApplier, ShardApplierFactory
 from actors.event_consumer import EventConsumer
-from actors.reward_shard import RewardShard
-from actors.routing import NAMESPACE, reward_shard_name, shard_name
+from actors.routers import TopologyRouter
+from actors.routing import NAMESPACE, SLOTS, reward_shard_name, shard_name
 from actors.shard_client import ACTOR_ERRORS, ShardClient
 from db.api_repo import ApiRepo
+from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_indexes
 from domain.errors import Code, PointsError
 from serve_app.auth import KeyCache
 
@@ -45,40 +46,7 @@ FORGET_PROGRAM_TIMEOUT_S = 5.0
 SHARD_PLACEMENT = "SPREAD"
 
 
-def account_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[Any]:
-    """Handles of the account shard actors (created detached if they do not run yet)."""
-    assert shards > 0
-    # mypy keeps a decorated class's own type (it ignores class decorators' return types), so
-    # it does not see the ActorClass that @ray.remote made: hence the attr-defined ignores.
-    return [
-        AccountShard.options(  # type: ignore[attr-defined]
-            name=shard_name(i),
-            namespace=NAMESPACE,
-            get_if_exists=True,
-            lifetime="detached",
-            scheduling_strategy=SHARD_PLACEMENT,
-        ).remote(i, dsn, shard_config)
-        for i in range(shards)
-    ]
-
-
-def reward_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[Any]:
-    count = shard_config.get("reward_shards", 1)
-    assert count > 0
-    config = {**shard_config, "shards": shards}
-    return [
-        RewardShard.options(  # type: ignore[attr-defined]  # an ActorClass, see above
-            name=reward_shard_name(i),
-            namespace=NAMESPACE,
-            get_if_exists=True,
-            lifetime="detached",
-            scheduling_strategy=SHARD_PLACEMENT,
-        ).remote(i, count, dsn, config)
-        for i in range(count)
-    ]
-
-
-def event_consumer(redis_url: str | None, shards: int, shard_config: dict[str, Any]) -> Any:
+def event_consumer(redis_url: str | None, dsn: str, shard_config: dict[str, Any]) -> Any:
     """The Redis stream consumer (async earning): one per deployment, found by name."""
     stream = shard_config.get("event_stream")
     if not redis_url or not stream:
@@ -87,7 +55,7 @@ def event_consumer(redis_url: str | None, shards: int, shard_config: dict[str, A
         name=EVENT_CONSUMER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote(
         redis_url,
-        ShardApplierFactory(shards),
+        ShardApplierFactory(dsn),
         EVENT_CONSUMER_NAME,
         {"stream": stream, "dead_letter_stream": f"{stream}:dead"},
     )
@@ -103,14 +71,22 @@ class Backend:
             redis.asyncio.Redis.from_url(redis_url, socket_timeout=2) if redis_url else None
         )
         self.keys = KeyCache()
-        self.shards = account_shards(dsn, shards, shard_config)
-        self.client = ShardClient(self.shards)
+        # The slot map: seeded on a new database from the configured counts; after that the
+        # database says how many shards there are (a move changes it).
+        ensure_topology(dsn, {"account": shards, "reward": shard_config["reward_shards"]}, SLOTS)
+        for kind, indexes in shard_indexes(dsn).items():
+            for index in indexes:
+                fleet.shard_actor(kind, index, dsn, shard_config)
+        self.topology = TopologyRepo(dsn)
+        self.account_router = TopologyRouter("account", dsn, shard_name)
+        self.reward_router = TopologyRouter("reward", dsn, reward_shard_name)
+        self.client = ShardClient(self.account_router)
         self.applier = EventApplier(self.client)
-        self.reward_shards = reward_shards(dsn, shards, shard_config)
         self.rewards = ShardClient(
-            self.reward_shards, route_field="reward_id", calls_in_flight=REWARD_CALLS_IN_FLIGHT
+            self.reward_router, route_field="reward_id", calls_in_flight=REWARD_CALLS_IN_FLIGHT
         )
-        self.event_consumer = event_consumer(redis_url, shards, shard_config)
+        self.coordinator = mover.coordinator(dsn, shard_config)
+        self.event_consumer = event_consumer(redis_url, dsn, shard_config)
         self._keeper: asyncio.Task[None] | None = None
         self._opened = False
 
@@ -127,9 +103,12 @@ class Backend:
         """Ping reward shards now and then: a restarted shard starts its recovery pass on
         its first call, even when no redemption arrives for it."""
         while True:
-            for handle in self.reward_shards:
+            for _index, handle in await self.shard_handles("reward"):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.ping.remote(), KEEPER_CALL_TIMEOUT_S)
+            # A move left running by a coordinator that died: the restarted one resumes it.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.coordinator.kick.remote(), KEEPER_CALL_TIMEOUT_S)
             if self.event_consumer is not None:
                 # Idempotent: (re)starts the consumer loop after an actor restart.
                 with contextlib.suppress(Exception):
@@ -152,12 +131,24 @@ class Backend:
             log.warning("shard %s failed: %r", method, exc)
             raise PointsError(Code.UNAVAILABLE, "account shard could not read, retry") from exc
 
+    async def shard_handles(self, kind: Kind) -> list[tuple[int, Any]]:
+        """(index, handle) of every shard of `kind` in the topology, in index order."""
+        router = self.account_router if kind == "account" else self.reward_router
+        found = []
+        for index in await self.topology.shards(kind):
+            try:
+                found.append((index, router.handle(index)))
+            except ValueError:  # in the topology but not running (being created): skip
+                log.warning("%s shard %d not found", kind, index)
+        return found
+
     async def forget_program(self, program_id: str) -> None:
         """Tell every account shard to read the program's policy and rules again (each also
         re-reads them within PROGRAM_CONFIG_TTL_S on its own)."""
         with contextlib.suppress(Exception):
+            handles = [handle for _, handle in await self.shard_handles("account")]
             await asyncio.wait_for(
-                asyncio.gather(*(s.forget_program.remote(program_id) for s in self.shards)),
+                asyncio.gather(*(s.forget_program.remote(program_id) for s in handles)),
                 FORGET_PROGRAM_TIMEOUT_S,
             )
 

@@ -33,11 +33,12 @@ async def readyz(request: Request) -> Response:
     wiring = backend(request)
     try:
         await asyncio.wait_for((await wiring.repo()).ping(), DATABASE_PING_TIMEOUT_S)
-        handles = wiring.shards + wiring.reward_shards
+        accounts = [handle for _, handle in await wiring.shard_handles("account")]
+        rewards = [handle for _, handle in await wiring.shard_handles("reward")]
         pings = await asyncio.wait_for(
-            asyncio.gather(*(s.ping.remote() for s in handles)), SHARD_PING_TIMEOUT_S
+            asyncio.gather(*(s.ping.remote() for s in accounts + rewards)), SHARD_PING_TIMEOUT_S
         )
-        shards, reward_shards = pings[: len(wiring.shards)], pings[len(wiring.shards) :]
+        shards, reward_shards = pings[: len(accounts)], pings[len(accounts) :]
         consumer = None
         if wiring.event_consumer is not None:
             consumer = await asyncio.wait_for(

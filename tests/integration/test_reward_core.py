@@ -49,7 +49,6 @@ class Wiring:
             RewardRepo(self.url),
             self._account_call,
             slot_of=lambda p, r: 0,
-            owned_slots=[0],
             fulfil=self.fulfil,
             recovery_interval_s=0,
         )

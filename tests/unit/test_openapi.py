@@ -7,7 +7,7 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from domain.errors import STORED_ONLY_CODES, SUCCESS_CODES, Code, PointsError
+from domain.errors import NEVER_ANSWERED_CODES, SUCCESS_CODES, Code, PointsError
 from serve_app.app import STARLETTE_CODES, app
 from serve_app.http import InvalidBody
 from serve_app.openapi import PROBLEM_CODES, X_PROBLEMS
@@ -54,7 +54,7 @@ def test_the_document_is_openapi_3_1_with_a_bearer_scheme() -> None:
 def test_the_problem_schema_enumerates_the_taxonomy() -> None:
     problem = DOCUMENT["components"]["schemas"]["Problem"]
     assert set(problem["properties"]["code"]["enum"]) == {c.value for c in PROBLEM_CODES}
-    assert set(PROBLEM_CODES) == set(Code) - SUCCESS_CODES - STORED_ONLY_CODES
+    assert set(PROBLEM_CODES) == set(Code) - SUCCESS_CODES - NEVER_ANSWERED_CODES
     assert "HTTPValidationError" not in DOCUMENT["components"]["schemas"]
 
 
@@ -121,7 +121,7 @@ def test_exception_handlers_and_the_map_agree() -> None:
         assert HTTP_STATUS[code] == status
     # One map: every answerable code has exactly one status; success codes are 2xx.
     for code in Code:
-        if code in STORED_ONLY_CODES:
+        if code in NEVER_ANSWERED_CODES:
             assert code not in HTTP_STATUS
         elif code in SUCCESS_CODES:
             assert 200 <= HTTP_STATUS[code] < 300

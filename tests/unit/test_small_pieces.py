@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from actors.routing import SLOTS, shard_of, slot_of
 from db.api_repo import decode_cursor, encode_cursor
-from domain.errors import STORED_ONLY_CODES, SUCCESS_CODES, Code, PointsError
+from domain.errors import NEVER_ANSWERED_CODES, SUCCESS_CODES, Code, PointsError
 from domain.idempotency import StoredResponse, replay, request_hash
 from domain.ids import uuid7, valid_id
 from serve_app.auth import KeyCache, hash_key, new_key
@@ -70,7 +70,7 @@ def test_id_alphabet(value: str, ok: bool) -> None:
 
 def test_every_code_maps_to_a_status_and_a_title() -> None:
     for code in Code:
-        if code in STORED_ONLY_CODES:  # stored, never answered: no status on purpose
+        if code in NEVER_ANSWERED_CODES:  # stored or routing only: no status on purpose
             assert code not in HTTP_STATUS
             continue
         if code in SUCCESS_CODES:

@@ -1,0 +1,59 @@
+"""The shard actors of a deployment: created (or found) by kind and index, and retired.
+
+Both the ingress (at start) and the move coordinator (when a move adds shards) create them
+here, with the same options: named in the `points` namespace so any process finds them,
+detached so they outlive the process that created them, and spread over the cluster's
+nodes (Ray's SPREAD strategy: each new actor goes to the node holding fewest of them;
+the shards ask for no CPU, so without it Ray would pack them all on one node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import ray
+
+from actors.account_shard import AccountShard
+from actors.reward_shard import RewardShard
+from actors.routing import NAMESPACE, reward_shard_name, shard_name
+from db.topology_repo import Kind
+
+SHARD_PLACEMENT = "SPREAD"
+
+
+def name_of(kind: Kind, index: int) -> str:
+    return shard_name(index) if kind == "account" else reward_shard_name(index)
+
+
+def shard_actor(kind: Kind, index: int, dsn: str, config: dict[str, Any]) -> Any:
+    """The handle of shard `index` of `kind`, created if it does not run yet."""
+    assert index >= 0
+    actor_class = AccountShard if kind == "account" else RewardShard
+    # mypy keeps a decorated class's own type (it ignores class decorators' return types),
+    # so it does not see the ActorClass that @ray.remote made.
+    return actor_class.options(  # type: ignore[union-attr]
+        name=name_of(kind, index),
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        scheduling_strategy=SHARD_PLACEMENT,
+    ).remote(index, dsn, config)
+
+
+def retire(kind: Kind, index: int) -> bool:
+    """End shard `index` of `kind` for good (it owns no slot any more). False: not running."""
+    try:
+        handle = ray.get_actor(name_of(kind, index), namespace=NAMESPACE)
+    except ValueError:
+        return False
+    with contextlib.suppress(Exception):
+        ray.kill(handle, no_restart=True)
+    return True
+
+
+def restart(handle: Any) -> None:
+    """Kill a shard so that Ray starts it again with nothing in memory (a hand-off whose
+    release it did not answer: whatever it cached for the slots is gone with it)."""
+    with contextlib.suppress(Exception):
+        ray.kill(handle, no_restart=False)

@@ -1,0 +1,163 @@
+"""Moves of the topology: change how many account and reward shards own the slots, live.
+
+Contract: a move is a row of `topology_moves` (state `running`, at most one). The
+coordinator (one named, detached actor) runs it to the end: for each kind, the target
+shards are created, then every slot whose owner changes (slot % target) is handed off in
+chunks, following actors/topology.py (mark moving, old owner releases, epoch moves, new
+owner told), and shards left owning nothing are retired. Then the row says `done`.
+
+Why it can be interrupted anywhere: every step is idempotent and its state is in
+PostgreSQL. A coordinator that restarts (or the next one, after a crash of the node it ran
+on) reads the running move and the map, finishes the hand-offs left half-way (slots marked
+moving), and plans the rest from the map as it is. A shard that crashed in the middle of a
+release lost its memory anyway; one that does not answer its release in time is restarted
+by force, and the epoch fence refuses its commits either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from actors import fleet
+from actors.routing import NAMESPACE, SLOTS
+from db.topology_repo import Kind, Move, SlotRow, TopologyRepo
+
+log = logging.getLogger("points.mover")
+
+COORDINATOR_NAME = "points-topology"
+# Slots handed off together: their requests are held for one hand-off (tens of ms).
+CHUNK_SLOTS = 64
+RELEASE_TIMEOUT_S = 20.0
+TELL_TIMEOUT_S = 5.0
+# A move that failed on a step (the database away, say) is tried again after this.
+RETRY_DELAY_S = 1.0
+
+
+def plan(rows: list[SlotRow], target: int) -> list[tuple[int, int, list[int]]]:
+    """The hand-offs that bring `rows` to slot % target: (old, new, slots) in chunks, those
+    already marked moving first (left half-way by an interrupted move)."""
+    assert target > 0
+    half_way: dict[tuple[int, int], list[int]] = defaultdict(list)
+    to_do: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for row in rows:
+        if row.moving_to is not None:
+            half_way[(row.owner, row.moving_to)].append(row.slot)
+        elif row.owner != row.slot % target:
+            to_do[(row.owner, row.slot % target)].append(row.slot)
+    steps = []
+    for groups in (half_way, to_do):
+        for (old, new), slots in sorted(groups.items()):
+            for start in range(0, len(slots), CHUNK_SLOTS):
+                steps.append((old, new, slots[start : start + CHUNK_SLOTS]))
+    return steps
+
+
+def slots_to_move(rows: list[SlotRow], target: int) -> int:
+    return sum(len(slots) for _, _, slots in plan(rows, target))
+
+
+class Mover:
+    """Runs one move against the database and the shard actors (`actor(kind, index)`)."""
+
+    def __init__(
+        self,
+        repo: TopologyRepo,
+        actor: Callable[[Kind, int], Any],
+        retire: Callable[[Kind, int], bool] = fleet.retire,
+        restart: Callable[[Any], None] = fleet.restart,
+    ) -> None:
+        self.repo = repo
+        self._actor = actor
+        self._retire = retire
+        self._restart = restart
+
+    async def run(self, move: Move) -> None:
+        """Bring both kinds to the move's targets, then mark it done. Raises on a failed
+        step (the move stays running: run it again)."""
+        for kind, target in (("account", move.account_to), ("reward", move.reward_to)):
+            await self._move_kind(move, kind, target)  # type: ignore[arg-type]
+        await self.repo.finish_move(move.move_id, "done", None)
+        log.info("move %s done", move.move_id)
+
+    async def _move_kind(self, move: Move, kind: Kind, target: int) -> None:
+        assert 0 < target <= SLOTS
+        await self.repo.add_shards(kind, range(target))
+        handles = {index: self._actor(kind, index) for index in range(target)}
+        _, rows = await self.repo.slots(kind)
+        for old, new, slots in plan(rows, target):
+            await self.repo.begin_handoff(kind, old, new, slots)
+            await self._release(kind, old, slots)
+            moved = await self.repo.finish_handoff(kind, old, slots)
+            await self.repo.progress(move.move_id, moved)
+            await self._tell(handles.get(new) or self._actor(kind, new))
+        extra = [index for index in await self.repo.shards(kind) if index >= target]
+        for index in await self.repo.retire_shards(kind, extra):
+            self._retire(kind, index)
+
+    async def _release(self, kind: Kind, old: int, slots: list[int]) -> None:
+        try:
+            handle = self._actor(kind, old)
+        except Exception:  # not running at all: nothing to release
+            return
+        try:
+            await asyncio.wait_for(handle.release.remote(slots), RELEASE_TIMEOUT_S)
+        except Exception as exc:
+            # It did not confirm: make sure it forgets, by restarting it (it reads the map
+            # again when it comes back, without the slots marked moving).
+            log.warning(
+                "%s shard %d did not release %d slots (%r): restarting it",
+                kind,
+                old,
+                len(slots),
+                exc,
+            )
+            self._restart(handle)
+
+    @staticmethod
+    async def _tell(handle: Any) -> None:
+        """Best effort: the new owner also reads the map on the first request it gets."""
+        try:
+            await asyncio.wait_for(handle.refresh_ownership.remote(), TELL_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("new owner not told of its slots: %r", exc)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
+class TopologyCoordinator:
+    """The one actor that runs moves. `kick()` makes sure a running move is being run."""
+
+    def __init__(self, dsn: str, config: dict[str, Any]) -> None:
+        self.repo = TopologyRepo(dsn)
+        self.mover = Mover(
+            self.repo, lambda kind, index: fleet.shard_actor(kind, index, dsn, config)
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def kick(self) -> bool:
+        """Run the running move, if any, unless already at it. True when one is running."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return not self._task.done()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                move = await self.repo.running_move()
+                if move is None:
+                    return
+                await self.mover.run(move)
+            except Exception:
+                log.exception("move failed on a step; trying again")
+                await asyncio.sleep(RETRY_DELAY_S)
+
+
+def coordinator(dsn: str, config: dict[str, Any]) -> Any:
+    return TopologyCoordinator.options(  # type: ignore[attr-defined]  # an ActorClass
+        name=COORDINATOR_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote(dsn, config)

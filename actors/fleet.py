@@ -26,10 +26,18 @@ def name_of(kind: Kind, index: int) -> str:
     return shard_name(index) if kind == "account" else reward_shard_name(index)
 
 
-def shard_actor(kind: Kind, index: int, dsn: str, config: dict[str, Any]) -> Any:
-    """The handle of shard `index` of `kind`, created if it does not run yet."""
+def shard_actor(
+    kind: Kind,
+    index: int,
+    dsn: str,
+    config: dict[str, Any],
+    runtime_env: dict[str, Any] | None = None,
+) -> Any:
+    """The handle of shard `index` of `kind`, created if it does not run yet, in
+    `runtime_env` (the code of a release; none: the creator's own)."""
     assert index >= 0
     actor_class = AccountShard if kind == "account" else RewardShard
+    options: dict[str, Any] = {} if runtime_env is None else {"runtime_env": runtime_env}
     # mypy keeps a decorated class's own type (it ignores class decorators' return types),
     # so it does not see the ActorClass that @ray.remote made.
     return actor_class.options(  # type: ignore[union-attr]
@@ -38,6 +46,7 @@ def shard_actor(kind: Kind, index: int, dsn: str, config: dict[str, Any]) -> Any
         get_if_exists=True,
         lifetime="detached",
         scheduling_strategy=SHARD_PLACEMENT,
+        **options,
     ).remote(index, dsn, config)
 
 

@@ -96,6 +96,8 @@ class GroupCommitter(Generic[OpT]):
         # Batches started and finished: `settle` waits for the one in flight.
         self._started = 0
         self._finished = 0
+        # Operations answered `unavailable` by `fail` (a canary's error rate counts them).
+        self.failed = 0
 
     @property
     def queued(self) -> int:
@@ -122,7 +124,9 @@ class GroupCommitter(Generic[OpT]):
         """Answer every still-open operation `unavailable` (one Outcome shared by all)."""
         result = unavailable(detail)
         for op in ops:
-            answer(op, result)
+            if not op.future.done():
+                self.failed += 1
+                op.future.set_result(result)
 
     async def commit_failed(
         self, exc: Exception, reset: Callable[[], Awaitable[None]], stats: dict[str, float]

@@ -25,8 +25,9 @@ from typing import Any
 import ray
 
 from actors import fleet
+from actors.placement import CODE_VERSION_ENV
 from actors.routing import NAMESPACE, SLOTS
-from db.topology_repo import Kind, Move, SlotRow, TopologyRepo
+from db.topology_repo import ROLLING_BACK, Kind, Move, SlotRow, TopologyRepo
 
 log = logging.getLogger("points.mover")
 
@@ -39,17 +40,22 @@ TELL_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 1.0
 
 
-def plan(rows: list[SlotRow], target: int) -> list[tuple[int, int, list[int]]]:
-    """The hand-offs that bring `rows` to slot % target: (old, new, slots) in chunks, those
+def target(count: int, base: int = 0) -> Callable[[int], int]:
+    """Where each slot goes: shard base + slot % count."""
+    assert 0 < count <= SLOTS and base >= 0
+    return lambda slot: base + slot % count
+
+
+def plan(rows: list[SlotRow], target_of: Callable[[int], int]) -> list[tuple[int, int, list[int]]]:
+    """The hand-offs that bring `rows` to `target_of`: (old, new, slots) in chunks, those
     already marked moving first (left half-way by an interrupted move)."""
-    assert target > 0
     half_way: dict[tuple[int, int], list[int]] = defaultdict(list)
     to_do: dict[tuple[int, int], list[int]] = defaultdict(list)
     for row in rows:
         if row.moving_to is not None:
             half_way[(row.owner, row.moving_to)].append(row.slot)
-        elif row.owner != row.slot % target:
-            to_do[(row.owner, row.slot % target)].append(row.slot)
+        elif row.owner != target_of(row.slot):
+            to_do[(row.owner, target_of(row.slot))].append(row.slot)
     steps = []
     for groups in (half_way, to_do):
         for (old, new), slots in sorted(groups.items()):
@@ -58,8 +64,18 @@ def plan(rows: list[SlotRow], target: int) -> list[tuple[int, int, list[int]]]:
     return steps
 
 
-def slots_to_move(rows: list[SlotRow], target: int) -> int:
-    return sum(len(slots) for _, _, slots in plan(rows, target))
+def slots_to_move(rows: list[SlotRow], count: int, base: int = 0) -> int:
+    return sum(len(slots) for _, _, slots in plan(rows, target(count, base)))
+
+
+def code_env(move: Move) -> dict[str, Any] | None:
+    """The runtime environment of the shards a move creates: the one it was started with
+    (the new release's), naming its version for the shards' pings."""
+    if move.code_version is None:
+        return move.runtime_env
+    env = dict(move.runtime_env or {})
+    env["env_vars"] = {**env.get("env_vars", {}), CODE_VERSION_ENV: move.code_version}
+    return env
 
 
 class Mover:
@@ -68,7 +84,7 @@ class Mover:
     def __init__(
         self,
         repo: TopologyRepo,
-        actor: Callable[[Kind, int], Any],
+        actor: Callable[[Kind, int, dict[str, Any] | None], Any],
         retire: Callable[[Kind, int], bool] = fleet.retire,
         restart: Callable[[Any], None] = fleet.restart,
     ) -> None:
@@ -78,31 +94,63 @@ class Mover:
         self._restart = restart
 
     async def run(self, move: Move) -> None:
-        """Bring both kinds to the move's targets, then mark it done. Raises on a failed
-        step (the move stays running: run it again)."""
-        for kind, target in (("account", move.account_to), ("reward", move.reward_to)):
-            await self._move_kind(move, kind, target)  # type: ignore[arg-type]
-        await self.repo.finish_move(move.move_id, "done", None)
-        log.info("move %s done", move.move_id)
+        """Bring both kinds to the move's targets, then mark it done. With `canary_slots`,
+        stop after that many slots of each kind (state canary: promote or roll back).
+        Raises on a failed step (the move stays running: run it again)."""
+        kinds: tuple[tuple[Kind, int, int], ...] = (
+            ("account", move.account_to, move.account_base),
+            ("reward", move.reward_to, move.reward_base),
+        )
+        if move.canary_slots is not None:
+            for kind, count, base in kinds:
+                await self._move_kind(move, kind, count, base, budget=move.canary_slots)
+            await self.repo.pause_for_canary(move.move_id)
+            log.info("move %s paused for its canary", move.move_id)
+            return
+        for kind, count, base in kinds:
+            await self._move_kind(move, kind, count, base)
+            await self._retire_extra(kind, count, base)
+        state = "rolled_back" if move.detail == ROLLING_BACK else "done"
+        await self.repo.finish_move(move, state, move.detail)
+        log.info("move %s %s", move.move_id, state)
 
-    async def _move_kind(self, move: Move, kind: Kind, target: int) -> None:
-        assert 0 < target <= SLOTS
-        await self.repo.add_shards(kind, range(target))
-        handles = {index: self._actor(kind, index) for index in range(target)}
+    async def _move_kind(
+        self, move: Move, kind: Kind, count: int, base: int, budget: int | None = None
+    ) -> None:
+        """Hand off the kind's slots to `target(count, base)`; at most `budget` slots
+        (counting those already with a shard of the target generation that is new)."""
+        assert 0 < count <= SLOTS
+        indexes = range(base, base + count)
+        await self.repo.add_shards(kind, indexes, move.code_version or "", code_env(move))
+        # Each shard in the code it was added with (a shard that runs already is found).
+        envs = {row.shard: row.runtime_env for row in await self.repo.shard_rows(kind)}
+        handles = {index: self._actor(kind, index, envs.get(index)) for index in indexes}
         _, rows = await self.repo.slots(kind)
-        for old, new, slots in plan(rows, target):
+        moved_total = 0
+        if budget is not None:  # a canary resumed after a crash: count what it moved
+            moved_total = sum(1 for r in rows if r.owner in handles and r.moving_to is None)
+        for old, new, slots in plan(rows, target(count, base)):
+            if budget is not None:
+                if moved_total >= budget:
+                    break
+                slots = slots[: budget - moved_total]
             await self.repo.begin_handoff(kind, old, new, slots)
-            await self._release(kind, old, slots)
+            await self._release(kind, old, slots, envs.get(old))
             moved = await self.repo.finish_handoff(kind, old, slots)
+            moved_total += moved
             await self.repo.progress(move.move_id, moved)
-            await self._tell(handles.get(new) or self._actor(kind, new))
-        extra = [index for index in await self.repo.shards(kind) if index >= target]
+            await self._tell(handles.get(new) or self._actor(kind, new, envs.get(new)))
+
+    async def _retire_extra(self, kind: Kind, count: int, base: int) -> None:
+        extra = [i for i in await self.repo.shards(kind) if not base <= i < base + count]
         for index in await self.repo.retire_shards(kind, extra):
             self._retire(kind, index)
 
-    async def _release(self, kind: Kind, old: int, slots: list[int]) -> None:
+    async def _release(
+        self, kind: Kind, old: int, slots: list[int], env: dict[str, Any] | None
+    ) -> None:
         try:
-            handle = self._actor(kind, old)
+            handle = self._actor(kind, old, env)
         except Exception:  # not running at all: nothing to release
             return
         try:
@@ -135,7 +183,8 @@ class TopologyCoordinator:
     def __init__(self, dsn: str, config: dict[str, Any]) -> None:
         self.repo = TopologyRepo(dsn)
         self.mover = Mover(
-            self.repo, lambda kind, index: fleet.shard_actor(kind, index, dsn, config)
+            self.repo,
+            lambda kind, index, env: fleet.shard_actor(kind, index, dsn, config, env),
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -149,7 +198,7 @@ class TopologyCoordinator:
         while True:
             try:
                 move = await self.repo.running_move()
-                if move is None:
+                if move is None or move.state != "running":  # none, or a paused canary
                     return
                 await self.mover.run(move)
             except Exception:

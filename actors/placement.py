@@ -1,9 +1,25 @@
-"""Where an actor runs: its node and process, for the topology view and `points status`."""
+"""Where an actor runs (its node and process) and which code (the release's version), for
+the topology view and `points status`."""
 
+import importlib.metadata
 import os
 from typing import Any
 
 import ray
+
+# The release a process runs: named by whoever created it (an upgrade names the shards it
+# creates), else the installed package's version.
+CODE_VERSION_ENV = "POINTS_CODE_VERSION"
+
+
+def code_version() -> str:
+    found = os.environ.get(CODE_VERSION_ENV)
+    if found:
+        return found
+    try:
+        return importlib.metadata.version("points")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def placement() -> dict[str, Any]:
@@ -13,6 +29,7 @@ def placement() -> dict[str, Any]:
         "node_id": context.get_node_id(),
         "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]  # Ray: unannotated
         "pid": os.getpid(),
+        "version": code_version(),
     }
     assert found["node_id"] and found["pid"] > 0
     return found

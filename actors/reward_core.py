@@ -349,6 +349,7 @@ class RewardCore:
         return {
             "rewards_loaded": len(self._rewards),
             "queued": self._commits.queued,
+            "failed": self._commits.failed,
             "sagas_in_flight": len(self._drivers),
             "fulfilling": len(self._fulfilling),
             **self.stats,

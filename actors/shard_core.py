@@ -204,6 +204,7 @@ class ShardCore:
         return {
             "cached_accounts": len(self._accounts),
             "queued": self._commits.queued,
+            "failed": self._commits.failed,
             **self.stats,
         }
 

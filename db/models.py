@@ -374,6 +374,7 @@ topology = Table(
     metadata,
     Column("kind", Text, primary_key=True),
     Column("version", BigInteger, nullable=False),
+    Column("base", Integer, nullable=False, server_default="0"),
     CheckConstraint(TOPOLOGY_KINDS, name="topology_kind_known"),
 )
 
@@ -382,6 +383,8 @@ topology_shards = Table(
     metadata,
     Column("kind", Text, primary_key=True),
     Column("shard", Integer, primary_key=True),
+    Column("code_version", Text, nullable=False, server_default=""),
+    Column("runtime_env", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False),
     CheckConstraint(TOPOLOGY_KINDS, name="topology_shards_kind_known"),
     CheckConstraint("shard >= 0", name="topology_shards_index"),
@@ -409,6 +412,11 @@ topology_moves = Table(
     Column("account_to", Integer, nullable=False),
     Column("reward_from", Integer, nullable=False),
     Column("reward_to", Integer, nullable=False),
+    Column("account_base", Integer, nullable=False, server_default="0"),
+    Column("reward_base", Integer, nullable=False, server_default="0"),
+    Column("code_version", Text),
+    Column("runtime_env", JSONB),
+    Column("canary_slots", Integer),
     Column("state", Text, nullable=False),
     Column("slots_total", Integer, nullable=False),
     Column("slots_moved", Integer, nullable=False),
@@ -416,14 +424,17 @@ topology_moves = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
-    CheckConstraint("state IN ('running', 'done', 'failed')", name="topology_moves_state"),
+    CheckConstraint(
+        "state IN ('running', 'canary', 'done', 'failed', 'rolled_back')",
+        name="topology_moves_state",
+    ),
     CheckConstraint(
         "account_to > 0 AND reward_to > 0 AND slots_moved >= 0", name="topology_moves_valid"
     ),
     Index(
         "topology_moves_one_running",
-        text("(state)"),
+        text("(true)"),
         unique=True,
-        postgresql_where=text("state = 'running'"),
+        postgresql_where=text("state IN ('running', 'canary')"),
     ),
 )

@@ -28,11 +28,22 @@ from typing import Any, Literal, TypeVar
 import psycopg
 from psycopg.rows import dict_row, scalar_row
 
-from db.shard_connection import Conn, Cursor, ShardConnection, TableWriter
+from db.shard_connection import Conn, Cursor, ShardConnection, TableWriter, jsonb
 
 Kind = Literal["account", "reward"]
 KINDS: tuple[Kind, ...] = ("account", "reward")
 B = TypeVar("B")
+
+
+# `detail` of a canary being rolled back: it ends `rolled_back`, not `done`.
+ROLLING_BACK = "rolling back the canary"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRow:
+    shard: int
+    code_version: str
+    runtime_env: dict[str, Any] | None
 
 
 class MoveRunning(Exception):
@@ -68,6 +79,11 @@ class Move:
     account_to: int
     reward_from: int
     reward_to: int
+    account_base: int
+    reward_base: int
+    code_version: str | None
+    runtime_env: dict[str, Any] | None
+    canary_slots: int | None
     state: str
     slots_total: int
     slots_moved: int
@@ -82,6 +98,8 @@ class Move:
             "state": self.state,
             "account_shards": {"from": self.account_from, "to": self.account_to},
             "reward_shards": {"from": self.reward_from, "to": self.reward_to},
+            "code_version": self.code_version,
+            "canary_slots": self.canary_slots,
             "slots_total": self.slots_total,
             "slots_moved": self.slots_moved,
             "detail": self.detail,
@@ -236,6 +254,24 @@ class TopologyRepo:
             )
             return {int(r["slot"]): int(r["epoch"]) for r in rows}
 
+    async def base(self, kind: Kind) -> int:
+        """The first shard index of the kind's current generation."""
+        async with self._one_at_a_time():
+            rows = await self._db.fetch_all(
+                "SELECT base FROM topology WHERE kind = %s", (kind,), scalar_row
+            )
+        return int(rows[0]) if rows else 0
+
+    async def shard_rows(self, kind: Kind) -> list[ShardRow]:
+        async with self._one_at_a_time():
+            rows = await self._db.fetch_all(
+                "SELECT shard, code_version, runtime_env FROM topology_shards"
+                " WHERE kind = %s ORDER BY shard",
+                (kind,),
+                dict_row,
+            )
+        return [ShardRow(r["shard"], r["code_version"], r["runtime_env"]) for r in rows]
+
     async def shards(self, kind: Kind) -> list[int]:
         async with self._one_at_a_time():
             rows = await self._db.fetch_all(
@@ -245,13 +281,19 @@ class TopologyRepo:
             )
             return [int(r) for r in rows]
 
-    async def add_shards(self, kind: Kind, indexes: Sequence[int]) -> None:
+    async def add_shards(
+        self,
+        kind: Kind,
+        indexes: Sequence[int],
+        code_version: str = "",
+        runtime_env: dict[str, Any] | None = None,
+    ) -> None:
         async with self._one_at_a_time():
             await self._db.fetch_all(
-                "INSERT INTO topology_shards (kind, shard, created_at)"
-                " SELECT %s, s, now() FROM unnest(%s::int[]) AS s ON CONFLICT DO NOTHING"
-                " RETURNING shard",
-                (kind, list(indexes)),
+                "INSERT INTO topology_shards (kind, shard, code_version, runtime_env, created_at)"
+                " SELECT %s, s, %s, %s, now() FROM unnest(%s::int[]) AS s"
+                " ON CONFLICT DO NOTHING RETURNING shard",
+                (kind, code_version, _json_or_null(runtime_env), list(indexes)),
                 scalar_row,
             )
 
@@ -307,28 +349,81 @@ class TopologyRepo:
         await conn.execute("UPDATE topology SET version = version + 1 WHERE kind = %s", (kind,))
 
     async def start_move(
-        self, accounts: tuple[int, int], rewards: tuple[int, int], slots_total: int
+        self,
+        accounts: tuple[int, int],
+        rewards: tuple[int, int],
+        slots_total: int,
+        *,
+        bases: tuple[int, int] = (0, 0),
+        code_version: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        canary_slots: int | None = None,
     ) -> Move:
         async with self._one_at_a_time():
             try:
                 rows = await self._db.fetch_all(
                     """
                     INSERT INTO topology_moves (move_id, account_from, account_to, reward_from,
-                        reward_to, state, slots_total, slots_moved, started_at, updated_at)
-                    VALUES (%s, %s, %s, %s, %s, 'running', %s, 0, now(), now())
+                        reward_to, account_base, reward_base, code_version, runtime_env,
+                        canary_slots, state, slots_total, slots_moved, started_at, updated_at)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'running', %s, 0,
+                        now(), now())
                     RETURNING *
                     """,
-                    (uuid.uuid4(), *accounts, *rewards, slots_total),
+                    (
+                        uuid.uuid4(),
+                        *accounts,
+                        *rewards,
+                        *bases,
+                        code_version,
+                        _json_or_null(runtime_env),
+                        canary_slots,
+                        slots_total,
+                    ),
                     dict_row,
                 )
             except psycopg.errors.UniqueViolation as exc:
                 raise MoveRunning("another move is running") from exc
-            return Move(**rows[0])
+        return Move(**rows[0])
+
+    async def resume_move(
+        self, move_id: uuid.UUID, *, rollback: tuple[int, int, int, int] | None = None
+    ) -> Move | None:
+        """A paused canary goes on: to its targets (promote), or back to where it started
+        (`rollback`: account count and base, reward count and base). None: no such canary."""
+        async with self._one_at_a_time():
+            if rollback is None:
+                query = (
+                    "UPDATE topology_moves SET state = 'running', canary_slots = NULL,"
+                    " updated_at = now() WHERE move_id = %s AND state = 'canary' RETURNING *"
+                )
+                params: tuple[Any, ...] = (move_id,)
+            else:
+                query = (
+                    "UPDATE topology_moves SET state = 'running', canary_slots = NULL,"
+                    " account_to = %s, account_base = %s, reward_to = %s, reward_base = %s,"
+                    " detail = %s, updated_at = now()"
+                    " WHERE move_id = %s AND state = 'canary' RETURNING *"
+                )
+                params = (*rollback, ROLLING_BACK, move_id)
+            rows = await self._db.fetch_all(query, params, dict_row)
+        return Move(**rows[0]) if rows else None
+
+    async def pause_for_canary(self, move_id: uuid.UUID) -> None:
+        async with self._one_at_a_time():
+            await self._db.fetch_all(
+                "UPDATE topology_moves SET state = 'canary', updated_at = now()"
+                " WHERE move_id = %s AND state = 'running' RETURNING move_id",
+                (move_id,),
+                scalar_row,
+            )
 
     async def running_move(self) -> Move | None:
         async with self._one_at_a_time():
             rows = await self._db.fetch_all(
-                "SELECT * FROM topology_moves WHERE state = 'running'", None, dict_row
+                "SELECT * FROM topology_moves WHERE state IN ('running', 'canary')",
+                None,
+                dict_row,
             )
             return Move(**rows[0]) if rows else None
 
@@ -348,23 +443,35 @@ class TopologyRepo:
                 scalar_row,
             )
 
-    async def finish_move(self, move_id: uuid.UUID, state: str, detail: str | None) -> None:
-        async with self._one_at_a_time():
-            assert state in ("done", "failed")
-            await self._db.fetch_all(
+    async def finish_move(self, move: Move, state: str, detail: str | None) -> None:
+        """End the move; its targets' bases become the kinds' current generation."""
+        assert state in ("done", "failed", "rolled_back")
+        async with self._one_at_a_time(), self._db.snapshot() as conn:
+            await conn.execute(
                 "UPDATE topology_moves SET state = %s, detail = %s, updated_at = now(),"
-                " finished_at = now() WHERE move_id = %s RETURNING move_id",
-                (state, detail, move_id),
-                scalar_row,
+                " finished_at = now() WHERE move_id = %s",
+                (state, detail, move.move_id),
             )
+            if state != "failed":
+                for kind, base in (("account", move.account_base), ("reward", move.reward_base)):
+                    await conn.execute(
+                        "UPDATE topology SET base = %s, version = version + 1 WHERE kind = %s",
+                        (base, kind),
+                    )
 
 
-def shard_indexes(dsn: str) -> dict[Kind, list[int]]:
-    """The shards of each kind that exist in the topology (synchronous: start-up)."""
-    found: dict[Kind, list[int]] = {kind: [] for kind in KINDS}
+def _json_or_null(value: dict[str, Any] | None) -> Any:
+    return None if value is None else jsonb(value)
+
+
+def shard_rows(dsn: str) -> dict[Kind, list[ShardRow]]:
+    """The shards of each kind in the topology, with the code each runs (synchronous:
+    start-up)."""
+    found: dict[Kind, list[ShardRow]] = {kind: [] for kind in KINDS}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for kind, shard in conn.execute(
-            "SELECT kind, shard FROM topology_shards ORDER BY kind, shard"
+        for kind, shard, code_version, runtime_env in conn.execute(
+            "SELECT kind, shard, code_version, runtime_env FROM topology_shards"
+            " ORDER BY kind, shard"
         ).fetchall():
-            found[kind].append(int(shard))
+            found[kind].append(ShardRow(int(shard), code_version, runtime_env))
     return found

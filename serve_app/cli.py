@@ -383,6 +383,44 @@ def scale(
         for name, value in (("account_shards", shards), ("reward_shards", reward_shards))
         if value is not None
     }
+    _put_topology(body, wait, url, key)
+
+
+@app.command()
+def upgrade(
+    version: Annotated[
+        str | None,
+        typer.Option(help="Name of the release Serve runs now; its code replaces the shards'."),
+    ] = None,
+    canary_slots: Annotated[
+        int | None,
+        typer.Option(
+            "--canary-slots", min=1, max=SLOTS, help="Move only this many slots first, then pause."
+        ),
+    ] = None,
+    promote: Annotated[bool, typer.Option(help="Go on from a paused canary.")] = False,
+    rollback: Annotated[bool, typer.Option(help="Move a paused canary's slots back.")] = False,
+    wait: Annotated[bool, typer.Option(help="Follow the move until it ends or pauses.")] = True,
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
+) -> None:
+    """Replace the shards by shards running the release Serve now runs (deploy it first),
+    one slot hand-off at a time; with --canary-slots, pause after a few and compare the two
+    versions' error rates (`points topology`), then --promote or --rollback."""
+    if sum((version is not None, promote, rollback)) != 1:
+        console.print("[red]give one of[/] --version, --promote, --rollback")
+        raise typer.Exit(2)
+    body: dict[str, Any]
+    if version is not None:
+        body = {"version": version}
+        if canary_slots is not None:
+            body["canary_slots"] = canary_slots
+    else:
+        body = {"action": "promote" if promote else "rollback"}
+    _put_topology(body, wait, url, key)
+
+
+def _put_topology(body: dict[str, Any], wait: bool, url: str | None, key: str | None) -> None:
     client = _api_client(url, key)
     try:
         with client:
@@ -409,12 +447,17 @@ def _follow_move(client: httpx.Client, view: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + SCALE_WAIT_S
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("moving slots", total=max(move["slots_total"], 1))
-        while move is not None and time.monotonic() < deadline:
+        while move is not None and move["state"] == "running" and time.monotonic() < deadline:
             progress.update(task, completed=move["slots_moved"])
             time.sleep(SCALE_POLL_S)
             view = client.get("/v1/admin/topology").json()
             move = view["move"]
-    if move is not None:
+    if move is not None and move["state"] == "canary":
+        console.print(
+            "[yellow]canary paused[/]: compare the versions below, then"
+            " `points upgrade --promote` or `--rollback`"
+        )
+    elif move is not None:
         console.print("[yellow]still moving[/]: follow it with `points topology`")
     return view
 
@@ -439,7 +482,7 @@ def topology(
 
 
 def topology_table(view: dict[str, Any]) -> Table:
-    table = Table("kind", "shard", "slots", "node", "pid")
+    table = Table("kind", "shard", "slots", "version", "node", "pid")
     for kind in ("account_shards", "reward_shards"):
         for shard in view[kind]:
             node = shard["node_ip"] or "(restarting)"
@@ -449,15 +492,26 @@ def topology_table(view: dict[str, Any]) -> Table:
                 kind.removesuffix("_shards"),
                 str(shard["index"]),
                 str(shard["slots"]),
+                shard.get("version") or "?",
                 node,
                 str(shard["pid"] or ""),
             )
+    rates = [
+        f"{kind.removesuffix('_shards')} {v['version']}: {v['slots']} slots,"
+        f" error rate {100 * v['error_rate']:.2f}% of {v['ops'] + v['failed']}"
+        for kind, versions in view.get("versions", {}).items()
+        for v in versions
+    ]
     move = view.get("move")
+    if len(rates) > 2:  # two releases side by side (a canary)
+        table.caption = "; ".join(rates)
     if move is not None:
-        table.caption = (
-            f"moving: {move['slots_moved']}/{move['slots_total']} slots,"
-            f" account shards {move['account_shards']['from']} -> {move['account_shards']['to']},"
-            f" reward shards {move['reward_shards']['from']} -> {move['reward_shards']['to']}"
+        accounts, rewards = move["account_shards"], move["reward_shards"]
+        state = "canary paused" if move["state"] == "canary" else "moving"
+        table.caption = (table.caption or "") + (
+            f"\n{state}: {move['slots_moved']}/{move['slots_total']} slots, account shards"
+            f" {accounts['from']} -> {accounts['to']}, reward shards"
+            f" {rewards['from']} -> {rewards['to']}"
         )
     return table
 

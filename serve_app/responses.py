@@ -506,6 +506,23 @@ class ShardPlacement(_Open):
     node_id: str | None = Field(description="null while the shard restarts")
     node_ip: str | None
     pid: int | None
+    version: str | None = Field(description="the release the shard runs")
+    ops: int = Field(description="operations committed since the shard started")
+    failed: int = Field(description="operations answered unavailable since it started")
+
+
+class VersionRates(_Open):
+    version: str
+    shards: int
+    slots: int
+    ops: int
+    failed: int
+    error_rate: float
+
+
+class Versions(_Open):
+    account_shards: list[VersionRates]
+    reward_shards: list[VersionRates]
 
 
 class NodeHolding(_Open):
@@ -527,9 +544,25 @@ class Topology(_Open):
                     "node_id": "9f1c",
                     "node_ip": "10.0.0.5",
                     "pid": 4242,
+                    "version": "0.1.0",
+                    "ops": 1200,
+                    "failed": 0,
                 }
             ],
             "reward_shards": [],
+            "versions": {
+                "account_shards": [
+                    {
+                        "version": "0.1.0",
+                        "shards": 1,
+                        "slots": 512,
+                        "ops": 1200,
+                        "failed": 0,
+                        "error_rate": 0.0,
+                    }
+                ],
+                "reward_shards": [],
+            },
             "nodes": [
                 {
                     "node_id": "9f1c",
@@ -545,4 +578,7 @@ class Topology(_Open):
     account_shards: list[ShardPlacement]
     reward_shards: list[ShardPlacement]
     nodes: list[NodeHolding]
-    move: dict[str, Any] | None = Field(description="the slot move in progress, if any")
+    versions: Versions = Field(description="per release: shards, slots and error rate")
+    move: dict[str, Any] | None = Field(
+        description="the move in progress (state running, or canary: paused), if any"
+    )

@@ -12,6 +12,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     field_validator,
+    model_validator,
 )
 
 from actors.routing import SLOTS
@@ -160,8 +161,30 @@ class EventBatchIn(_Strict):
     events: list[EventBody | Any] = Field(min_length=1, max_length=EVENTS_PER_BATCH_MAX)
 
 
+# The longest release name an upgrade takes.
+VERSION_LENGTH_MAX = 64
+
+
 class TopologyPut(_Strict):
-    """The shard counts to move to (`points scale`); omitted: the current count."""
+    """A move: the shard counts to move to (`points scale`; omitted: the current count);
+    with `version`, an upgrade: every slot moves to a new generation of shards that run the
+    code of the ingress taking this request, first only `canary_slots` of each kind (then
+    the move pauses: `action` promote or rollback). `action` alone acts on a paused canary."""
 
     account_shards: StrictInt | None = Field(default=None, ge=1, le=SLOTS)
     reward_shards: StrictInt | None = Field(default=None, ge=1, le=SLOTS)
+    version: str | None = Field(
+        default=None, min_length=1, max_length=VERSION_LENGTH_MAX, pattern=r"^[A-Za-z0-9._+-]+$"
+    )
+    canary_slots: StrictInt | None = Field(default=None, ge=1, le=SLOTS)
+    action: Literal["promote", "rollback"] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_request(self) -> "TopologyPut":
+        if self.canary_slots is not None and self.version is None:
+            raise ValueError("canary_slots needs a version (a canary is part of an upgrade)")
+        if self.action is not None and (
+            self.version or self.account_shards or self.reward_shards or self.canary_slots
+        ):
+            raise ValueError("action acts on the paused canary alone: give no other field")
+        return self

@@ -24,7 +24,7 @@ from actors.routers import TopologyRouter
 from actors.routing import NAMESPACE, SLOTS, reward_shard_name, shard_name
 from actors.shard_client import ACTOR_ERRORS, ShardClient
 from db.api_repo import ApiRepo
-from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_indexes
+from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_rows
 from domain.errors import Code, PointsError
 from serve_app.auth import KeyCache
 
@@ -74,9 +74,9 @@ class Backend:
         # The slot map: seeded on a new database from the configured counts; after that the
         # database says how many shards there are (a move changes it).
         ensure_topology(dsn, {"account": shards, "reward": shard_config["reward_shards"]}, SLOTS)
-        for kind, indexes in shard_indexes(dsn).items():
-            for index in indexes:
-                fleet.shard_actor(kind, index, dsn, shard_config)
+        for kind, rows in shard_rows(dsn).items():
+            for row in rows:
+                fleet.shard_actor(kind, row.shard, dsn, shard_config, row.runtime_env)
         self.topology = TopologyRepo(dsn)
         self.account_router = TopologyRouter("account", dsn, shard_name)
         self.reward_router = TopologyRouter("reward", dsn, reward_shard_name)

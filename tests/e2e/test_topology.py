@@ -13,8 +13,9 @@ async def test_topology_shows_slots_per_shard_and_where_each_runs(
     view = response.json()
     assert view["slots"] == SLOTS and view["move"] is None
     accounts, rewards = view["account_shards"], view["reward_shards"]
-    # The e2e service runs 2 account shards and 1 reward shard (tests/e2e/conftest.py).
-    assert [s["index"] for s in accounts] == [0, 1] and [s["index"] for s in rewards] == [0]
+    # The e2e service runs 2 account shards and 1 reward shard (tests/e2e/conftest.py; the
+    # scaling tests that run before this one move back to those counts).
+    assert len(accounts) == 2 and len(rewards) == 1
     assert sum(s["slots"] for s in accounts) == SLOTS
     assert sum(s["slots"] for s in rewards) == SLOTS
     for shard in accounts + rewards:
@@ -26,7 +27,9 @@ async def test_topology_shows_slots_per_shard_and_where_each_runs(
         for kind in ("account_shards", "reward_shards")
         for index in node[kind]
     }
-    assert held == {("account_shards", i) for i in (0, 1)} | {("reward_shards", 0)}
+    assert held == {("account_shards", s["index"]) for s in accounts} | {
+        ("reward_shards", s["index"]) for s in rewards
+    }
     assert {n["node_id"] for n in view["nodes"]} == {s["node_id"] for s in accounts + rewards}
 
 

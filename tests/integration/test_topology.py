@@ -143,7 +143,7 @@ async def test_one_move_at_a_time_and_retired_shards_own_nothing(
         await topology.start_move((2, 4), (1, 1), 10)
     move = await topology.running_move()
     assert move is not None
-    await topology.finish_move(move.move_id, "done", None)
+    await topology.finish_move(move, "done", None)
     assert await topology.running_move() is None
     # A shard that still owns slots is not retired; one that owns none is.
     await topology.add_shards("account", [2])
@@ -208,7 +208,7 @@ async def test_a_move_hands_slots_over_between_live_shards_and_resumes_after_a_c
 
     cores: dict[int, ShardCore] = {}
 
-    def actor(kind: str, index: int) -> InProcessShard:
+    def actor(kind: str, index: int, env: Any = None) -> InProcessShard:
         assert kind in ("account", "reward")
         if index not in cores:
             cores[index] = shard(database_url, topology, index)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from actors.mover import CHUNK_SLOTS, plan, slots_to_move
+from actors.mover import CHUNK_SLOTS, plan, slots_to_move, target
 from actors.protocol import Debit, Outcome, Wire, command_from_wire, outcome_to_wire
 from actors.routing import SLOTS, slot_of
 from actors.shard_client import ShardClient
@@ -32,18 +32,18 @@ def test_a_map_holds_the_slots_being_handed_off() -> None:
 
 def test_the_plan_moves_only_slots_whose_owner_changes_and_finishes_half_way_first() -> None:
     rows = rows_of([s % 2 for s in range(SLOTS)])
-    steps = plan(rows, 2)
+    steps = plan(rows, target(2))
     assert steps == []
-    up = plan(rows, 4)
+    up = plan(rows, target(4))
     # From 2 to 4 shards: slots 2 and 3 (mod 4) change hands, half of all.
     assert slots_to_move(rows, 4) == SLOTS // 2
     assert all(len(slots) <= CHUNK_SLOTS for _, _, slots in up)
     assert all(slot % 4 == new and slot % 2 == old for old, new, slots in up for slot in slots)
     # A hand-off left half-way (slot 6 marked moving from 0 to 2) is finished first.
     half_way = rows_of([s % 2 for s in range(SLOTS)], moving={6: 2})
-    assert plan(half_way, 4)[0] == (0, 2, [6])
-    assert 6 not in [slot for _, _, slots in plan(half_way, 4)[1:] for slot in slots]
-    down = plan(rows_of([s % 4 for s in range(SLOTS)]), 1)
+    assert plan(half_way, target(4))[0] == (0, 2, [6])
+    assert 6 not in [slot for _, _, slots in plan(half_way, target(4))[1:] for slot in slots]
+    down = plan(rows_of([s % 4 for s in range(SLOTS)]), target(1))
     assert sum(len(s) for _, _, s in down) == SLOTS * 3 // 4
 
 

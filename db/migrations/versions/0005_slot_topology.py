@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -35,12 +35,19 @@ def upgrade() -> None:
         sa.Column("kind", sa.Text, primary_key=True),
         # Bumped with every change of the kind's slot map: routers poll this one row.
         sa.Column("version", sa.BigInteger, nullable=False),
+        # The index of the first shard of the current generation: shard base + i owns the
+        # slots with slot % count == i (an upgrade moves the slots to a new generation).
+        sa.Column("base", sa.Integer, nullable=False, server_default="0"),
         sa.CheckConstraint(KINDS, name="topology_kind_known"),
     )
     op.create_table(
         "topology_shards",
         sa.Column("kind", sa.Text, primary_key=True),
         sa.Column("shard", sa.Integer, primary_key=True),
+        # The code the shard's actor runs: the release's name and the Ray runtime
+        # environment it is created with (none: the cluster's own).
+        sa.Column("code_version", sa.Text, nullable=False, server_default=""),
+        sa.Column("runtime_env", JSONB),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint(KINDS, name="topology_shards_kind_known"),
         sa.CheckConstraint("shard >= 0", name="topology_shards_index"),
@@ -68,6 +75,13 @@ def upgrade() -> None:
         sa.Column("account_to", sa.Integer, nullable=False),
         sa.Column("reward_from", sa.Integer, nullable=False),
         sa.Column("reward_to", sa.Integer, nullable=False),
+        # Where the target shards start (an upgrade: a new generation of shards) and the
+        # code they run; with canary_slots, the move pauses (state canary) after that many.
+        sa.Column("account_base", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("reward_base", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("code_version", sa.Text),
+        sa.Column("runtime_env", JSONB),
+        sa.Column("canary_slots", sa.Integer),
         sa.Column("state", sa.Text, nullable=False),
         sa.Column("slots_total", sa.Integer, nullable=False),
         sa.Column("slots_moved", sa.Integer, nullable=False),
@@ -75,18 +89,22 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
-        sa.CheckConstraint("state IN ('running', 'done', 'failed')", name="topology_moves_state"),
+        sa.CheckConstraint(
+            "state IN ('running', 'canary', 'done', 'failed', 'rolled_back')",
+            name="topology_moves_state",
+        ),
         sa.CheckConstraint(
             "account_to > 0 AND reward_to > 0 AND slots_moved >= 0", name="topology_moves_valid"
         ),
     )
-    # At most one move runs at a time: the second PUT of two racing ones fails here.
+    # At most one move at a time (a paused canary counts): the second of two racing
+    # starts fails here.
     op.create_index(
         "topology_moves_one_running",
         "topology_moves",
-        [sa.text("(state)")],
+        [sa.text("(true)")],
         unique=True,
-        postgresql_where=sa.text("state = 'running'"),
+        postgresql_where=sa.text("state IN ('running', 'canary')"),
     )
 
 

@@ -36,6 +36,8 @@ COORDINATOR_NAME = "points-topology"
 CHUNK_SLOTS = 64
 RELEASE_TIMEOUT_S = 20.0
 TELL_TIMEOUT_S = 5.0
+# How long a new shard may take to start (a new runtime environment: a new worker process).
+READY_TIMEOUT_S = 60.0
 # A move that failed on a step (the database away, say) is tried again after this.
 RETRY_DELAY_S = 1.0
 
@@ -124,7 +126,7 @@ class Mover:
         await self.repo.add_shards(kind, indexes, move.code_version or "", code_env(move))
         # Each shard in the code it was added with (a shard that runs already is found).
         envs = {row.shard: row.runtime_env for row in await self.repo.shard_rows(kind)}
-        handles = {index: self._actor(kind, index, envs.get(index)) for index in indexes}
+        handles = {index: await self._ready(kind, index, envs.get(index)) for index in indexes}
         _, rows = await self.repo.slots(kind)
         moved_total = 0
         if budget is not None:  # a canary resumed after a crash: count what it moved
@@ -140,6 +142,22 @@ class Mover:
             moved_total += moved
             await self.repo.progress(move.move_id, moved)
             await self._tell(handles.get(new) or self._actor(kind, new, envs.get(new)))
+
+    async def _ready(self, kind: Kind, index: int, env: dict[str, Any] | None) -> Any:
+        """The shard's handle once it answers: a new owner must be up before it is given
+        slots (its requests would wait for it). A handle to an actor that died (a name
+        Ray had not released yet) is replaced by a new actor."""
+        deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
+        while True:
+            handle = self._actor(kind, index, env)
+            try:
+                await asyncio.wait_for(handle.ping.remote(), READY_TIMEOUT_S)
+                return handle
+            except Exception as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"{kind} shard {index} does not start: {exc!r}") from exc
+                log.warning("%s shard %d not ready (%r); again", kind, index, exc)
+                await asyncio.sleep(RETRY_DELAY_S)
 
     async def _retire_extra(self, kind: Kind, count: int, base: int) -> None:
         extra = [i for i in await self.repo.shards(kind) if not base <= i < base + count]

@@ -180,6 +180,17 @@ def create_app() -> FastAPI:
 app = create_app()
 
 
+# Ingress autoscaling (settings: replicas .. max_replicas). The target is the number of
+# requests in flight per replica at which one replica reaches its throughput plateau
+# (measured with `python -m loadtests.scale_bench --sweep`, see docs/scaling.md): below
+# it a replica has headroom; above it requests only queue, so another replica helps.
+TARGET_ONGOING_REQUESTS = 32
+# Scale up after load has stayed high this long; down only after a longer quiet spell
+# (a replica takes seconds to start: do not flap on a burst).
+UPSCALE_DELAY_S = 10.0
+DOWNSCALE_DELAY_S = 120.0
+
+
 @serve.deployment(
     name="PointsIngress",
     max_ongoing_requests=2000,
@@ -197,11 +208,33 @@ class PointsIngress:
         wiring.install(wiring.Backend(dsn, redis_url, shards, shard_config))
 
 
+def replica_options(replicas: int, max_replicas: int | None) -> dict[str, Any]:
+    """A fixed number of ingress replicas, or Serve autoscaling between the two."""
+    assert replicas >= 1
+    if max_replicas is None or max_replicas <= replicas:
+        return {"num_replicas": replicas}
+    return {
+        "autoscaling_config": {
+            "min_replicas": replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": TARGET_ONGOING_REQUESTS,
+            "upscale_delay_s": UPSCALE_DELAY_S,
+            "downscale_delay_s": DOWNSCALE_DELAY_S,
+        }
+    }
+
+
 def build_app(
-    dsn: str, redis_url: str | None, shards: int, shard_config: dict[str, Any], replicas: int = 1
+    dsn: str,
+    redis_url: str | None,
+    shards: int,
+    shard_config: dict[str, Any],
+    replicas: int = 1,
+    max_replicas: int | None = None,
 ) -> Any:
     """The Serve application `points up` (and the e2e tests) deploy."""
     assert ray.is_initialized()
+    options = replica_options(replicas, max_replicas)
     # A Deployment, made by @serve.deployment: mypy ignores class decorators' return types.
-    deployment = PointsIngress.options(num_replicas=replicas)  # type: ignore[attr-defined]
+    deployment = PointsIngress.options(**options)  # type: ignore[attr-defined]
     return deployment.bind(dsn, redis_url, shards, shard_config)

@@ -45,6 +45,7 @@ ARG_NAMES = (
     "redis_url",
     "shards",
     "replicas",
+    "max_replicas",
     "batch_max",
     "batch_window_ms",
     "accounts_cached_max",
@@ -89,7 +90,12 @@ def app_builder(args: dict[str, str]) -> Application:
         "configured" if settings.redis_url else "not configured",
     )
     app: Application = build_app(
-        dsn, settings.redis_url, settings.shards, shard_config(settings), settings.replicas
+        dsn,
+        settings.redis_url,
+        settings.shards,
+        shard_config(settings),
+        settings.replicas,
+        settings.max_replicas,
     )
     return app
 

@@ -194,8 +194,15 @@ def up(
     address: Annotated[
         str | None, typer.Option("--address", help="Join this Ray cluster instead of starting one.")
     ] = None,
-    shards: Annotated[int | None, typer.Option(help="Account shard actors.")] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(help="Account shard actors of a new database (then: `points scale`)."),
+    ] = None,
     replicas: Annotated[int | None, typer.Option(help="HTTP ingress replicas.")] = None,
+    max_replicas: Annotated[
+        int | None,
+        typer.Option(help="Autoscale the ingress from --replicas up to this many replicas."),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     redis_url: RedisUrl = None,
@@ -209,6 +216,7 @@ def up(
         ray_address=address,
         shards=shards,
         replicas=replicas,
+        max_replicas=max_replicas,
         data_dir=data_dir,
         database_url=database_url,
         redis_url=redis_url,

@@ -261,6 +261,7 @@ def deploy(settings: Settings, dsn: str, redis_url: str | None = None) -> str:
             settings.shards,
             shard_config(settings),
             settings.replicas,
+            settings.max_replicas,
         ),
         name=APP_NAME,
         route_prefix="/",

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # Account shard actors (each owns slots; see actors/routing.py).
     shards: int = Field(default=2, ge=1, le=1024)
     replicas: int = Field(default=1, ge=1, le=64)
+    # Ingress autoscaling: above `replicas` (the floor), Serve adds replicas up to this many
+    # when each has more than its target of requests in flight (serve_app/app.py). Unset
+    # or equal to `replicas`: a fixed number of replicas.
+    max_replicas: int | None = Field(default=None, ge=1, le=64)
     batch_max: int = Field(default=1024, ge=1, le=100_000)
     # Wait this long for more operations before a group commit: bigger batches cost less
     # CPU per operation (measured: more debits/s, lower p99 under load) for up to 5 ms

@@ -142,6 +142,22 @@ class Backend:
                 log.warning("%s shard %d not found", kind, index)
         return found
 
+    async def ping_shard(self, kind: Kind, index: int, timeout_s: float) -> dict[str, Any]:
+        """A shard's ping. A handle to an actor that died for good (a shard retired by a
+        move and created again under its name) is dropped and the name looked up again."""
+        router = self.account_router if kind == "account" else self.reward_router
+        for attempt in range(2):
+            try:
+                found: dict[str, Any] = await asyncio.wait_for(
+                    router.handle(index).ping.remote(), timeout_s
+                )
+                return found
+            except ACTOR_ERRORS:
+                router.forget_handle(index)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     async def forget_program(self, program_id: str) -> None:
         """Tell every account shard to read the program's policy and rules again (each also
         re-reads them within PROGRAM_CONFIG_TTL_S on its own)."""

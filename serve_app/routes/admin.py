@@ -24,19 +24,18 @@ router = APIRouter(tags=["admin"])
 PING_TIMEOUT_S = 5.0
 
 
-async def _ping(handle: Any) -> dict[str, Any] | None:
+async def _ping(wiring: Backend, kind: Kind, index: int) -> dict[str, Any] | None:
     try:
-        found: dict[str, Any] = await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S)
+        return await wiring.ping_shard(kind, index, PING_TIMEOUT_S)
     except Exception:  # restarting, or on a node that went away: shown without a place
         return None
-    return found
 
 
 async def _kind_view(wiring: Backend, kind: Kind) -> list[dict[str, Any]]:
     _, rows = await wiring.topology.slots(kind)
     owned = Counter(row.owner for row in rows)
     handles = await wiring.shard_handles(kind)
-    pings = await asyncio.gather(*(_ping(handle) for _, handle in handles))
+    pings = await asyncio.gather(*(_ping(wiring, kind, index) for index, _ in handles))
     views = []
     for (index, _), ping in zip(handles, pings, strict=True):
         views.append(

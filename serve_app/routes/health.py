@@ -33,10 +33,11 @@ async def readyz(request: Request) -> Response:
     wiring = backend(request)
     try:
         await asyncio.wait_for((await wiring.repo()).ping(), DATABASE_PING_TIMEOUT_S)
-        accounts = [handle for _, handle in await wiring.shard_handles("account")]
-        rewards = [handle for _, handle in await wiring.shard_handles("reward")]
-        pings = await asyncio.wait_for(
-            asyncio.gather(*(s.ping.remote() for s in accounts + rewards)), SHARD_PING_TIMEOUT_S
+        accounts = await wiring.shard_handles("account")
+        rewards = await wiring.shard_handles("reward")
+        pings = await asyncio.gather(
+            *(wiring.ping_shard("account", i, SHARD_PING_TIMEOUT_S) for i, _ in accounts),
+            *(wiring.ping_shard("reward", i, SHARD_PING_TIMEOUT_S) for i, _ in rewards),
         )
         shards, reward_shards = pings[: len(accounts)], pings[len(accounts) :]
         consumer = None

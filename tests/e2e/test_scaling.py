@@ -246,13 +246,13 @@ async def test_an_upgrade_with_a_canary_then_promoted_or_rolled_back_loses_nothi
         )
         assert started.status_code == 202, started.text
         canary = await wait_for_move(client, "canary")
-        for _ in range(60):  # a new shard answers once its process is up (new runtime env)
+        for _ in range(120):  # a new shard answers once its process is up (new runtime env)
             if all(s["version"] for s in canary["account_shards"] + canary["reward_shards"]):
                 break
             await asyncio.sleep(0.5)
             canary = (await client.get("/v1/admin/topology")).json()
         rates = {v["version"]: v for v in canary["versions"]["account_shards"]}
-        assert set(rates) == {old_version, "e2e-v2"}, rates
+        assert set(rates) == {old_version, "e2e-v2"}, canary
         assert rates["e2e-v2"]["slots"] == 64 and rates[old_version]["slots"] == SLOTS - 64
         assert "error_rate" in rates["e2e-v2"]
         # While paused, another move is refused; promoting goes on.

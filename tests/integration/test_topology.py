@@ -195,6 +195,7 @@ class InProcessShard:
         self.core = core
         self.release = _Method(lambda slots: core.release(slots, 5.0))
         self.refresh_ownership = _Method(self._refresh)
+        self.ping = _Method(core.ping)
 
     async def _refresh(self) -> list[int]:
         await self.core.ownership.refresh(force=True)

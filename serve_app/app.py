@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors.placement import CODE_VERSION_ENV
 from domain.errors import Code, PointsError
 from domain.limits import BODY_BYTES_MAX
 from serve_app import openapi, wiring
@@ -191,10 +192,14 @@ UPSCALE_DELAY_S = 10.0
 DOWNSCALE_DELAY_S = 120.0
 
 
+# Replicas ask for no CPU: on a small machine they share it with the shards.
+REPLICA_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0}
+
+
 @serve.deployment(
     name="PointsIngress",
     max_ongoing_requests=2000,
-    ray_actor_options={"num_cpus": 0},
+    ray_actor_options=REPLICA_ACTOR_OPTIONS,
     health_check_period_s=5,
     # Per-request access logs cost more CPU than a debit; metrics cover request counts.
     logging_config={"enable_access_log": False},
@@ -231,10 +236,17 @@ def build_app(
     shard_config: dict[str, Any],
     replicas: int = 1,
     max_replicas: int | None = None,
+    code_version: str | None = None,
 ) -> Any:
-    """The Serve application `points up` (and the e2e tests) deploy."""
+    """The Serve application `points up` (and the e2e tests) deploy. `code_version` names
+    the release in the replicas' environment (a changed one makes Serve roll the replicas)."""
     assert ray.is_initialized()
     options = replica_options(replicas, max_replicas)
+    if code_version is not None:
+        options["ray_actor_options"] = {
+            **REPLICA_ACTOR_OPTIONS,
+            "runtime_env": {"env_vars": {CODE_VERSION_ENV: code_version}},
+        }
     # A Deployment, made by @serve.deployment: mypy ignores class decorators' return types.
     deployment = PointsIngress.options(**options)  # type: ignore[attr-defined]
     return deployment.bind(dsn, redis_url, shards, shard_config)

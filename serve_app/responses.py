@@ -476,8 +476,9 @@ class Confirmation(_Open):
 
 
 class Health(_Open):
-    model_config = _example({"status": "ok"})
+    model_config = _example({"status": "ok", "version": "0.1.0"})
     status: str
+    version: str = Field(description="the release this ingress replica runs")
 
 
 class Ready(_Open):

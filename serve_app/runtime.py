@@ -250,7 +250,10 @@ def _started_by_ray(proc: Any) -> bool:
     return False
 
 
-def deploy(settings: Settings, dsn: str, redis_url: str | None = None) -> str:
+def deploy(
+    settings: Settings, dsn: str, redis_url: str | None = None, code_version: str | None = None
+) -> str:
+    """Deploy (or deploy again: Serve replaces the replicas with a rolling update)."""
     from serve_app.app import build_app
 
     serve.start(http_options={"host": settings.host, "port": settings.port})
@@ -262,6 +265,7 @@ def deploy(settings: Settings, dsn: str, redis_url: str | None = None) -> str:
             shard_config(settings),
             settings.replicas,
             settings.max_replicas,
+            code_version,
         ),
         name=APP_NAME,
         route_prefix="/",

@@ -5,6 +5,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from actors.placement import code_version
 from domain.errors import Code
 from serve_app.http import backend
 from serve_app.openapi import route
@@ -21,8 +22,8 @@ REDIS_PING_TIMEOUT_S = 2.0
     "/healthz", response_model=Health, openapi_extra=route(authenticated=False, validated=False)
 )
 async def healthz() -> Response:
-    """The process is alive."""
-    return JsonResponse({"status": "ok"})
+    """The process is alive, and which release it runs."""
+    return JsonResponse({"status": "ok", "version": code_version()})
 
 
 @router.get(

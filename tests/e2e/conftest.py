@@ -5,6 +5,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,9 @@ class Service:
     url: str
     database_url: str
     headers: dict[str, str]
+    # How it was deployed (a test deploys it again: a rolling update).
+    settings: Any = None
+    redis_url: str | None = None
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +45,9 @@ def service(database_url: str, redis_url: str) -> Iterator[Service]:
     started = runtime.start_ray(settings)
     try:
         url = runtime.deploy(settings, database_url, redis_url)
-        yield Service(url, database_url, {"Authorization": f"Bearer {ADMIN_KEY}"})
+        yield Service(
+            url, database_url, {"Authorization": f"Bearer {ADMIN_KEY}"}, settings, redis_url
+        )
     finally:
         runtime.stop_ray(settings, started)
 

@@ -305,3 +305,40 @@ async def test_canary_fields_are_checked(client: httpx.AsyncClient) -> None:
     ):
         answer = await client.put("/v1/admin/topology", json=body)
         assert answer.status_code == 422, (body, answer.text)
+
+
+async def test_a_redeploy_rolls_the_ingress_replicas_under_traffic(
+    client: httpx.AsyncClient, program: str, service: Any
+) -> None:
+    """New code for the ingress: Serve replaces its replicas (a rolling update) while the
+    bank workload runs; nothing is lost or doubled, and what clients saw is counted."""
+    from serve_app import runtime
+
+    before = (await client.get("/healthz")).json()["version"]
+    bank = Bank(client, program, members=30)
+    stop = asyncio.Event()
+    traffic = asyncio.create_task(bank.run(clients=12, until=stop))
+    try:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(
+            runtime.deploy,
+            service.settings,
+            service.database_url,
+            service.redis_url,
+            "e2e-ingress-2",
+        )
+        for _ in range(100):
+            if (await client.get("/healthz")).json()["version"] == "e2e-ingress-2":
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await traffic
+    assert before != "e2e-ingress-2"
+    assert (await client.get("/healthz")).json()["version"] == "e2e-ingress-2"
+    print(
+        f"bank during a rolling update of the ingress: {bank.ops} operations,"
+        f" {bank.retries} retries ({bank.status_5xx} answered 5xx)"
+    )
+    await bank.verify()

@@ -4,7 +4,9 @@ Both the ingress (at start) and the move coordinator (when a move adds shards) c
 here, with the same options: named in the `points` namespace so any process finds them,
 detached so they outlive the process that created them, and spread over the cluster's
 nodes (Ray's SPREAD strategy: each new actor goes to the node holding fewest of them;
-the shards ask for no CPU, so without it Ray would pack them all on one node).
+the shards ask for no CPU, so without it Ray would pack them all on one node). A move
+places each shard it creates on the live node holding fewest shards (`least_loaded`), so a
+node added to the cluster takes the shards of the next `points scale`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.account_shard import AccountShard
 from actors.reward_shard import RewardShard
@@ -32,12 +35,17 @@ def shard_actor(
     dsn: str,
     config: dict[str, Any],
     runtime_env: dict[str, Any] | None = None,
+    node_id: str | None = None,
 ) -> Any:
     """The handle of shard `index` of `kind`, created if it does not run yet, in
-    `runtime_env` (the code of a release; none: the creator's own)."""
+    `runtime_env` (the code of a release; none: the creator's own), on `node_id` if given
+    (soft: elsewhere if that node is gone), else spread."""
     assert index >= 0
     actor_class = AccountShard if kind == "account" else RewardShard
     options: dict[str, Any] = {} if runtime_env is None else {"runtime_env": runtime_env}
+    placement: Any = SHARD_PLACEMENT
+    if node_id is not None:
+        placement = NodeAffinitySchedulingStrategy(node_id, soft=True)
     # mypy keeps a decorated class's own type (it ignores class decorators' return types),
     # so it does not see the ActorClass that @ray.remote made.
     return actor_class.options(  # type: ignore[union-attr]
@@ -45,9 +53,29 @@ def shard_actor(
         namespace=NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
-        scheduling_strategy=SHARD_PLACEMENT,
+        scheduling_strategy=placement,
         **options,
     ).remote(index, dsn, config)
+
+
+def alive_nodes() -> list[str]:
+    """The ids of the cluster's live nodes."""
+    return sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])  # type: ignore[no-untyped-call]  # Ray: unannotated
+
+
+def least_loaded(kind: Kind, nodes: list[str], placed: dict[tuple[Kind, int], str]) -> str | None:
+    """The node for a new shard of `kind`: the one holding fewest shards of that kind, then
+    fewest of any kind (so a node just added gets the next shards)."""
+    if not nodes:
+        return None
+    same: dict[str, int] = dict.fromkeys(nodes, 0)
+    every: dict[str, int] = dict.fromkeys(nodes, 0)
+    for (placed_kind, _), node in placed.items():
+        if node in every:
+            every[node] += 1
+            if placed_kind == kind:
+                same[node] += 1
+    return min(nodes, key=lambda node: (same[node], every[node], node))
 
 
 def retire(kind: Kind, index: int) -> bool:

@@ -17,6 +17,7 @@ by force, and the epoch fence refuses its commits either way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -38,6 +39,9 @@ RELEASE_TIMEOUT_S = 20.0
 TELL_TIMEOUT_S = 5.0
 # How long a new shard may take to start (a new runtime environment: a new worker process).
 READY_TIMEOUT_S = 60.0
+# Where shards run is asked of each before a move; one that does not answer this soon is
+# left out of the count.
+PLACEMENT_PING_S = 5.0
 # A move that failed on a step (the database away, say) is tried again after this.
 RETRY_DELAY_S = 1.0
 
@@ -86,14 +90,18 @@ class Mover:
     def __init__(
         self,
         repo: TopologyRepo,
-        actor: Callable[[Kind, int, dict[str, Any] | None], Any],
+        actor: Callable[[Kind, int, dict[str, Any] | None, str | None], Any],
         retire: Callable[[Kind, int], bool] = fleet.retire,
         restart: Callable[[Any], None] = fleet.restart,
+        nodes: Callable[[], list[str]] = fleet.alive_nodes,
     ) -> None:
         self.repo = repo
         self._actor = actor
         self._retire = retire
         self._restart = restart
+        self._nodes = nodes
+        # Where each shard runs, as its pings said: new shards go to the emptiest node.
+        self._placed: dict[tuple[Kind, int], str] = {}
 
     async def run(self, move: Move) -> None:
         """Bring both kinds to the move's targets, then mark it done. With `canary_slots`,
@@ -103,6 +111,7 @@ class Mover:
             ("account", move.account_to, move.account_base),
             ("reward", move.reward_to, move.reward_base),
         )
+        await self._learn_placement()
         if move.canary_slots is not None:
             for kind, count, base in kinds:
                 await self._move_kind(move, kind, count, base, budget=move.canary_slots)
@@ -141,17 +150,40 @@ class Mover:
             moved = await self.repo.finish_handoff(kind, old, slots)
             moved_total += moved
             await self.repo.progress(move.move_id, moved)
-            await self._tell(handles.get(new) or self._actor(kind, new, envs.get(new)))
+            await self._tell(handles.get(new) or self._actor(kind, new, envs.get(new), None))
+
+    async def _learn_placement(self) -> None:
+        """Ask every shard in the topology where it runs (those that do not answer soon
+        are left out: they do not count on any node)."""
+        self._placed.clear()
+        rows = [
+            (kind, row.shard, row.runtime_env)
+            for kind in ("account", "reward")
+            for row in await self.repo.shard_rows(kind)
+        ]
+
+        async def where(kind: Kind, index: int, env: dict[str, Any] | None) -> None:
+            with contextlib.suppress(Exception):
+                handle = self._actor(kind, index, env, None)
+                ping = await asyncio.wait_for(handle.ping.remote(), PLACEMENT_PING_S)
+                self._placed[(kind, index)] = ping["node_id"]
+
+        await asyncio.gather(*(where(kind, index, env) for kind, index, env in rows))  # type: ignore[arg-type]
 
     async def _ready(self, kind: Kind, index: int, env: dict[str, Any] | None) -> Any:
         """The shard's handle once it answers: a new owner must be up before it is given
-        slots (its requests would wait for it). A handle to an actor that died (a name
-        Ray had not released yet) is replaced by a new actor."""
+        slots (its requests would wait for it). A shard not running yet is created on the
+        node holding fewest shards. A handle to an actor that died (a name Ray had not
+        released yet) is replaced by a new actor."""
         deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
         while True:
-            handle = self._actor(kind, index, env)
+            node = None
+            if (kind, index) not in self._placed:
+                node = fleet.least_loaded(kind, self._nodes(), self._placed)
+            handle = self._actor(kind, index, env, node)
             try:
-                await asyncio.wait_for(handle.ping.remote(), READY_TIMEOUT_S)
+                ping = await asyncio.wait_for(handle.ping.remote(), READY_TIMEOUT_S)
+                self._placed[(kind, index)] = ping["node_id"]
                 return handle
             except Exception as exc:
                 if asyncio.get_running_loop().time() > deadline:
@@ -168,7 +200,7 @@ class Mover:
         self, kind: Kind, old: int, slots: list[int], env: dict[str, Any] | None
     ) -> None:
         try:
-            handle = self._actor(kind, old, env)
+            handle = self._actor(kind, old, env, None)
         except Exception:  # not running at all: nothing to release
             return
         try:
@@ -202,7 +234,7 @@ class TopologyCoordinator:
         self.repo = TopologyRepo(dsn)
         self.mover = Mover(
             self.repo,
-            lambda kind, index, env: fleet.shard_actor(kind, index, dsn, config, env),
+            lambda kind, index, env, node: fleet.shard_actor(kind, index, dsn, config, env, node),
         )
         self._task: asyncio.Task[None] | None = None
 

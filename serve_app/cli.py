@@ -6,7 +6,6 @@ import contextlib
 import json
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -228,7 +227,7 @@ def up(
         )
         raise typer.Exit(1)
     runtime.become_subreaper()
-    stop = threading.Event()
+    stop = StopFlag()
 
     def on_signal(*_: object) -> None:
         stop.set()
@@ -259,6 +258,7 @@ def up(
                 services.database_url,
                 services.redis_url,
                 runtime.admin_key_note(admin_key, key_source, settings.admin_key_file),
+                runtime.ray_address(),
             )
             stop.wait()
     finally:
@@ -267,8 +267,37 @@ def up(
         raise typer.Exit(1)
 
 
+# How often `points up` looks whether it was asked to stop.
+STOP_POLL_S = 0.2
+
+
+class StopFlag:
+    """Set by the signal handlers, waited on by the main thread. Not a threading.Event:
+    its set() takes a lock, and a second signal arriving while the first handler holds it
+    (Ctrl-C reaches `timeout points up` and `points up` both) deadlocked the main thread
+    inside its own handler. Setting a bool takes no lock."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self) -> None:
+        while not self._set:
+            time.sleep(STOP_POLL_S)  # a signal interrupts the sleep; the loop looks again
+
+
 def print_banner(
-    out: Console, base_url: str, database_url: str, redis_url: str, admin_key_note: str
+    out: Console,
+    base_url: str,
+    database_url: str,
+    redis_url: str,
+    admin_key_note: str,
+    ray_address: str | None = None,
 ) -> None:
     """What `points up` prints once the service answers: where everything is."""
     out.print(f"[bold green]Points is up[/] at {base_url}")
@@ -276,6 +305,8 @@ def print_banner(
     out.print(f"  Database:   {_redact(database_url)}")
     out.print(f"  Redis:      {redis_url}")
     out.print(f"  Admin key:  {admin_key_note}")
+    if ray_address:
+        out.print(f"  Ray:        {ray_address} (add a node: ray start --address {ray_address})")
     out.print("Press Ctrl-C to stop.")
 
 

@@ -195,6 +195,14 @@ def start_ray(settings: Settings) -> bool:
     return True
 
 
+def ray_address() -> str | None:
+    """The address of the cluster's GCS, which another node joins (`ray start --address`)."""
+    with contextlib.suppress(Exception):
+        found = ray.get_runtime_context().gcs_address
+        return str(found) if found else None
+    return None
+
+
 def stop_ray(settings: Settings, started_ray: bool, reap: bool = True) -> int:
     """Stop what `start_ray` + `deploy` started; returns how many leftover processes ended.
 

@@ -195,7 +195,10 @@ class InProcessShard:
         self.core = core
         self.release = _Method(lambda slots: core.release(slots, 5.0))
         self.refresh_ownership = _Method(self._refresh)
-        self.ping = _Method(core.ping)
+        self.ping = _Method(self._ping)
+
+    async def _ping(self) -> dict[str, Any]:
+        return {"node_id": "in-process", **(await self.core.ping())}
 
     async def _refresh(self) -> list[int]:
         await self.core.ownership.refresh(force=True)
@@ -209,14 +212,16 @@ async def test_a_move_hands_slots_over_between_live_shards_and_resumes_after_a_c
 
     cores: dict[int, ShardCore] = {}
 
-    def actor(kind: str, index: int, env: Any = None) -> InProcessShard:
+    def actor(kind: str, index: int, env: Any = None, node: Any = None) -> InProcessShard:
         assert kind in ("account", "reward")
         if index not in cores:
             cores[index] = shard(database_url, topology, index)
         return InProcessShard(cores[index])
 
     retired: list[int] = []
-    mover = Mover(topology, actor, retire=lambda kind, i: retired.append(i) or True)
+    mover = Mover(
+        topology, actor, retire=lambda kind, i: retired.append(i) or True, nodes=lambda: []
+    )
     members = [f"m{i}" for i in range(40)]
     try:
         for member in members:

@@ -182,3 +182,25 @@ def test_status_says_where_each_shard_runs() -> None:
     ping = {"shard": 0, "node_id": "9f1c2d3e4f5a", "node_ip": "10.0.0.5", "pid": 4242}
     assert _where(ping) == "; on node 10.0.0.5 (9f1c2d3e), pid 4242"
     assert _where({"shard": 0}) == ""  # a shard of an older version: nothing to say
+
+
+def test_points_up_stops_on_signals_arriving_together() -> None:
+    """Two signals at once (Ctrl-C reaches `timeout points up` and `points up` both) once
+    deadlocked `points up` inside its own handler; the flag it waits on takes no lock."""
+    import os
+    import signal
+    import threading
+
+    flag = cli.StopFlag()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: flag.set())
+
+    def twice() -> None:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    try:
+        threading.Timer(0.1, twice).start()
+        flag.wait()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert flag.is_set()

@@ -170,3 +170,16 @@ async def test_the_client_holds_a_moving_slot_and_resends_what_was_answered_move
     assert outcome.code is Code.CREATED and outcome.body == {"shard": 1}
     assert router.stale_calls >= 1
     assert router.shards[1].applied == ["k1"] and router.shards[0].applied == []
+
+
+def test_a_new_shard_goes_to_the_node_holding_fewest() -> None:
+    from actors.fleet import least_loaded
+
+    placed = {("account", 0): "a", ("account", 1): "a", ("reward", 0): "b", ("account", 2): "b"}
+    # Same kind first: b holds one account shard, a two; c (just added) none.
+    assert least_loaded("account", ["a", "b", "c"], placed) == "c"
+    assert least_loaded("account", ["a", "b"], placed) == "b"
+    # Ties on the kind go to the node holding fewer shards in all.
+    assert least_loaded("reward", ["a", "c"], placed) == "c"
+    assert least_loaded("reward", ["a", "b"], {("account", 0): "a"}) == "b"
+    assert least_loaded("account", [], placed) is None

@@ -196,7 +196,8 @@ def up(
     database_url: DatabaseUrl = None,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Run the whole service in the foreground until Ctrl-C or SIGTERM."""
+    """Run the whole service in the foreground until Ctrl-C or SIGTERM (or until its Ray
+    cluster stops answering: exit status 1)."""
     from serve_app import runtime
 
     settings = load_settings(
@@ -230,6 +231,7 @@ def up(
     services = None
     started_ray = False
     stopped_cleanly = False
+    cluster_gone = False
     try:
         with console.status("starting PostgreSQL and Redis…"):
             services = runtime.start_services(settings)
@@ -248,10 +250,18 @@ def up(
                 services.redis_url,
                 runtime.admin_key_note(admin_key, key_source, settings.admin_key_file),
             )
-            stop.wait()
+            # Until Ctrl-C / SIGTERM, or until the Ray cluster is gone (its head died):
+            # then stop cleanly, before Ray ends this process on its own.
+            cluster_gone = runtime.serve_until_stopped(stop)
+            if cluster_gone:
+                where = settings.ray_address or "the local head"
+                console.print(
+                    f"[red]The Ray cluster stopped answering[/] ({where}; nothing for"
+                    f" {runtime.CLUSTER_GONE_AFTER_S:.0f} s): stopping."
+                )
     finally:
         stopped_cleanly = _stop(settings, services, started_ray)
-    if not stopped_cleanly:
+    if not stopped_cleanly or cluster_gone:
         raise typer.Exit(1)
 
 

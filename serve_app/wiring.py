@@ -39,10 +39,17 @@ KEEPER_CALL_TIMEOUT_S = 5.0
 REWARD_CALLS_IN_FLIGHT = 1
 EVENT_CONSUMER_NAME = "points-event-consumer"
 FORGET_PROGRAM_TIMEOUT_S = 5.0
-# Shards spread over the cluster's nodes (Ray's SPREAD strategy: each new actor goes to the
-# node holding fewest of them), so a node added before `points scale` takes new shards.
-# They ask for no CPU (num_cpus=0), so without it Ray would pack them all on the head.
+# Shards spread over the cluster's nodes (Ray's SPREAD strategy: round robin over the nodes),
+# so a node added before `points scale` takes new shards. But Ray applies a strategy only to
+# an actor that asks for some resource: one that asks for none (num_cpus=0) goes to a node
+# picked at random, SPREAD or not. Measured on a head and two workers (Ray 2.60, the local
+# cluster of tests/cluster), sets of 2 + 2 detached shard-like actors: with num_cpus=0, of
+# 60 sets, the first 2 shared a node in 21 and all 4 shared one node once (a soft node
+# affinity was ignored too); with SHARD_CPUS, every set went round robin (8 of 8: three
+# nodes, then the 4th on the 1st's node). Hence a token CPU share: the most shards there can
+# be (1024 account + 1024 reward) hold 0.2 of a CPU.
 SHARD_PLACEMENT = "SPREAD"
+SHARD_CPUS = 0.0001
 
 
 def account_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[Any]:
@@ -57,6 +64,7 @@ def account_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[
             get_if_exists=True,
             lifetime="detached",
             scheduling_strategy=SHARD_PLACEMENT,
+            num_cpus=SHARD_CPUS,
         ).remote(i, dsn, shard_config)
         for i in range(shards)
     ]
@@ -73,6 +81,7 @@ def reward_shards(dsn: str, shards: int, shard_config: dict[str, Any]) -> list[A
             get_if_exists=True,
             lifetime="detached",
             scheduling_strategy=SHARD_PLACEMENT,
+            num_cpus=SHARD_CPUS,
         ).remote(i, count, dsn, config)
         for i in range(count)
     ]

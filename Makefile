@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test unit integration e2e e2e-cov lint bench install clean
+.PHONY: up test unit integration e2e cluster e2e-cov lint bench install clean
 
 # Coverage: lines of the four service packages (pyproject.toml [tool.coverage.run] source).
 # `make test` prints the unit + integration figure over all four packages (the table's TOTAL),
@@ -32,15 +32,16 @@ install: $(STAMP)
 up: $(STAMP)
 	$(BIN)/points up
 
-## Install, then run every test layer (unit, integration, e2e). Fails on the first layer
-## that fails or collects no test (pytest's exit 5), or on unit + integration coverage under
-## the floor (see COV_FLOOR above).
+## Install, then run every test layer (unit, integration, e2e, cluster). Fails on the first
+## layer that fails or collects no test (pytest's exit 5), or on unit + integration coverage
+## under the floor (see COV_FLOOR above).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --cov --cov-report=term:skip-covered tests/unit tests/integration
 	@printf 'Coverage floor (unit + integration, less COV_FLOOR_OMIT; %s%% required): ' $(COV_FLOOR)
 	@$(BIN)/coverage report --format=total --precision=1 --fail-under=$(COV_FLOOR) \
 	  --omit='$(COV_FLOOR_OMIT)'
 	$(BIN)/python -m pytest -q tests/e2e
+	$(BIN)/python -m pytest -q -m cluster tests/cluster
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
@@ -50,6 +51,12 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q tests/e2e
+
+## A head and two worker nodes (each its own raylet) on this machine, Points deployed on
+## them: shards spread, the books exact while a worker node dies, `points up` ending when
+## its cluster's head dies (tests/cluster; about 2 minutes).
+cluster: $(STAMP)
+	$(BIN)/python -m pytest -q -m cluster tests/cluster
 
 ## The e2e layer with coverage, figure only (no floor). Driver side only: the service itself
 ## runs in Ray worker processes (Serve replicas, shard actors), and coverage saves a process's

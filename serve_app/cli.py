@@ -206,7 +206,8 @@ def up(
     database_url: DatabaseUrl = None,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Run the whole service in the foreground until Ctrl-C or SIGTERM."""
+    """Run the whole service in the foreground until Ctrl-C or SIGTERM (or until its Ray
+    cluster stops answering: exit status 1)."""
     from serve_app import runtime
 
     settings = load_settings(
@@ -241,6 +242,7 @@ def up(
     services = None
     started_ray = False
     stopped_cleanly = False
+    cluster_gone = False
     try:
         with console.status("starting PostgreSQL and Redis…"):
             services = runtime.start_services(settings)
@@ -260,10 +262,18 @@ def up(
                 runtime.admin_key_note(admin_key, key_source, settings.admin_key_file),
                 runtime.ray_address(),
             )
-            stop.wait()
+            # Until Ctrl-C / SIGTERM, or until the Ray cluster is gone (its head died):
+            # then stop cleanly, before Ray ends this process on its own.
+            cluster_gone = runtime.serve_until_stopped(stop)
+            if cluster_gone:
+                where = settings.ray_address or "the local head"
+                console.print(
+                    f"[red]The Ray cluster stopped answering[/] ({where}; nothing for"
+                    f" {runtime.CLUSTER_GONE_AFTER_S:.0f} s): stopping."
+                )
     finally:
         stopped_cleanly = _stop(settings, services, started_ray)
-    if not stopped_cleanly:
+    if not stopped_cleanly or cluster_gone:
         raise typer.Exit(1)
 
 
@@ -286,9 +296,17 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._set
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> bool:
+        """Like threading.Event.wait: True once set, False when `timeout` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._set:
-            time.sleep(STOP_POLL_S)  # a signal interrupts the sleep; the loop looks again
+            left = (
+                STOP_POLL_S if deadline is None else min(STOP_POLL_S, deadline - time.monotonic())
+            )
+            if left <= 0:
+                return False
+            time.sleep(left)  # a signal interrupts the sleep; the loop looks again
+        return True
 
 
 def print_banner(

@@ -9,9 +9,11 @@ import os
 import random
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray import serve
@@ -208,13 +210,69 @@ def stop_ray(settings: Settings, started_ray: bool, reap: bool = True) -> int:
 
     On our own local head, `ray.shutdown()` ends every actor (shards included) and the
     subreaper ends what they started (HAProxy); `serve.shutdown()` would only add a 30 s
-    wait for the controller. On a shared cluster, remove what we deployed.
+    wait for the controller. On a shared cluster, remove what we deployed, unless the
+    cluster no longer answers: then there is nothing left to remove, and Serve's and Ray's
+    calls would wait for it until Ray ends this process (see CLUSTER_GONE_AFTER_S).
+    `ray.shutdown()` itself gives up on a gone cluster after a few seconds (5 s, measured).
     """
     if ray.is_initialized():
-        if not started_ray:
+        if not started_ray and cluster_answers():
             undeploy(settings)
         ray.shutdown()
     return reap_descendants(ray_only=True) if started_ray and reap else 0
+
+
+# While `points up` serves, it checks that its Ray cluster still answers. A driver whose
+# GCS is gone is ended by Ray itself once gcs_rpc_server_reconnect_timeout_s (60 s by
+# default) has passed, abruptly (a fatal log line, exit 1): none of `points up`'s stop runs,
+# so an embedded PostgreSQL or Redis it started keeps running and no "Stopped." is printed.
+# So it stops by itself first, cleanly, once the cluster has not answered for
+# CLUSTER_GONE_AFTER_S; a GCS back sooner (GCS fault tolerance restarts it) is waited for.
+CLUSTER_CHECK_INTERVAL_S = 2.0
+CLUSTER_PROBE_TIMEOUT_S = 2.0
+CLUSTER_GONE_AFTER_S = 20.0
+
+
+def cluster_answers(timeout_s: float = CLUSTER_PROBE_TIMEOUT_S) -> bool:
+    """Does the GCS of the cluster this process joined answer within `timeout_s`?
+
+    A key-value read with a deadline, through the driver's GCS client: Ray's public calls
+    (ray.nodes(), ray.get_actor()) have none and wait for a gone GCS until Ray ends the
+    process. Ray has no public liveness call, hence the private attribute; if a Ray
+    upgrade removes it, this answers False and `points up` stops: loudly, not silently.
+    """
+    gcs = getattr(ray._private.worker.global_worker, "gcs_client", None)
+    if gcs is None:  # not connected
+        return False
+    try:
+        gcs.internal_kv_get(b"points-liveness-probe", b"points", timeout=timeout_s)
+    except Exception:
+        return False
+    return True
+
+
+class Stop(Protocol):
+    """What `serve_until_stopped` waits on (a threading.Event, or `points up`'s flag)."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def serve_until_stopped(
+    stop: Stop,
+    answers: Callable[[], bool] = cluster_answers,
+    interval_s: float = CLUSTER_CHECK_INTERVAL_S,
+    gone_after_s: float = CLUSTER_GONE_AFTER_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Wait until `stop` is set (returns False) or the cluster has not answered for
+    `gone_after_s` (returns True: the cluster is gone)."""
+    answered = clock()
+    while not stop.wait(interval_s):
+        if answers():
+            answered = clock()
+        elif clock() - answered >= gone_after_s:
+            return True
+    return False
 
 
 def become_subreaper() -> None:

@@ -40,10 +40,6 @@ KEEPER_CALL_TIMEOUT_S = 5.0
 REWARD_CALLS_IN_FLIGHT = 1
 EVENT_CONSUMER_NAME = "points-event-consumer"
 FORGET_PROGRAM_TIMEOUT_S = 5.0
-# Shards spread over the cluster's nodes (Ray's SPREAD strategy: each new actor goes to the
-# node holding fewest of them), so a node added before `points scale` takes new shards.
-# They ask for no CPU (num_cpus=0), so without it Ray would pack them all on the head.
-SHARD_PLACEMENT = "SPREAD"
 
 
 def event_consumer(redis_url: str | None, dsn: str, shard_config: dict[str, Any]) -> Any:

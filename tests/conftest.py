@@ -1,4 +1,4 @@
-"""Shared fixtures. Layers are marked by folder: unit, integration, e2e.
+"""Shared fixtures. Layers are marked by folder: unit, integration, e2e, cluster.
 
 PostgreSQL for integration and e2e tests: POINTS_TEST_DATABASE_URL names a server (an admin
 connection, e.g. postgresql://postgres@127.0.0.1:5432/postgres); each test run creates its
@@ -24,7 +24,7 @@ LOCAL_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for layer in ("unit", "integration", "e2e"):
+        for layer in ("unit", "integration", "e2e", "cluster"):
             if layer in parts:
                 item.add_marker(getattr(pytest.mark, layer))
 

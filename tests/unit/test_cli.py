@@ -6,6 +6,7 @@ httpx.MockTransport (the CLI's own client, nothing else).
 
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,38 @@ def test_points_up_stops_on_signals_arriving_together() -> None:
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert flag.is_set()
+
+
+def test_up_serves_until_its_cluster_has_not_answered_long_enough() -> None:
+    """`points up` stops by itself once its Ray cluster is gone; a short outage (a GCS
+    restarting) is waited for."""
+    now = [0.0]
+    answers = [True, False, False, True, False, False, False, False]
+
+    def probe() -> bool:
+        now[0] += 5.0
+        return answers.pop(0)
+
+    gone = runtime.serve_until_stopped(
+        threading.Event(), probe, interval_s=0, gone_after_s=12, clock=lambda: now[0]
+    )
+    # Silent 5-15 s, answered at 20 s, then silent from 25 s: gone at 35 s (15 s >= 12 s).
+    assert gone and now[0] == 35.0 and answers == [False]
+
+
+def test_up_serves_until_stopped_while_its_cluster_answers() -> None:
+    stop = threading.Event()
+    probes: list[bool] = []
+
+    def probe() -> bool:
+        probes.append(True)
+        if len(probes) == 3:
+            stop.set()  # Ctrl-C, say
+        return True
+
+    assert runtime.serve_until_stopped(stop, probe, interval_s=0, gone_after_s=0) is False
+    assert len(probes) == 3
+
+
+def test_a_process_not_connected_to_ray_has_no_cluster_answering() -> None:
+    assert runtime.cluster_answers(timeout_s=0.1) is False

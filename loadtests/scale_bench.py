@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed-concurrency", type=int, default=64)
     parser.add_argument("--database-url", help=f"admin URL (default {DEFAULT_ADMIN_URL})")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="only measure one ingress replica at rising concurrency (the autoscaling target)",
+    )
     return parser.parse_args(argv)
 
 
@@ -122,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         with bench_database(admin_url, tmp) as dsn:
             print(f"database: {urlsplit(dsn).path.lstrip('/')} (PostgreSQL {server_version(dsn)})")
             with points_service(dsn, None, key, tmp / "data", free_port(), None) as (url, _):
-                figures = run(args, cfg, url, key)
-    print_report(figures)
+                figures = sweep(args, cfg, url, key) if args.sweep else run(args, cfg, url, key)
+    if args.sweep:
+        print_sweep(figures)
+    else:
+        print_report(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
     return 0
@@ -156,6 +164,45 @@ def run(args: argparse.Namespace, cfg: LoadConfig, url: str, key: str) -> dict[s
     figures["moving_over_steady_p99"] = round(moving.p99_ms / steady.p99_ms, 2)
     figures["moves_during_window"] = len(moves)
     return figures
+
+
+# Requests in flight (wrk connections) against one ingress replica, for --sweep.
+SWEEP_CONNECTIONS = (4, 8, 16, 32, 64, 128)
+
+
+def sweep(args: argparse.Namespace, cfg: LoadConfig, url: str, key: str) -> dict[str, Any]:
+    """Spread debits at rising concurrency against one replica: where throughput stops
+    growing and only latency does is the replica's target of requests in flight."""
+    members = [f"m{i}" for i in range(args.members)]
+    seed_points(url, key, members, args.seed_concurrency, cfg.token())
+    spread = debits(cfg, args.members)
+    rows = []
+    for connections in SWEEP_CONNECTIONS:
+        cfg.connections = connections
+        cfg.threads = min(args.threads, connections)
+        print(f"  {connections} connections", flush=True)
+        result = measure(cfg, url, spread)
+        rows.append(
+            {
+                "connections": connections,
+                "rps": round(result.rps),
+                "p50_ms": result.p50_ms,
+                "p99_ms": result.p99_ms,
+                "non_2xx": result.non_2xx,
+            }
+        )
+    return {"duration_s": args.duration, "members": args.members, "sweep": rows}
+
+
+def print_sweep(figures: dict[str, Any]) -> None:
+    print(f"\nOne ingress replica, spread debits, {figures['duration_s']:g} s per step (one run)")
+    top = max(row["rps"] for row in figures["sweep"])
+    for row in figures["sweep"]:
+        print(
+            f"  {row['connections']:>4} in flight  {row['rps']:>7,} req/s"
+            f" ({100 * row['rps'] / top:>3.0f}% of the best)  p50 {row['p50_ms']:>6.1f} ms"
+            f"  p99 {row['p99_ms']:>7.1f} ms  non-2xx {row['non_2xx']}"
+        )
 
 
 def under_moves(

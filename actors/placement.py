@@ -1,6 +1,7 @@
 """Where an actor runs (its node and process) and which code (the release's version), for
 the topology view and `points status`."""
 
+import functools
 import importlib.metadata
 import os
 from typing import Any
@@ -12,7 +13,10 @@ import ray
 CODE_VERSION_ENV = "POINTS_CODE_VERSION"
 
 
+@functools.cache
 def code_version() -> str:
+    """Read once per process (importlib.metadata scans the installed distributions: too
+    slow for /healthz, which answers it on every call)."""
     found = os.environ.get(CODE_VERSION_ENV)
     if found:
         return found

@@ -256,6 +256,23 @@ class TopologyRepo:
                 rows = [SlotRow(*r) for r in await cur.fetchall()]
             return version, rows
 
+    async def picture(self) -> tuple[dict[Kind, list[SlotRow]], Move | None]:
+        """Both kinds' slots and the move in progress, in one snapshot: a view that says
+        "no move" never shows the slots of one half-way."""
+        async with self._one_at_a_time(), self._db.snapshot() as conn:
+            found: dict[Kind, list[SlotRow]] = {}
+            for kind in KINDS:
+                cur = await conn.execute(
+                    "SELECT slot, owner, epoch, moving_to FROM topology_slots"
+                    " WHERE kind = %s ORDER BY slot",
+                    (kind,),
+                )
+                found[kind] = [SlotRow(*r) for r in await cur.fetchall()]
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute("SELECT * FROM topology_moves WHERE state IN ('running', 'canary')")
+            move = await cur.fetchone()
+        return found, None if move is None else Move(**move)
+
     async def owned(self, kind: Kind, shard: int) -> dict[int, int]:
         """slot -> epoch of the slots `shard` owns and is not handing off."""
         async with self._one_at_a_time():

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from actors.fleet import name_of
 from actors.mover import slots_to_move
 from actors.routing import SLOTS
-from db.topology_repo import Kind, MoveRunning
+from db.topology_repo import Kind, MoveRunning, SlotRow
 from domain.errors import Code, PointsError
 from serve_app.http import authenticate, backend, body_of
 from serve_app.openapi import route
@@ -31,8 +31,7 @@ async def _ping(wiring: Backend, kind: Kind, index: int) -> dict[str, Any] | Non
         return None
 
 
-async def _kind_view(wiring: Backend, kind: Kind) -> list[dict[str, Any]]:
-    _, rows = await wiring.topology.slots(kind)
+async def _kind_view(wiring: Backend, kind: Kind, rows: list[SlotRow]) -> list[dict[str, Any]]:
     owned = Counter(row.owner for row in rows)
     handles = await wiring.shard_handles(kind)
     pings = await asyncio.gather(*(_ping(wiring, kind, index) for index, _ in handles))
@@ -74,8 +73,9 @@ def versions_view(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def topology_view(wiring: Backend) -> dict[str, Any]:
-    account_views = await _kind_view(wiring, "account")
-    reward_views = await _kind_view(wiring, "reward")
+    slots, move = await wiring.topology.picture()
+    account_views = await _kind_view(wiring, "account", slots["account"])
+    reward_views = await _kind_view(wiring, "reward", slots["reward"])
     nodes: dict[str, dict[str, Any]] = {}
     for kind, views in (("account_shards", account_views), ("reward_shards", reward_views)):
         for view in views:
@@ -91,7 +91,6 @@ async def topology_view(wiring: Backend) -> dict[str, Any]:
                 },
             )
             node[kind].append(view["index"])
-    move = await wiring.topology.running_move()
     return {
         "slots": SLOTS,
         "account_shards": account_views,

@@ -143,8 +143,14 @@ async def test_one_move_at_a_time_and_retired_shards_own_nothing(
         await topology.start_move((2, 4), (1, 1), 10)
     move = await topology.running_move()
     assert move is not None
+    slots, seen = await topology.picture()
+    assert seen == move and {k: len(v) for k, v in slots.items()} == {
+        "account": SLOTS,
+        "reward": SLOTS,
+    }
     await topology.finish_move(move, "done", None)
     assert await topology.running_move() is None
+    assert (await topology.picture())[1] is None
     # A shard that still owns slots is not retired; one that owns none is.
     await topology.add_shards("account", [2])
     assert await topology.retire_shards("account", [1, 2]) == [2]

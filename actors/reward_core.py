@@ -298,9 +298,11 @@ class RewardCore:
         wanted = set(slots)
         self._draining |= wanted
         try:
+            # Sagas and webhook deliveries in flight on these slots (a delivery started
+            # here must end here, or the new owner's recovery would send it again).
             waiting = [
                 task
-                for rid, task in list(self._drivers.items())
+                for rid, task in [*self._drivers.items(), *self._fulfilling.items()]
                 if rid in self._driver_keys and self._slot_of(*self._driver_keys[rid]) in wanted
             ]
             if waiting:
@@ -376,7 +378,8 @@ class RewardCore:
 
             def done(_task: asyncio.Task[None]) -> None:
                 self._drivers.pop(rid, None)
-                self._driver_keys.pop(rid, None)
+                if rid not in self._fulfilling:
+                    self._driver_keys.pop(rid, None)
 
             task.add_done_callback(done)
         await asyncio.shield(task)
@@ -476,12 +479,23 @@ class RewardCore:
             return
         task = asyncio.get_running_loop().create_task(self._fulfil_and_settle(key, rid))
         self._fulfilling[rid] = task
-        task.add_done_callback(lambda _t: self._fulfilling.pop(rid, None))
+        self._driver_keys.setdefault(rid, key)
+
+        def done(_task: asyncio.Task[None]) -> None:
+            self._fulfilling.pop(rid, None)
+            if rid not in self._drivers:
+                self._driver_keys.pop(rid, None)
+
+        task.add_done_callback(done)
 
     async def _fulfil_and_settle(self, key: RewardKey, rid: uuid.UUID) -> None:
         try:
             redemption = await self._load_redemption(key, rid)
             if redemption is None or redemption.status is not SagaState.PENDING_FULFILLMENT:
+                return
+            if self._slot_of(*key) in self._draining or self._lost(key):
+                # The slot is being handed off: its new owner's recovery sends the webhook
+                # (two owners sending at once would deliver it twice, concurrently).
                 return
             if self._fulfil is None:
                 ok, reason = False, "no fulfilment sender configured"
@@ -510,7 +524,13 @@ class RewardCore:
 
     async def recover_once(self) -> int:
         """Find redemptions left half-way in this shard's slots and drive each on."""
-        await self.ownership.ensure([])
+        # Read the map each pass: a move whose coordinator died before telling this shard
+        # of its new slots would leave their sagas unresumed. Not while handing slots off
+        # (the map already says they are moving: reading it would cut their drain short).
+        if self._draining:
+            await self.ownership.ensure([])
+        else:
+            await self.ownership.refresh(force=True)
         keys = await self.reader.open_reward_keys(self.ownership.slots)
         resumed = 0
         for key in keys:
@@ -654,7 +674,13 @@ class RewardCore:
             self._commits.fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}"[:300])
             return
         for rkey, version in work.touched.items():
-            self._rewards[rkey].reward.version = version + 1
+            state = self._rewards.get(rkey)
+            if state is None:  # dropped by a release while this batch committed
+                continue
+            if self._lost(rkey):  # released meanwhile: what memory holds may go stale
+                del self._rewards[rkey]
+                continue
+            state.reward.version = version + 1
         self.stats["batches"] += 1
         self.stats["ops"] += len(batch)
         for op, result in work.waiting:

@@ -370,6 +370,11 @@ class ShardCore:
             account, loaded_version = work.accounts[key]
             account.version = loaded_version + 1
             account.check()
+            if self.ownership.epoch(self.ownership.slot_of(*key)) is None:
+                # Released while this batch committed (a hand-off that gave up waiting):
+                # do not cache what the new owner may change next.
+                self._accounts.pop(key, None)
+                continue
             self._accounts.put(key, account)
         for ikey, stored in work.write.idempotency:
             self._keys.put(ikey, stored)

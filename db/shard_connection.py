@@ -43,8 +43,11 @@ CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 15_000
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 # synchronous_commit stays on: an acknowledged operation survives any crash (invariant 8).
+# READ COMMITTED, whatever the database's default: the slot fence relies on each statement
+# of a group commit taking a new snapshot (db/topology_repo.py: slot_fence_writers).
 CONNECTION_OPTIONS = (
-    f"-c synchronous_commit=on -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    r"-c default_transaction_isolation=read\ committed"
+    f" -c synchronous_commit=on -c statement_timeout={STATEMENT_TIMEOUT_MS}"
     f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
 )
 

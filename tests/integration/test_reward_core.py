@@ -362,3 +362,41 @@ async def test_a_stale_owner_is_fenced_and_the_new_owner_sells_correctly(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_hand_off_waits_for_a_webhook_in_flight_and_sends_none_while_draining(
+    database_url: str, program: str
+) -> None:
+    """A delivery started by the old owner ends there (the hand-off waits for it); a
+    fulfilment that would start while the slot is handed off is left to the new owner."""
+    gate = asyncio.Event()
+    sent: list[str] = []
+
+    async def slow(redemption: Redemption) -> tuple[bool, str]:
+        sent.append(redemption.key)
+        await gate.wait()
+        return True, "ok"
+
+    w = Wiring(database_url, fulfil=slow)
+    try:
+        hook = {"type": "webhook", "url": "http://127.0.0.1:9/"}
+        await put_reward(w, program, "box", stock=5, fulfillment=hook)
+        await credit(w, program, "wy", 500)
+        first = await w.rewards.redeem(redeem_request(program, "box", "wy", "k1"))
+        assert first.body["status"] == "pending_fulfillment" and sent == ["k1"]
+        slot = w.rewards._slot_of(program, "box")
+        asyncio.get_running_loop().call_later(0.2, gate.set)
+        released = await w.rewards.release([slot], sagas_s=5.0, settle_s=5.0)
+        assert released["sagas_waited"] == 1 and gate.is_set()  # it waited for the delivery
+        [(status,)] = db_rows(
+            database_url, "SELECT status FROM redemptions WHERE program_id=%s", program
+        )
+        assert status == "completed"
+        # While the slot drains, a new redemption is refused (`moved`: the router sends it
+        # to the new owner) and nothing more is delivered from here.
+        w.rewards._draining.add(slot)
+        second = await w.rewards.redeem(redeem_request(program, "box", "wy", "k2"))
+        w.rewards._draining.discard(slot)
+        assert second.code is Code.MOVED and sent == ["k1"]
+    finally:
+        await w.close()

@@ -48,7 +48,7 @@ from actors.protocol import (
     RewardCommand,
 )
 from actors.protocol import Restock as RestockCommand
-from actors.topology import EverythingOwned, Ownership
+from actors.topology import EverythingOwned, Ownership, moved_outcome
 from db.errors import FencedError
 from db.reward_repo import (
     LoadedReward,
@@ -285,8 +285,7 @@ class RewardCore:
 
     def _moved_outcome(self, key: RewardKey) -> Outcome:
         self.stats["moved"] += 1
-        slot = self._slot_of(*key)
-        return Outcome.refused(Code.MOVED, f"slot {slot} is not owned by this shard")
+        return moved_outcome(self._slot_of(*key))
 
     async def release(self, slots: list[int], *, sagas_s: float, settle_s: float) -> dict[str, int]:
         """Hand slots off (actors/topology.py): new requests for them get `moved` at once;
@@ -599,16 +598,17 @@ class RewardCore:
         ):
             return False
         self.stats["moved"] += 1
-        answer(op, Outcome.refused(Code.MOVED, f"slot {slot} is not owned by this shard"))
+        answer(op, moved_outcome(slot))
         return True
 
     async def _process(self, batch: list[_Op]) -> None:
         try:
-            await self.ownership.ensure({self._slot_of(*op.reward_key) for op in batch})
+            batch = await self.ownership.keep_owned(
+                batch, lambda op: self._slot_of(*op.reward_key), self._moved
+            )
         except Exception as exc:
             self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
             return
-        batch = [op for op in batch if not self._moved(op)]
         if not batch:
             return
         try:

@@ -50,7 +50,7 @@ from actors.account_ops import (
 from actors.group_commit import GroupCommitter, answer
 from actors.protocol import AccountCommand, Expire, Outcome, Retier
 from actors.routing import slot_of
-from actors.topology import EverythingOwned, Ownership, SlotMoved
+from actors.topology import EverythingOwned, Ownership, SlotMoved, moved_outcome
 from db.ledger_repo import (
     AccountKey,
     EventsTaken,
@@ -282,11 +282,10 @@ class ShardCore:
     async def _process(self, batch: list[Op]) -> None:
         started = time.perf_counter()
         try:
-            await self.ownership.ensure({op.slot for op in batch})
+            batch = await self.ownership.keep_owned(batch, lambda op: op.slot, self._moved)
         except Exception as exc:
             self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
             return
-        batch = [op for op in batch if not self._moved(op)]
         if not batch:
             return
         try:
@@ -446,7 +445,7 @@ class ShardCore:
         if self.ownership.epoch(op.slot) is not None:
             return False
         self.stats["moved"] += 1
-        answer(op, Outcome.refused(Code.MOVED, f"slot {op.slot} is not owned by this shard"))
+        answer(op, moved_outcome(op.slot))
         return True
 
     def _apply(self, op: Op, work: Work, now: datetime, pinned: dict[AccountKey, Account]) -> None:

@@ -22,13 +22,24 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from actors.protocol import Outcome
 from actors.routing import SLOTS
 from db.topology_repo import Kind, SlotFence
+from domain.errors import Code
 
 # A shard that gets a request for a slot it does not own reads the map again at most this
 # often (a stream of misrouted requests after a move costs one query, not one each).
 OWNERSHIP_REFRESH_MIN_S = 0.2
+
+
+T = TypeVar("T")
+
+
+def moved_outcome(slot: int) -> Outcome:
+    """The answer to an operation whose slot this shard does not own (nothing applied)."""
+    return Outcome.refused(Code.MOVED, f"slot {slot} is not owned by this shard")
 
 
 class SlotMoved(Exception):
@@ -132,6 +143,15 @@ class Ownership:
         slot this shard does not know (it may have just been given it)."""
         if not self._loaded or any(slot not in self._epochs for slot in slots):
             await self.refresh()
+
+    async def keep_owned(
+        self, batch: list[T], slot: Callable[[T], int], moved: Callable[[T], bool]
+    ) -> list[T]:
+        """The operations of a batch whose slot this shard owns, after reading the map if
+        the batch has a slot it does not know; `moved(op)` answers each of the others
+        (and says whether it did). Raises when the map cannot be read."""
+        await self.ensure({slot(op) for op in batch})
+        return [op for op in batch if not moved(op)]
 
     def release(self, slots: Iterable[int]) -> list[int]:
         """Forget these slots now (no await): requests for them get `moved` from here on.

@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -70,6 +71,16 @@ def _api_client(url: str | None, key: str | None) -> httpx.Client:
     return httpx.Client(base_url=base, headers=headers, timeout=HTTP_TIMEOUT_S)
 
 
+@contextlib.contextmanager
+def _reaching(base_url: object) -> Iterator[None]:
+    """A service that does not answer: say so and exit 1 (every command that calls it)."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        console.print(f"[red]down[/]: {base_url} does not answer ({type(exc).__name__})")
+        raise typer.Exit(1) from exc
+
+
 class ListRefused(Exception):
     """The service answered a list request with something other than a page."""
 
@@ -118,11 +129,8 @@ def programs_list(
     """List every program (all pages): id, name and when it was created."""
     client = _api_client(url, key)
     try:
-        with client:
+        with _reaching(client.base_url), client:
             programs = fetch_programs(client)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]down[/]: {client.base_url} does not answer ({type(exc).__name__})")
-        raise typer.Exit(1) from exc
     except ListRefused as exc:
         console.print(f"[red]list refused[/] {exc}")
         raise typer.Exit(1) from exc
@@ -152,22 +160,18 @@ def programs_create(
         raise typer.Exit(2)
     chosen = TEMPLATES[template]
     client = _api_client(url, key)
-    try:
-        with client:
-            program = client.put(
-                f"/v1/programs/{program_id}",
-                json={"name": name or chosen["name"], "policy": chosen["policy"]},
-            )
-            if program.status_code not in (200, 201):
-                console.print(f"[red]program refused[/] {program.status_code}: {program.text}")
-                raise typer.Exit(1)
-            rules = client.put(f"/v1/programs/{program_id}/rules", json={"rules": chosen["rules"]})
-            if rules.status_code != 201:
-                console.print(f"[red]rules refused[/] {rules.status_code}: {rules.text}")
-                raise typer.Exit(1)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]down[/]: {client.base_url} does not answer ({type(exc).__name__})")
-        raise typer.Exit(1) from exc
+    with _reaching(client.base_url), client:
+        program = client.put(
+            f"/v1/programs/{program_id}",
+            json={"name": name or chosen["name"], "policy": chosen["policy"]},
+        )
+        if program.status_code not in (200, 201):
+            console.print(f"[red]program refused[/] {program.status_code}: {program.text}")
+            raise typer.Exit(1)
+        rules = client.put(f"/v1/programs/{program_id}/rules", json={"rules": chosen["rules"]})
+        if rules.status_code != 201:
+            console.print(f"[red]rules refused[/] {rules.status_code}: {rules.text}")
+            raise typer.Exit(1)
     version = rules.json()["version"]
     console.print(
         f"program [bold]{program_id}[/] ({'created' if program.status_code == 201 else 'updated'})"
@@ -383,12 +387,9 @@ def status(
     """Is the service up? Its shards, database and Redis."""
     settings: Settings = load_settings()
     base = url or f"http://{settings.host}:{settings.port}"
-    try:
+    with _reaching(base):
         health = httpx.get(f"{base}/healthz", timeout=3)
         ready = httpx.get(f"{base}/readyz", timeout=10)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]down[/]: {base} does not answer ({type(exc).__name__})")
-        raise typer.Exit(1) from exc
     console.print(f"service:  {'up' if health.status_code == 200 else 'unhealthy'} ({base})")
     body = ready.json()
     if ready.status_code != 200:
@@ -479,22 +480,18 @@ def upgrade(
 
 def _put_topology(body: dict[str, Any], wait: bool, url: str | None, key: str | None) -> None:
     client = _api_client(url, key)
-    try:
-        with client:
-            answer = client.put("/v1/admin/topology", json=body)
-            if answer.status_code != 202:
-                problem = answer.json()
-                console.print(
-                    f"[red]refused[/] ({answer.status_code} {problem.get('code')}):"
-                    f" {problem.get('detail')}; nothing changed"
-                )
-                raise typer.Exit(1)
-            view = answer.json()
-            if wait:
-                view = _follow_move(client, view)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]down[/]: {client.base_url} does not answer ({type(exc).__name__})")
-        raise typer.Exit(1) from exc
+    with _reaching(client.base_url), client:
+        answer = client.put("/v1/admin/topology", json=body)
+        if answer.status_code != 202:
+            problem = answer.json()
+            console.print(
+                f"[red]refused[/] ({answer.status_code} {problem.get('code')}):"
+                f" {problem.get('detail')}; nothing changed"
+            )
+            raise typer.Exit(1)
+        view = answer.json()
+        if wait:
+            view = _follow_move(client, view)
     console.print(topology_table(view))
 
 
@@ -526,12 +523,8 @@ def topology(
 ) -> None:
     """Shards, the slots each owns, the node each runs on, and the move in progress."""
     client = _api_client(url, key)
-    try:
-        with client:
-            answer = client.get("/v1/admin/topology")
-    except httpx.HTTPError as exc:
-        console.print(f"[red]down[/]: {client.base_url} does not answer ({type(exc).__name__})")
-        raise typer.Exit(1) from exc
+    with _reaching(client.base_url), client:
+        answer = client.get("/v1/admin/topology")
     if answer.status_code != 200:
         console.print(f"[red]refused[/] ({answer.status_code}): {answer.text}")
         raise typer.Exit(1)

@@ -17,6 +17,7 @@ from db.ledger_repo import LedgerRepo
 from db.topology_repo import MoveRunning, TopologyRepo, ensure_topology
 from domain.errors import Code
 from domain.idempotency import request_hash
+from tests.unit.test_shard_client import _Method
 
 
 @pytest.fixture
@@ -183,14 +184,6 @@ async def test_a_router_follows_the_map_and_holds_moving_slots(
         assert router.owner(5) == 2 and router.shards() == [0, 1, 2]
     finally:
         await router.close()
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any) -> Any:
-        return asyncio.ensure_future(self._fn(*args))
 
 
 class InProcessShard:

@@ -13,6 +13,7 @@ from actors.shard_client import ShardClient
 from actors.topology import EverythingOwned, Ownership, SlotMap
 from db.topology_repo import SlotRow
 from domain.errors import Code
+from tests.unit.test_shard_client import _Method
 
 
 def rows_of(owners: list[int], moving: dict[int, int] | None = None) -> list[SlotRow]:
@@ -90,14 +91,6 @@ def test_a_test_shard_owns_everything_unfenced() -> None:
     assert everything.owns("p", "r") and everything.epoch(5) == 1
     assert everything.release([1]) == [] and everything.fence([1]).slots == []
     assert len(everything.slots) == SLOTS
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any) -> Any:
-        return asyncio.ensure_future(self._fn(*args))
 
 
 class StandInShard:

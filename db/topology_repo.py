@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -214,6 +215,25 @@ def ensure_topology(dsn: str, shards: dict[Kind, int], slots: int) -> dict[Kind,
 # ----------------------------------------------------------------- reads and moves
 
 
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _reconnecting(read: F) -> F:
+    """A read that meets a connection the server closed (a restart, a failover) reconnects
+    and reads once more, instead of failing the request that found it out. Reads only: a
+    write whose connection broke may or may not have committed."""
+
+    @functools.wraps(read)
+    async def again(self: TopologyRepo, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await read(self, *args, **kwargs)
+        except psycopg.OperationalError:
+            await self._db.reset()
+            return await read(self, *args, **kwargs)
+
+    return again  # type: ignore[return-value]
+
+
 class TopologyRepo:
     """Reads of the map (routers, shards) and the steps of a move (the coordinator)."""
 
@@ -234,6 +254,7 @@ class TopologyRepo:
     async def close(self) -> None:
         await self._db.close()
 
+    @_reconnecting
     async def version(self, kind: Kind) -> int:
         async with self._one_at_a_time():
             rows = await self._db.fetch_all(
@@ -241,6 +262,7 @@ class TopologyRepo:
             )
             return int(rows[0]) if rows else 0
 
+    @_reconnecting
     async def slots(self, kind: Kind) -> tuple[int, list[SlotRow]]:
         """(version, every slot) in one snapshot."""
         async with self._one_at_a_time():
@@ -256,6 +278,7 @@ class TopologyRepo:
                 rows = [SlotRow(*r) for r in await cur.fetchall()]
             return version, rows
 
+    @_reconnecting
     async def picture(self) -> tuple[dict[Kind, list[SlotRow]], Move | None]:
         """Both kinds' slots and the move in progress, in one snapshot: a view that says
         "no move" never shows the slots of one half-way."""
@@ -273,6 +296,7 @@ class TopologyRepo:
             move = await cur.fetchone()
         return found, None if move is None else Move(**move)
 
+    @_reconnecting
     async def owned(self, kind: Kind, shard: int) -> dict[int, int]:
         """slot -> epoch of the slots `shard` owns and is not handing off."""
         async with self._one_at_a_time():
@@ -284,6 +308,7 @@ class TopologyRepo:
             )
             return {int(r["slot"]): int(r["epoch"]) for r in rows}
 
+    @_reconnecting
     async def base(self, kind: Kind) -> int:
         """The first shard index of the kind's current generation."""
         async with self._one_at_a_time():
@@ -292,6 +317,7 @@ class TopologyRepo:
             )
         return int(rows[0]) if rows else 0
 
+    @_reconnecting
     async def shard_rows(self, kind: Kind) -> list[ShardRow]:
         async with self._one_at_a_time():
             rows = await self._db.fetch_all(
@@ -302,6 +328,7 @@ class TopologyRepo:
             )
         return [ShardRow(r["shard"], r["code_version"], r["runtime_env"]) for r in rows]
 
+    @_reconnecting
     async def shards(self, kind: Kind) -> list[int]:
         async with self._one_at_a_time():
             rows = await self._db.fetch_all(
@@ -448,6 +475,7 @@ class TopologyRepo:
                 scalar_row,
             )
 
+    @_reconnecting
     async def running_move(self) -> Move | None:
         async with self._one_at_a_time():
             rows = await self._db.fetch_all(
@@ -457,6 +485,7 @@ class TopologyRepo:
             )
             return Move(**rows[0]) if rows else None
 
+    @_reconnecting
     async def last_move(self) -> Move | None:
         async with self._one_at_a_time():
             rows = await self._db.fetch_all(

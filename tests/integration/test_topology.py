@@ -255,3 +255,16 @@ async def test_a_move_hands_slots_over_between_live_shards_and_resumes_after_a_c
     finally:
         for core in cores.values():
             await core.close()
+
+
+async def test_a_read_reconnects_after_the_server_closed_the_connection(
+    database_url: str, topology: TopologyRepo
+) -> None:
+    assert await topology.shards("account") == [0, 1]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND application_name = '' AND state = 'idle'"
+        )
+    assert await topology.shards("account") == [0, 1]

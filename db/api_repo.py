@@ -443,15 +443,17 @@ def _rule_set(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ensure_admin_key(dsn: str, key_hash: str, key_id: str = "admin") -> None:
+def ensure_admin_key(dsn: str, key_hash: str, key_id: str = "admin", prefix: str = "pts_…") -> None:
     """Install (or replace) the admin key's hash. Synchronous: used at start-up."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             """
-            INSERT INTO api_keys (key_id, key_hash, role) VALUES (%s, %s, 'admin')
-            ON CONFLICT (key_id) DO UPDATE SET key_hash = EXCLUDED.key_hash, revoked_at = NULL
+            INSERT INTO api_keys (key_id, key_hash, role, name, prefix)
+            VALUES (%s, %s, 'admin', %s, %s)
+            ON CONFLICT (key_id) DO UPDATE SET key_hash = EXCLUDED.key_hash, revoked_at = NULL,
+                prefix = EXCLUDED.prefix, changed_at = now()
             """,
-            (key_id, key_hash),
+            (key_id, key_hash, key_id, prefix),
         )
 
 

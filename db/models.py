@@ -25,7 +25,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -270,6 +270,50 @@ api_keys = Table(
     Column("role", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("revoked_at", DateTime(timezone=True)),
+    # 0006: name, non-secret prefix, program scope (NULL = all), expiry, own rate limit.
+    Column("name", Text, nullable=False),
+    Column("prefix", Text, nullable=False),
+    Column("programs", ARRAY(Text)),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("rate_per_s", Integer),
+    Column("rate_burst", Integer),
+    Column("created_by", Text),
+    Column("last_used_at", DateTime(timezone=True)),
+    # Bumped by every change replicas must learn of (create, revoke); they poll it.
+    Column("changed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Index("api_keys_changed", "changed_at"),
+    CheckConstraint("role IN ('admin', 'operator', 'service', 'viewer')", name="api_keys_role"),
+    CheckConstraint(
+        "(rate_per_s IS NULL) = (rate_burst IS NULL) AND (rate_per_s IS NULL OR"
+        " (rate_per_s > 0 AND rate_burst > 0))",
+        name="api_keys_rate_limit",
+    ),
+)
+
+# Every administrative change, append-only (a trigger from the migration refuses changes).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("audit_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("key_id", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("program_id", Text),
+    Column("target", Text),
+    Column("request_key", Text),
+    Column("before", JSONB),
+    Column("after", JSONB),
+    Index("audit_log_program", "program_id", "audit_id"),
+    Index(
+        "audit_log_request",
+        "action",
+        "program_id",
+        "target",
+        "request_key",
+        unique=True,
+        postgresql_where=text("request_key IS NOT NULL"),
+    ),
 )
 
 rewards = Table(

@@ -99,6 +99,8 @@ def test_the_catalog_comparison_sees_checks_and_partial_indexes(migrated_url: st
 def test_the_ledger_tables_are_append_only_after_migrating(migrated_url: str) -> None:
     """Triggers live only in the migration (models.py cannot express them)."""
     assert catalog(migrated_url, TRIGGERS) == [
+        ("audit_log", "audit_log_append_only"),
+        ("audit_log", "audit_log_no_truncate"),
         ("ledger_entries", "ledger_entries_append_only"),
         ("ledger_entries", "ledger_entries_no_truncate"),
         ("transactions", "transactions_append_only"),

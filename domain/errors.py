@@ -76,13 +76,16 @@ assert not SUCCESS_CODES & (RETRYABLE_CODES | NEVER_ANSWERED_CODES)
 class PointsError(Exception):
     """A business outcome or failure with a stable code."""
 
-    def __init__(self, code: Code, detail: str) -> None:
+    def __init__(self, code: Code, detail: str, hints: dict[str, str] | None = None) -> None:
         assert isinstance(code, Code)
         assert code not in SUCCESS_CODES and code not in STORED_ONLY_CODES
         assert detail
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        # Transport-neutral hints the edge may render (rate-limit figures, retry after):
+        # serve_app turns them into headers.
+        self.hints = hints or {}
 
     @property
     def retryable(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from psycopg.rows import dict_row, scalar_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from db.access_repo import AuditEntry, record
 from db.reward_repo import REDEMPTION_COLUMNS, REWARD_COLUMNS, redemption_from_row, reward_from_row
 from domain.limits import CURSOR_LENGTH_MAX, PAGE_SIZE_MAX
 from domain.rewards import Redemption, redemption_view, reward_view
@@ -70,6 +72,11 @@ class ApiRepo:
             check=AsyncConnectionPool.check_connection,
         )
 
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        """Shared with the keys and audit queries (db/access_repo.py)."""
+        return self._pool
+
     async def open(self) -> None:
         await self._pool.open(wait=False)
 
@@ -81,15 +88,28 @@ class ApiRepo:
             await conn.execute("SELECT 1")
 
     async def put_program(
-        self, program_id: str, name: str, policy: dict[str, Any] | None = None
+        self,
+        program_id: str,
+        name: str,
+        policy: dict[str, Any] | None = None,
+        audit: AuditEntry | None = None,
     ) -> tuple[bool, dict[str, Any]]:
         """Create or update a program. Returns (created, program).
 
         `policy` (already validated, canonical JSON) replaces the current one; a different
-        policy gets the next version and is kept in program_policies (history).
+        policy gets the next version and is kept in program_policies (history). `audit` is
+        recorded in the same transaction, with the program before and after.
         """
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
+            before = None
+            if audit is not None:
+                await cur.execute(
+                    "SELECT program_id, name, policy, policy_version, created_at, updated_at"
+                    " FROM programs WHERE program_id = %s FOR UPDATE",
+                    (program_id,),
+                )
+                before = await cur.fetchone()
             await cur.execute(
                 """
                 INSERT INTO programs (program_id, name, policy) VALUES (%s, %s, %s)
@@ -122,8 +142,14 @@ class ApiRepo:
                 """,
                 (program_id, row["policy_version"], Jsonb(row["policy"])),
             )
-        created = bool(row.pop("created"))
-        return created, _program(row)
+            created = bool(row.pop("created"))
+            program = _program(row)
+            if audit is not None:
+                await record(
+                    conn,
+                    replace(audit, before=before and _program(before), after=program),
+                )
+        return created, program
 
     async def get_program(self, program_id: str) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
@@ -137,19 +163,22 @@ class ApiRepo:
         return None if row is None else _program(row)
 
     async def list_programs(
-        self, limit: int, cursor: str | None
+        self, limit: int, cursor: str | None, within: frozenset[str] | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """By program id, keyset-paginated; `cursor` is a next_cursor this returned (a bad
-        one raises ValueError). next_cursor is None on the last page."""
+        one raises ValueError). next_cursor is None on the last page. With `within`, only
+        those programs (a key limited to them)."""
         assert 0 < limit <= PAGE_SIZE_MAX
         after = None if cursor is None else decode_id_cursor(cursor)
+        scope = None if within is None else sorted(within)
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT program_id, name, policy, policy_version, created_at, updated_at"
                 " FROM programs WHERE (%s::text IS NULL OR program_id > %s)"
+                " AND (%s::text[] IS NULL OR program_id = ANY(%s))"
                 " ORDER BY program_id LIMIT %s",
-                (after, after, limit + 1),
+                (after, after, scope, scope, limit + 1),
             )
             rows = await cur.fetchall()
         page, next_cursor = _page(rows, limit, lambda row: encode_id_cursor(row["program_id"]))
@@ -181,9 +210,14 @@ class ApiRepo:
         return items, next_cursor
 
     async def add_rule_set(
-        self, program_id: str, rules: list[dict[str, Any]], effective_from: datetime | None
+        self,
+        program_id: str,
+        rules: list[dict[str, Any]],
+        effective_from: datetime | None,
+        audit: AuditEntry | None = None,
     ) -> dict[str, Any] | None:
-        """A new rule set version (the next number); None if the program does not exist."""
+        """A new rule set version (the next number); None if the program does not exist.
+        `audit` is recorded in the same transaction (before: the previous version)."""
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             # Serializes concurrent PUTs of one program's rules (version numbers stay dense).
@@ -202,8 +236,20 @@ class ApiRepo:
                 (program_id, Jsonb(rules), effective_from, program_id),
             )
             row = await cur.fetchone()
-        assert row is not None
-        return _rule_set(row)
+            assert row is not None
+            rule_set = _rule_set(row)
+            if audit is not None:
+                await cur.execute(
+                    "SELECT program_id, version, rules, effective_from, created_at"
+                    " FROM rule_sets WHERE program_id = %s AND version = %s",
+                    (program_id, row["version"] - 1),
+                )
+                previous = await cur.fetchone()
+                await record(
+                    conn,
+                    replace(audit, before=previous and _rule_set(previous), after=rule_set),
+                )
+        return rule_set
 
     async def list_rule_sets(self, program_id: str, limit: int) -> list[dict[str, Any]]:
         """Newest version first."""
@@ -390,16 +436,6 @@ class ApiRepo:
             lambda r: encode_cursor(r.created_at, r.redemption_id),
         )
         return [redemption_view(r) for r in found], next_cursor
-
-    async def role_for_key_hash(self, key_hash: str) -> str | None:
-        async with self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=scalar_row)
-            await cur.execute(
-                "SELECT role FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-                (key_hash,),
-            )
-            role = await cur.fetchone()
-        return None if role is None else str(role)
 
 
 def encode_id_cursor(last_id: str) -> str:

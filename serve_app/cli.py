@@ -48,6 +48,11 @@ PROGRAMS_PAGE_SIZE = 200
 PROGRAMS_PAGES_MAX = 10_000
 HTTP_TIMEOUT_S = 30.0
 app.add_typer(programs_app, name="programs")
+keys_app = typer.Typer(
+    help="API keys: create one for a role (and programs), list them, revoke one.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 
 
 def _admin_key(settings: Settings, key: str | None) -> str:
@@ -89,6 +94,13 @@ def fetch_programs(
     client: httpx.Client, page_size: int = PROGRAMS_PAGE_SIZE
 ) -> list[dict[str, Any]]:
     """Every program, following next_cursor from the first page to the last."""
+    return fetch_all(client, "/v1/programs", page_size)
+
+
+def fetch_all(
+    client: httpx.Client, path: str, page_size: int = PROGRAMS_PAGE_SIZE
+) -> list[dict[str, Any]]:
+    """Every item of a list, following next_cursor from the first page to the last."""
     assert 0 < page_size <= PROGRAMS_PAGE_SIZE
     programs: list[dict[str, Any]] = []
     cursor: str | None = None
@@ -96,7 +108,7 @@ def fetch_programs(
         params: dict[str, str | int] = {"limit": page_size}
         if cursor is not None:
             params["cursor"] = cursor
-        answer = client.get("/v1/programs", params=params)
+        answer = client.get(path, params=params)
         if answer.status_code != 200:
             raise ListRefused(f"{answer.status_code}: {answer.text}")
         try:
@@ -104,7 +116,7 @@ def fetch_programs(
             programs.extend(page["items"])
             cursor = page["next_cursor"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ListRefused(f"not a page of programs: {answer.text[:200]}") from exc
+            raise ListRefused(f"not a page: {answer.text[:200]}") from exc
         if cursor is None:
             return programs
     raise ListRefused(f"still more after {PROGRAMS_PAGES_MAX} pages of {page_size}")
@@ -179,6 +191,96 @@ def programs_create(
         f" rule set version {version} ({len(chosen['rules'])} rules)"
     )
     console.print(chosen["description"])
+
+
+def _refused(what: str, answer: httpx.Response) -> None:
+    if answer.status_code >= 300:
+        console.print(f"[red]{what} refused[/] {answer.status_code}: {escape(answer.text)}")
+        raise typer.Exit(1)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. 'shop backend'.")],
+    role: Annotated[str, typer.Option(help="admin, operator, service or viewer.")],
+    program: Annotated[
+        list[str] | None,
+        typer.Option("--program", help="Limit the key to this program (repeat for more)."),
+    ] = None,
+    expires_at: Annotated[
+        str | None, typer.Option(help="RFC 3339 time it stops working (default: never).")
+    ] = None,
+    per_s: Annotated[
+        int | None, typer.Option("--per-s", min=1, help="Own rate limit: requests per second.")
+    ] = None,
+    burst: Annotated[
+        int | None, typer.Option(min=1, help="Own rate limit: bucket size (default: 2 × per-s).")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
+) -> None:
+    """Create a key. It is printed once, here: only its hash is kept."""
+    body: dict[str, Any] = {"name": name, "role": role, "programs": program or None}
+    if expires_at is not None:
+        body["expires_at"] = expires_at
+    if per_s is not None or burst is not None:
+        rate = per_s or burst or 1
+        body["rate_limit"] = {"per_s": rate, "burst": burst or 2 * rate}
+    client = _api_client(url, key)
+    with _reaching(client.base_url), client:
+        answer = client.post("/v1/keys", json=body)
+    _refused("key", answer)
+    made = answer.json()
+    scope = ", ".join(made["programs"]) if made["programs"] else "every program"
+    console.print(f"key [bold]{made['id']}[/] ({made['role']}, {escape(scope)}):")
+    # The key alone on its own line, unstyled: easy to copy or capture.
+    typer.echo(made["key"])
+    console.print("[dim]Store it now: it is not shown again.[/]")
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False,
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
+) -> None:
+    """Every key: id, name, role, programs, expiry, last use, revoked (never a secret)."""
+    client = _api_client(url, key)
+    try:
+        with _reaching(client.base_url), client:
+            keys = fetch_all(client, "/v1/keys")
+    except ListRefused as exc:
+        console.print(f"[red]list refused[/] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(keys, indent=2, ensure_ascii=False))
+        return
+    table = Table("id", "name", "role", "programs", "expires", "last used", "revoked")
+    for item in keys:
+        table.add_row(
+            item["id"],
+            escape(item["name"]),
+            item["role"],
+            escape(", ".join(item["programs"])) if item["programs"] else "all",
+            item["expires_at"] or "never",
+            item["last_used_at"] or "—",
+            item["revoked_at"] or "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `points keys list`).")],
+    url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
+) -> None:
+    """Revoke a key: refused everywhere within a few seconds."""
+    client = _api_client(url, key)
+    with _reaching(client.base_url), client:
+        answer = client.delete(f"/v1/keys/{key_id}")
+    _refused("revoke", answer)
+    console.print(f"key [bold]{key_id}[/] revoked at {answer.json()['revoked_at']}")
 
 
 DataDir = Annotated[

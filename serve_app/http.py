@@ -16,17 +16,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from actors.protocol import Credit, Debit, Reverse
+from db.access_repo import AuditEntry
 from domain import jsontext
 from domain.errors import Code, PointsError
 from domain.idempotency import request_hash
 from domain.limits import IDEMPOTENCY_KEY_RE
-from serve_app import wiring
-from serve_app.auth import KEY_LENGTH_MAX, hash_key
+from serve_app import access, wiring
+from serve_app.auth import KeyRecord, Refusal
 from serve_app.problems import outcome_response
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -50,23 +52,88 @@ def backend(request: Request) -> wiring.Backend:
     return wiring.current()
 
 
-async def authenticate(request: Request) -> str:
-    """The role of the request's bearer key; unauthorized otherwise."""
+async def authenticate(request: Request, limit: bool = True) -> KeyRecord:
+    """The request's key, allowed on the matched route (serve_app/access.py) and for its
+    program, and within its rate limits; otherwise the problem: 401 (no or invalid key,
+    429 after repeated failures from one address), 404 (a program the key is not limited
+    to), 403 (a role without the right), 429 (over a rate limit).
+
+    Writes to a member whose id is in the body rather than the path pass `limit=False` and
+    call `admit` once they know the member (one rate-limit round trip either way)."""
+    wiring = backend(request)
+    client = request.client.host if request.client else None
     authorization = request.headers.get("authorization")
     if not authorization or not authorization.startswith(BEARER_PREFIX):
-        raise PointsError(Code.UNAUTHORIZED, "send Authorization: Bearer <api key>")
-    key = authorization[len(BEARER_PREFIX) :].strip()
-    if not key or len(key) > KEY_LENGTH_MAX:
-        raise PointsError(Code.UNAUTHORIZED, "invalid API key")
-    wiring = backend(request)
-    key_hash = hash_key(key)
-    known, role = wiring.keys.get(key_hash)
-    if not known:
-        role = await (await wiring.repo()).role_for_key_hash(key_hash)
-        wiring.keys.put(key_hash, role)
-    if role is None:
-        raise PointsError(Code.UNAUTHORIZED, "invalid API key")
-    return role
+        await wiring.refuse(client, "send Authorization: Bearer <api key>")
+    found = await wiring.verify(authorization[len(BEARER_PREFIX) :].strip())
+    if isinstance(found, Refusal):
+        await wiring.refuse(
+            client, "API key expired" if found is Refusal.EXPIRED else "invalid API key"
+        )
+    route = request.scope.get("route")
+    roles = access.allowed(request.method, getattr(route, "path_format", ""))
+    params = request.path_params
+    program_id = params.get("program_id")
+    if program_id is not None and not found.sees(program_id):
+        raise not_found("program", program_id)
+    if roles is None or found.role not in roles:
+        raise PointsError(
+            Code.FORBIDDEN, f"a {found.role.value} key may not {request.method} this route"
+        )
+    if limit:
+        member = params.get("member_id") if request.method != "GET" else None
+        await wiring.admit(found, program_id, member)
+    return found
+
+
+async def admit(request: Request, key: KeyRecord, program_id: str, member_id: str | None) -> None:
+    """The rate limits of a write to a member named in its body (see authenticate)."""
+    await backend(request).admit(key, program_id, member_id)
+
+
+def audit_entry(
+    key: KeyRecord,
+    action: str,
+    program_id: str | None,
+    target: str | None,
+    *,
+    before: Any = None,
+    after: Any = None,
+    request_key: str | None = None,
+) -> AuditEntry:
+    return AuditEntry(
+        key_id=key.key_id,
+        role=key.role.value,
+        action=action,
+        program_id=program_id,
+        target=target,
+        before=before,
+        after=after,
+        request_key=request_key,
+    )
+
+
+async def audit(
+    request: Request,
+    key: KeyRecord,
+    action: str,
+    program_id: str | None,
+    target: str | None,
+    response: Response,
+    *,
+    before: Any = None,
+    request_key: str | None = None,
+) -> Response:
+    """Record an administrative change the shards made (its answer is `response`): only
+    when it succeeded; a keyed write once however often it is replayed. The entry is written
+    after the change committed; a retry of a request whose entry was lost records it."""
+    if response.status_code < 300:
+        after = orjson.loads(bytes(response.body)) if response.body else None
+        entry = audit_entry(
+            key, action, program_id, target, before=before, after=after, request_key=request_key
+        )
+        await backend(request).audit(entry)
+    return response
 
 
 def idempotency_key(request: Request) -> str:

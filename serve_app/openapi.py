@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from domain.errors import NEVER_ANSWERED_CODES, REQUEST_CODES, SUCCESS_CODES, Code
+from serve_app import access
 from serve_app.problems import HTTP_STATUS, PROBLEM_TYPE_BASE, TITLES
 
 BEARER = "bearer"
@@ -26,7 +27,24 @@ X_PROBLEMS = "x-problem-codes"
 X_BODY = "x-body-model"
 # Problems a route can give whatever it does.
 COMMON_CODES = (Code.UNAVAILABLE,)
-AUTHENTICATED_CODES = (Code.UNAUTHORIZED,)
+# Every route that takes a key: no or a bad key (or too many bad ones: 429), a role
+# without the right, over a rate limit.
+AUTHENTICATED_CODES = (Code.UNAUTHORIZED, Code.FORBIDDEN, Code.RATE_LIMITED)
+X_ROLES = "x-roles"
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {
+        "description": "the bucket's size (burst) of the limit that refused",
+        "schema": {"type": "integer"},
+    },
+    "RateLimit-Remaining": {
+        "description": "tokens left in that bucket (0 when refused)",
+        "schema": {"type": "integer"},
+    },
+    "RateLimit-Reset": {
+        "description": "seconds until that bucket is full again",
+        "schema": {"type": "integer"},
+    },
+}
 INPUT_CODES = (Code.VALIDATION_ERROR,)
 BODY_CODES = (Code.BAD_REQUEST, Code.PAYLOAD_TOO_LARGE, Code.UNSUPPORTED_MEDIA_TYPE)
 KEYED_CODES = (Code.BAD_REQUEST,)
@@ -144,6 +162,8 @@ def _problem_responses(codes: list[str]) -> dict[str, Any]:
                     "schema": {"type": "integer"},
                 }
             }
+        if status == 429:
+            response["headers"].update(RATE_LIMIT_HEADERS)
         responses[str(status)] = response
     return responses
 
@@ -168,13 +188,23 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
         }
     }
     document["security"] = [{BEARER: []}]
-    for path_item in document.get("paths", {}).values():
-        for operation in path_item.values():
+    for path, path_item in document.get("paths", {}).items():
+        for method, operation in path_item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
             responses.pop("422", None)
             codes = operation.pop(X_PROBLEMS, None)
+            roles = access.allowed(method.upper(), path)
+            if roles:  # who may call it (serve_app/access.py); none listed: no key needed
+                operation[X_ROLES] = [role.value for role in access.ROLE_ORDER if role in roles]
+                who = ", ".join(operation[X_ROLES])
+                operation["description"] = (
+                    operation.get("description", "").rstrip() + f"\n\nRoles: {who}."
+                ).lstrip()
+                if "{program_id}" in path and codes is not None:
+                    # A key limited to other programs: 404, as if the program did not exist.
+                    codes = sorted({*codes, Code.NOT_FOUND.value})
             if codes is not None:
                 operation[X_PROBLEMS] = codes
                 responses.update(_problem_responses(codes))

@@ -583,3 +583,78 @@ class Topology(_Open):
     move: dict[str, Any] | None = Field(
         description="the move in progress (state running, or canary: paused), if any"
     )
+
+
+class RateLimit(_Open):
+    per_s: int
+    burst: int
+
+
+KEY_EXAMPLE: dict[str, Any] = {
+    "id": "k7q2m4x9c1ab",
+    "name": "shop backend",
+    "prefix": "pts_k7q2m4x9c1ab",
+    "role": "service",
+    "programs": ["shop"],
+    "expires_at": None,
+    "rate_limit": {"per_s": 100, "burst": 200},
+    "created_by": "admin",
+    "created_at": NOW,
+    "revoked_at": None,
+    "last_used_at": None,
+}
+
+
+class ApiKey(_Open):
+    model_config = _example(KEY_EXAMPLE)
+    id: str
+    name: str
+    prefix: str = Field(description="shown in lists: names the key, proves nothing")
+    role: str
+    programs: list[str] | None = Field(description="null: every program")
+    expires_at: str | None
+    rate_limit: RateLimit | None = Field(description="null: the service's default")
+    created_by: str | None
+    created_at: str
+    revoked_at: str | None
+    last_used_at: str | None = Field(description="within a few seconds")
+
+
+class ApiKeyCreated(ApiKey):
+    model_config = _example({**KEY_EXAMPLE, "key": "pts_k7q2m4x9c1ab_" + "x" * 30 + "Ab12Cd"})
+    key: str = Field(description="the key itself: shown in this answer only, store it now")
+
+
+class ApiKeyPage(Page):
+    model_config = _example({"items": [KEY_EXAMPLE], "next_cursor": None})
+    items: list[ApiKey]
+
+
+class AuditEntry(_Open):
+    model_config = _example(
+        {
+            "id": 42,
+            "at": NOW,
+            "key_id": "admin",
+            "role": "admin",
+            "action": "reward.put",
+            "program_id": "shop",
+            "target": "mug",
+            "before": None,
+            "after": {"reward_id": "mug", "cost_points": 500},
+        }
+    )
+    id: int
+    at: str
+    key_id: str
+    role: str
+    action: str
+    program_id: str | None
+    target: str | None
+    before: Any
+    after: Any
+
+
+class AuditPage(Page):
+    model_config = _example({"items": [], "next_cursor": None})
+    items: list[AuditEntry]

@@ -22,7 +22,7 @@ from actors.routing import NAMESPACE, REWARD_SHARD_NAME_PREFIX, SHARD_NAME_PREFI
 from db.api_repo import admin_key_installed, ensure_admin_key
 from db.embedded import EmbeddedPostgres, EmbeddedRedis
 from db.engine import libpq_url, migrate
-from serve_app.auth import hash_key, new_key
+from serve_app.auth import hash_key, key_prefix, new_key
 from serve_app.settings import Settings
 
 log = logging.getLogger("points.runtime")
@@ -92,6 +92,9 @@ class AdminKeySource(enum.Enum):
     ENVIRONMENT = "environment"  # given by POINTS_ADMIN_KEY
 
 
+ADMIN_KEY_ID = "admin"
+
+
 def provision_admin_key(settings: Settings, dsn: str) -> tuple[str, AdminKeySource]:
     """Returns (admin key, where it came from). Only the hash goes to the database."""
     if settings.admin_key:
@@ -102,8 +105,8 @@ def provision_admin_key(settings: Settings, dsn: str) -> tuple[str, AdminKeySour
         return key_file.read_text().strip(), AdminKeySource.KEY_FILE
     # No key file, or a database that has no admin key yet (a new DATABASE_URL with an
     # old data dir): a new key, so the file and the database agree again.
-    key = new_key()
-    ensure_admin_key(dsn, hash_key(key))
+    key = new_key(ADMIN_KEY_ID)
+    ensure_admin_key(dsn, hash_key(key), ADMIN_KEY_ID, key_prefix(ADMIN_KEY_ID))
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.touch(mode=0o600)
     key_file.write_text(key + "\n")

@@ -188,3 +188,25 @@ class TopologyPut(_Strict):
         ):
             raise ValueError("action acts on the paused canary alone: give no other field")
         return self
+
+
+class RateLimitIn(_Strict):
+    per_s: StrictInt = Field(ge=1, le=1_000_000, description="tokens added per second")
+    burst: StrictInt = Field(ge=1, le=10_000_000, description="bucket size")
+
+
+class KeyIn(_Strict):
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+    role: Literal["admin", "operator", "service", "viewer"]
+    programs: list[Annotated[str, Field(pattern=ID_PATTERN, max_length=ID_LENGTH_MAX)]] | None = (
+        Field(default=None, min_length=1, max_length=1000, description="null: every program")
+    )
+    expires_at: JsonDateTime | None = Field(default=None, description="null: never")
+    rate_limit: RateLimitIn | None = Field(default=None, description="null: the default")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= datetime.now(UTC):
+            raise ValueError("expires_at must be in the future")
+        return value

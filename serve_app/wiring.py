@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from datetime import datetime
+from typing import Any, NoReturn
 
 import ray
 import redis.asyncio
@@ -23,10 +24,11 @@ from actors.event_consumer import EventConsumer
 from actors.routers import TopologyRouter
 from actors.routing import NAMESPACE, SLOTS, reward_shard_name, shard_name
 from actors.shard_client import ACTOR_ERRORS, ShardClient
+from db.access_repo import AccessRepo, AuditEntry
 from db.api_repo import ApiRepo
 from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_rows
 from domain.errors import Code, PointsError
-from serve_app.auth import KeyCache
+from serve_app.auth import KeyRecord, KeyRing, Refusal, Role
 
 log = logging.getLogger("points.wiring")
 
@@ -40,6 +42,22 @@ KEEPER_CALL_TIMEOUT_S = 5.0
 REWARD_CALLS_IN_FLIGHT = 1
 EVENT_CONSUMER_NAME = "points-event-consumer"
 FORGET_PROGRAM_TIMEOUT_S = 5.0
+# Each replica reads the keys changed since its last look this often: a key created,
+# revoked or expired anywhere takes effect everywhere within about this (plus a query).
+KEY_POLL_INTERVAL_S = 1.0
+KEY_LOAD_TIMEOUT_S = 5.0
+
+
+def key_record(row: dict[str, Any]) -> KeyRecord:
+    return KeyRecord(
+        key_id=row["key_id"],
+        key_hash=row["key_hash"],
+        role=Role(row["role"]),
+        programs=None if row["programs"] is None else frozenset(row["programs"]),
+        expires_at=row["expires_at"],
+        rate=None if row["rate_per_s"] is None else (row["rate_per_s"], row["rate_burst"]),
+        revoked=row["revoked_at"] is not None,
+    )
 
 
 def event_consumer(redis_url: str | None, dsn: str, shard_config: dict[str, Any]) -> Any:
@@ -66,7 +84,11 @@ class Backend:
         self.redis = (
             redis.asyncio.Redis.from_url(redis_url, socket_timeout=2) if redis_url else None
         )
-        self.keys = KeyCache()
+        self.keys = KeyRing()
+        self.access = AccessRepo(self._repo.pool)
+        self._keys_since: datetime | None = None
+        self._keys_used: set[str] = set()
+        self._key_poller: asyncio.Task[None] | None = None
         # The slot map: seeded on a new database from the configured counts; after that the
         # database says how many shards there are (a move changes it).
         ensure_topology(dsn, {"account": shards, "reward": shard_config["reward_shards"]}, SLOTS)
@@ -94,6 +116,49 @@ class Backend:
             await self._repo.open()
             self._opened = True
         return self._repo
+
+    async def _refresh_keys(self) -> None:
+        rows, self._keys_since = await self.access.keys_changed_since(self._keys_since)
+        self.keys.apply(key_record(row) for row in rows)
+
+    async def _poll_keys(self) -> None:
+        """Keep the key table current, and stamp the last use of the keys used since."""
+        while True:
+            await asyncio.sleep(KEY_POLL_INTERVAL_S)
+            try:
+                await self._refresh_keys()
+                used, self._keys_used = self._keys_used, set()
+                await self.access.touch_keys(sorted(used))
+            except Exception as exc:  # the database is away: keep the table we have
+                log.warning("reading API keys failed: %r", exc)
+
+    async def verify(self, key: str) -> KeyRecord | Refusal:
+        """The key's record (from the replica's copy of the key table) or its refusal."""
+        if self._key_poller is None or self._key_poller.done():
+            await self.repo()
+            if not self.keys.loaded:
+                try:
+                    await asyncio.wait_for(self._refresh_keys(), KEY_LOAD_TIMEOUT_S)
+                except Exception as exc:
+                    raise PointsError(
+                        Code.UNAVAILABLE, "API keys cannot be read yet, retry"
+                    ) from exc
+            self._key_poller = asyncio.get_running_loop().create_task(self._poll_keys())
+        found = self.keys.verify(key)
+        if isinstance(found, KeyRecord):
+            self._keys_used.add(found.key_id)
+        return found
+
+    async def refuse(self, client: str | None, detail: str) -> NoReturn:
+        """401, or 429 once `client` (an address) has failed too often."""
+        raise PointsError(Code.UNAUTHORIZED, detail)
+
+    async def admit(self, key: KeyRecord, program_id: str | None, member_id: str | None) -> None:
+        """Take from the key's (and for a write, the member's) rate-limit buckets."""
+
+    async def audit(self, entry: AuditEntry) -> None:
+        await self.repo()
+        await self.access.record(entry)
 
     async def _keep_shards(self) -> None:
         """Ping reward shards now and then: a restarted shard starts its recovery pass on

@@ -5,6 +5,7 @@ from serve_app.routes import (
     admin,
     events,
     health,
+    keys,
     members,
     programs,
     redemptions,
@@ -22,4 +23,5 @@ ROUTERS = (
     redemptions.router,
     events.router,
     admin.router,
+    keys.router,
 )

@@ -12,6 +12,8 @@ from domain.errors import Code, PointsError
 from domain.idempotency import request_hash
 from domain.limits import EVENTS_PER_BATCH_MAX
 from serve_app.http import (
+    admit,
+    audit,
     authenticate,
     backend,
     body_of,
@@ -41,9 +43,10 @@ router = APIRouter(tags=["events"])
 async def post_event(program_id: ProgramId, request: Request, dry_run: DryRun = False) -> Response:
     """Apply one business event: the program's rules decide the points (and say why). The
     event id deduplicates: the same event again answers the first answer."""
-    await authenticate(request)
+    caller = await authenticate(request, limit=False)
     raw = await json_body(request)
     command = event_command(program_id, raw, dry_run, datetime.now(UTC))
+    await admit(request, caller, program_id, None if dry_run else command.member_id)
     return outcome_response(await backend(request).client.submit(command))
 
 
@@ -89,7 +92,7 @@ async def get_event(program_id: ProgramId, event_id: EventId, request: Request) 
 async def confirm_event(program_id: ProgramId, event_id: EventId, request: Request) -> Response:
     """Release the points an event holds until confirmation: spendable from now, expiring
     by the policy from now. Safe to repeat: it is keyed by the event id."""
-    await authenticate(request)
+    caller = await authenticate(request)
     wiring = backend(request)
     member_id = await (await wiring.repo()).event_member(program_id, event_id)
     if member_id is None:
@@ -101,7 +104,10 @@ async def confirm_event(program_id: ProgramId, event_id: EventId, request: Reque
         key=f"confirm {event_id}",
         request_hash=request_hash("confirm", fields),
     )
-    return outcome_response(await wiring.client.submit(command))
+    answer = outcome_response(await wiring.client.submit(command))
+    return await audit(
+        request, caller, "event.confirm", program_id, event_id, answer, request_key="confirm"
+    )
 
 
 @router.post(
@@ -114,7 +120,7 @@ async def confirm_event(program_id: ProgramId, event_id: EventId, request: Reque
 async def reverse_event(program_id: ProgramId, event_id: EventId, request: Request) -> Response:
     """Claw back what an event earned (refund, cancelled order), in proportion to the
     `amount` reversed (omitted: all); never more than it earned, however often."""
-    await authenticate(request)
+    caller = await authenticate(request)
     key = idempotency_key(request)
     body = await body_of(request, ReverseIn)
     member_id = await (await backend(request).repo()).event_member(program_id, event_id)
@@ -122,4 +128,7 @@ async def reverse_event(program_id: ProgramId, event_id: EventId, request: Reque
         raise not_found("event", event_id)
     amount = None if body.amount is None else str(body.amount)
     fields = {"event_id": event_id, "amount": amount}
-    return await keyed_account_write(request, Reverse, program_id, member_id, fields, key)
+    answer = await keyed_account_write(request, Reverse, program_id, member_id, fields, key)
+    return await audit(
+        request, caller, "event.reverse", program_id, event_id, answer, request_key=key
+    )

@@ -1,6 +1,6 @@
 """Members: credits and debits (the hot path), the member view, history, tier changes, list."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
@@ -8,12 +8,15 @@ from starlette.responses import Response
 from actors.protocol import Credit, Debit
 from db.api_repo import decode_cursor
 from domain.errors import Code
+from serve_app.auth import KeyRecord, Role
 from serve_app.http import (
+    audit,
     authenticate,
     backend,
     body_of,
     cursor_errors,
     cursor_of,
+    idempotency_key,
     keyed_account_write,
     not_found,
 )
@@ -31,6 +34,23 @@ TIER_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
 # through FastAPI's dependency injection (which cost ~15% of the replica's CPU per debit).
 
 
+async def _manual(
+    request: Request,
+    caller: KeyRecord,
+    action: str,
+    program_id: str,
+    member_id: str,
+    command_type: type[Credit | Debit],
+    fields: dict[str, Any],
+) -> Response:
+    """A credit or debit; made by an admin or operator key (a manual one), also audited."""
+    if caller.role is Role.SERVICE:
+        return await keyed_account_write(request, command_type, program_id, member_id, fields)
+    key = idempotency_key(request)
+    answer = await keyed_account_write(request, command_type, program_id, member_id, fields, key)
+    return await audit(request, caller, action, program_id, member_id, answer, request_key=key)
+
+
 @router.post(
     "/v1/programs/{program_id}/members/{member_id}/credits",
     response_model=Transaction,
@@ -42,10 +62,10 @@ TIER_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
 async def credit(program_id: ProgramId, member_id: MemberId, request: Request) -> Response:
     """Add points (a new lot, expiring at `expires_at` or by the program's policy). The
     member is created on their first credit."""
-    await authenticate(request)
+    caller = await authenticate(request)
     body = await body_of(request, CreditIn)
     fields = {"points": body.points, "reason": body.reason, "expires_at": body.expires_at}
-    return await keyed_account_write(request, Credit, program_id, member_id, fields)
+    return await _manual(request, caller, "member.credit", program_id, member_id, Credit, fields)
 
 
 @router.post(
@@ -62,10 +82,10 @@ async def credit(program_id: ProgramId, member_id: MemberId, request: Request) -
 )
 async def debit(program_id: ProgramId, member_id: MemberId, request: Request) -> Response:
     """Spend points, from the lots that expire soonest."""
-    await authenticate(request)
+    caller = await authenticate(request)
     body = await body_of(request, DebitIn)
     fields = {"points": body.points, "reason": body.reason}
-    return await keyed_account_write(request, Debit, program_id, member_id, fields)
+    return await _manual(request, caller, "member.debit", program_id, member_id, Debit, fields)
 
 
 @router.get(

@@ -5,7 +5,7 @@ from starlette.responses import Response
 
 from domain.errors import Code
 from domain.policy import parse_policy, policy_to_json
-from serve_app.http import authenticate, backend, body_of, cursor_errors, not_found
+from serve_app.http import audit_entry, authenticate, backend, body_of, cursor_errors, not_found
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse
 from serve_app.responses import Program, ProgramPage
@@ -27,10 +27,10 @@ async def list_programs(
     request: Request, limit: Limit = LIMIT_DEFAULT, cursor: Cursor = None
 ) -> Response:
     """Every program, by id, keyset-paginated."""
-    await authenticate(request)
+    caller = await authenticate(request)
     repo = await backend(request).repo()
     with cursor_errors():  # the repository decodes the cursor
-        items, next_cursor = await repo.list_programs(limit, cursor)
+        items, next_cursor = await repo.list_programs(limit, cursor, within=caller.programs)
     return JsonResponse({"items": [program_view(p) for p in items], "next_cursor": next_cursor})
 
 
@@ -43,11 +43,13 @@ async def list_programs(
 )
 async def put_program(program_id: ProgramId, request: Request) -> Response:
     """Create a program (201), or update its name and policy (200)."""
-    await authenticate(request)
+    caller = await authenticate(request)
     body = await body_of(request, ProgramPut)
     policy = None if body.policy is None else policy_to_json(parse_policy(body.policy))
     wiring = backend(request)
-    created, program = await (await wiring.repo()).put_program(program_id, body.name, policy)
+    created, program = await (await wiring.repo()).put_program(
+        program_id, body.name, policy, audit_entry(caller, "program.put", program_id, program_id)
+    )
     if policy is not None:
         await wiring.forget_program(program_id)
     return JsonResponse(program_view(program), status_code=201 if created else 200)

@@ -10,7 +10,16 @@ from db.api_repo import decode_cursor
 from domain.errors import Code
 from domain.idempotency import request_hash
 from domain.rewards import redemption_view
-from serve_app.http import authenticate, backend, body_of, cursor_of, idempotency_key, not_found
+from serve_app.http import (
+    admit,
+    audit,
+    authenticate,
+    backend,
+    body_of,
+    cursor_of,
+    idempotency_key,
+    not_found,
+)
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse, outcome_response
 from serve_app.responses import Redemption, RedemptionPage
@@ -38,9 +47,10 @@ router = APIRouter(tags=["redemptions"])
 async def redeem(program_id: ProgramId, request: Request) -> Response:
     """Reserve stock, debit the points, complete (or hand to the fulfilment webhook): 201
     `completed` or `pending_fulfillment`. 503: retry with the same key, the saga resumes."""
-    await authenticate(request)
+    caller = await authenticate(request, limit=False)
     body = await body_of(request, RedemptionIn)
     key = idempotency_key(request)
+    await admit(request, caller, program_id, body.member_id)
     fields = {"program_id": program_id, **body.model_dump()}
     command = Redeem(**fields, key=key, request_hash=request_hash("redeem", fields))
     return outcome_response(await backend(request).rewards.submit(command))
@@ -71,7 +81,7 @@ async def cancel_redemption(
 ) -> Response:
     """The points go back into the very lots they came from, the units back into stock.
     Cancelling again changes nothing."""
-    await authenticate(request)
+    caller = await authenticate(request)
     wiring = backend(request)
     redemption = await (await wiring.repo()).get_redemption(program_id, redemption_id)
     if redemption is None:
@@ -79,7 +89,18 @@ async def cancel_redemption(
     command = Cancel(
         program_id=program_id, reward_id=redemption.reward_id, redemption_id=redemption_id
     )
-    return outcome_response(await wiring.rewards.submit(command))
+    answer = outcome_response(await wiring.rewards.submit(command))
+    # Cancelling again changes nothing: recorded once.
+    return await audit(
+        request,
+        caller,
+        "redemption.cancel",
+        program_id,
+        str(redemption_id),
+        answer,
+        before=redemption_view(redemption),
+        request_key="cancel",
+    )
 
 
 @router.get(

@@ -9,7 +9,15 @@ from actors.protocol import PutReward, Restock
 from db.api_repo import decode_reward_cursor
 from domain.errors import Code
 from domain.idempotency import request_hash
-from serve_app.http import authenticate, backend, body_of, cursor_of, idempotency_key, not_found
+from serve_app.http import (
+    audit,
+    authenticate,
+    backend,
+    body_of,
+    cursor_of,
+    idempotency_key,
+    not_found,
+)
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse, outcome_response
 from serve_app.responses import RestockDone, Reward, RewardPage
@@ -36,10 +44,13 @@ class _RestockFields(TypedDict):
 )
 async def put_reward(program_id: ProgramId, reward_id: RewardId, request: Request) -> Response:
     """Define a reward (201) or change it (200): cost, stock, per-member limit, fulfilment."""
-    await authenticate(request)
+    caller = await authenticate(request)
     body = await body_of(request, RewardPut)
     command = PutReward(program_id=program_id, reward_id=reward_id, **body.model_dump(mode="json"))
-    return outcome_response(await backend(request).rewards.submit(command))
+    wiring = backend(request)
+    before = await (await wiring.repo()).get_reward(program_id, reward_id)
+    answer = outcome_response(await wiring.rewards.submit(command))
+    return await audit(request, caller, "reward.put", program_id, reward_id, answer, before=before)
 
 
 @router.get(
@@ -89,9 +100,12 @@ async def get_reward(program_id: ProgramId, reward_id: RewardId, request: Reques
 )
 async def restock(program_id: ProgramId, reward_id: RewardId, request: Request) -> Response:
     """Add units to a limited reward (idempotent under its key)."""
-    await authenticate(request)
+    caller = await authenticate(request)
     body = await body_of(request, RestockIn)
     key = idempotency_key(request)
     fields = _RestockFields(program_id=program_id, reward_id=reward_id, quantity=body.quantity)
     command = Restock(**fields, key=key, request_hash=request_hash("restock", fields))
-    return outcome_response(await backend(request).rewards.submit(command))
+    answer = outcome_response(await backend(request).rewards.submit(command))
+    return await audit(
+        request, caller, "reward.restock", program_id, reward_id, answer, request_key=key
+    )

@@ -5,7 +5,7 @@ from starlette.responses import Response
 
 from domain.errors import Code
 from domain.rules import compile_rule_set, rule_set_to_json
-from serve_app.http import authenticate, backend, body_of, not_found
+from serve_app.http import audit_entry, authenticate, backend, body_of, not_found
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse
 from serve_app.responses import RuleSet, RuleSets
@@ -23,12 +23,15 @@ router = APIRouter(tags=["rules"])
 )
 async def put_rules(program_id: ProgramId, request: Request) -> Response:
     """A new version of the program's rule set, in effect from `effective_from` (now)."""
-    await authenticate(request)
+    caller = await authenticate(request)
     body = await body_of(request, RulesPut)
     compiled = compile_rule_set(body.rules, 1)  # validates; raises validation_error
     wiring = backend(request)
     rule_set = await (await wiring.repo()).add_rule_set(
-        program_id, rule_set_to_json(compiled), body.effective_from
+        program_id,
+        rule_set_to_json(compiled),
+        body.effective_from,
+        audit_entry(caller, "rules.put", program_id, program_id),
     )
     if rule_set is None:
         raise not_found("program", program_id)

@@ -36,6 +36,8 @@ def service(database_url: str, redis_url: str) -> Iterator[Service]:
         data_dir=Path(tempfile.mkdtemp(prefix="points-e2e-")),
         port=runtime.free_port(),
         shards=2,
+        # Two ingress replicas: what one replica learns (a revoked key) the other must too.
+        replicas=2,
         webhook_secret=WEBHOOK_SECRET,
         webhook_attempts=2,
         webhook_backoff_s=0.05,

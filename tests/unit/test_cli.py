@@ -56,7 +56,7 @@ def key_db(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The admin key hashes 'installed' in a stand-in for the database."""
     installed: list[str] = []
     monkeypatch.setattr(
-        runtime, "ensure_admin_key", lambda dsn, key_hash: installed.append(key_hash)
+        runtime, "ensure_admin_key", lambda dsn, key_hash, *_: installed.append(key_hash)
     )
     monkeypatch.setattr(runtime, "admin_key_installed", lambda dsn: bool(installed))
     return installed

@@ -11,7 +11,6 @@ from db.api_repo import decode_cursor, encode_cursor
 from domain.errors import NEVER_ANSWERED_CODES, SUCCESS_CODES, Code, PointsError
 from domain.idempotency import StoredResponse, replay, request_hash
 from domain.ids import uuid7, valid_id
-from serve_app.auth import KeyCache, hash_key, new_key
 from serve_app.problems import HTTP_STATUS, TITLES, problem_body
 from serve_app.schemas import CreditIn, DebitIn
 
@@ -114,16 +113,6 @@ def test_good_bodies_parse() -> None:
     )
     assert credit.expires_at == datetime(2030, 1, 1, tzinfo=UTC)
     assert DebitIn.model_validate_json('{"points": 5, "reason": "x"}').points == 5
-
-
-def test_keys_are_hashed_and_cached_with_ttl() -> None:
-    key = new_key()
-    assert key.startswith("pts_") and len(key) > 30
-    assert hash_key(key) != key and len(hash_key(key)) == 64
-    cache = KeyCache(ttl_s=10)
-    cache.put("h", "admin", now=100.0)
-    assert cache.get("h", now=105.0) == (True, "admin")
-    assert cache.get("h", now=111.0) == (False, None)
 
 
 def test_cursor_round_trip_and_garbage() -> None:

@@ -1,0 +1,104 @@
+"""Who may call what: the route × role matrix, as data, in one place.
+
+`ACCESS` maps each route (method, path template) to the roles allowed to call it. The
+authentication step (serve_app/http.py `authenticate`) looks the matched route up here: a
+role outside the set is 403 `forbidden`; a route missing from the table is refused to every
+role (a unit test holds the table and the app's routes to each other). The OpenAPI document
+lists each route's roles (`x-roles`) and docs/access.md shows the table
+(`python -m serve_app.access` prints it).
+
+Roles:
+- admin: everything, keys and the topology included.
+- operator: programs, rules, rewards, restocks, manual credits and debits, reversals,
+  confirmations, cancellations, review decisions, and every read but keys and topology.
+- service: what a shop's backend needs: credits, debits, events, redemptions, and reads of
+  members (their accounts, history, redemptions, events) and of the reward catalogue they
+  redeem from.
+- viewer: reads only (the same reads as operator).
+
+A key may also be limited to some programs: any other program answers 404 exactly as if it
+did not exist, before the role is looked at (a 403 would tell the program exists).
+"""
+
+from __future__ import annotations
+
+from serve_app.auth import Role
+
+ADMIN = frozenset({Role.ADMIN})
+OPERATE = frozenset({Role.ADMIN, Role.OPERATOR})
+TRANSACT = frozenset({Role.ADMIN, Role.OPERATOR, Role.SERVICE})
+SERVE = frozenset({Role.ADMIN, Role.SERVICE})
+READ = frozenset({Role.ADMIN, Role.OPERATOR, Role.VIEWER})
+READ_MEMBERS = frozenset(Role)
+PUBLIC: frozenset[Role] = frozenset()  # no key needed
+
+P = "/v1/programs/{program_id}"
+M = P + "/members/{member_id}"
+
+ACCESS: dict[tuple[str, str], frozenset[Role]] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    # Keys and the service's own shape: admins only.
+    ("POST", "/v1/keys"): ADMIN,
+    ("GET", "/v1/keys"): ADMIN,
+    ("GET", "/v1/keys/{key_id}"): ADMIN,
+    ("DELETE", "/v1/keys/{key_id}"): ADMIN,
+    ("GET", "/v1/admin/topology"): ADMIN,
+    ("PUT", "/v1/admin/topology"): ADMIN,
+    ("GET", "/v1/audit"): OPERATE,
+    # Programs and their rules.
+    ("GET", "/v1/programs"): READ,
+    ("PUT", P): OPERATE,
+    ("GET", P): READ,
+    ("PUT", P + "/rules"): OPERATE,
+    ("GET", P + "/rules"): READ,
+    # Members: manual credits and debits are an operator's; a service's everyday work.
+    ("POST", M + "/credits"): TRANSACT,
+    ("POST", M + "/debits"): TRANSACT,
+    ("GET", P + "/members"): READ_MEMBERS,
+    ("GET", M): READ_MEMBERS,
+    ("GET", M + "/tier-changes"): READ_MEMBERS,
+    ("GET", M + "/transactions"): READ_MEMBERS,
+    ("GET", M + "/redemptions"): READ_MEMBERS,
+    # Rewards: defined and restocked by operators, read by whoever redeems.
+    ("PUT", P + "/rewards/{reward_id}"): OPERATE,
+    ("GET", P + "/rewards"): READ_MEMBERS,
+    ("GET", P + "/rewards/{reward_id}"): READ_MEMBERS,
+    ("POST", P + "/rewards/{reward_id}/restock"): OPERATE,
+    # Redemptions: made by a shop's backend, cancelled by an operator.
+    ("POST", P + "/redemptions"): SERVE,
+    ("GET", P + "/redemptions/{redemption_id}"): READ_MEMBERS,
+    ("POST", P + "/redemptions/{redemption_id}/cancel"): OPERATE,
+    # Business events: sent by a shop's backend; confirmed or reversed by an operator.
+    ("POST", P + "/events"): SERVE,
+    ("POST", P + "/events/batch"): SERVE,
+    ("GET", P + "/events/{event_id}"): READ_MEMBERS,
+    ("POST", P + "/events/{event_id}/confirm"): OPERATE,
+    ("POST", P + "/events/{event_id}/reverse"): OPERATE,
+}
+
+ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.SERVICE, Role.VIEWER)
+
+
+def allowed(method: str, path: str) -> frozenset[Role] | None:
+    """The roles that may call the route; None for a route not in the table (refused)."""
+    return ACCESS.get((method, path))
+
+
+def markdown_table() -> str:
+    """The matrix as the Markdown table in docs/access.md."""
+    lines = [
+        "| Route | " + " | ".join(role.value for role in ROLE_ORDER) + " |",
+        "|---|" + "---|" * len(ROLE_ORDER),
+    ]
+    for (method, path), roles in ACCESS.items():
+        if not roles:
+            cells = ["no key"] * len(ROLE_ORDER)
+        else:
+            cells = ["yes" if role in roles else "—" for role in ROLE_ORDER]
+        lines.append(f"| `{method} {path}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -28,7 +29,7 @@ from db.access_repo import AccessRepo, AuditEntry
 from db.api_repo import ApiRepo
 from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_rows
 from domain.errors import Code, PointsError
-from serve_app.auth import KeyRecord, KeyRing, Refusal, Role
+from serve_app.auth import KeyRecord, KeyRing, Refusal, Role, key_id_of
 
 log = logging.getLogger("points.wiring")
 
@@ -46,6 +47,8 @@ FORGET_PROGRAM_TIMEOUT_S = 5.0
 # revoked or expired anywhere takes effect everywhere within about this (plus a query).
 KEY_POLL_INTERVAL_S = 1.0
 KEY_LOAD_TIMEOUT_S = 5.0
+# A key the replica does not know makes it read the changes at once, at most this often.
+KEY_REFRESH_MIN_S = 0.1
 
 
 def key_record(row: dict[str, Any]) -> KeyRecord:
@@ -89,6 +92,8 @@ class Backend:
         self._keys_since: datetime | None = None
         self._keys_used: set[str] = set()
         self._key_poller: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = 0.0
         # The slot map: seeded on a new database from the configured counts; after that the
         # database says how many shards there are (a move changes it).
         ensure_topology(dsn, {"account": shards, "reward": shard_config["reward_shards"]}, SLOTS)
@@ -145,9 +150,37 @@ class Backend:
                     ) from exc
             self._key_poller = asyncio.get_running_loop().create_task(self._poll_keys())
         found = self.keys.verify(key)
+        if found is Refusal.UNKNOWN and key_id_of(key) is not None:
+            # A well-formed key this replica does not know yet: perhaps made a moment ago
+            # on another replica. Read the changes now (at most one read per
+            # KEY_REFRESH_MIN_S, shared by every request waiting for it: a flood of
+            # well-formed made-up keys costs no more).
+            await self._refresh_now()
+            found = self.keys.verify(key)
         if isinstance(found, KeyRecord):
             self._keys_used.add(found.key_id)
         return found
+
+    async def _refresh_now(self) -> None:
+        """Wait for a read of the key changes that started after this call: join the one
+        running if it did, else start one (no sooner than KEY_REFRESH_MIN_S after the
+        last)."""
+        asked = time.monotonic()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(KEY_LOAD_TIMEOUT_S):
+                while True:
+                    running = self._refreshing
+                    if running is not None and not running.done():
+                        await asyncio.shield(running)
+                        if self._refreshed_at >= asked:
+                            return
+                        continue
+                    wait = self._refreshed_at + KEY_REFRESH_MIN_S - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                        continue
+                    self._refreshed_at = time.monotonic()
+                    self._refreshing = asyncio.get_running_loop().create_task(self._refresh_keys())
 
     async def refuse(self, client: str | None, detail: str) -> NoReturn:
         """401, or 429 once `client` (an address) has failed too often."""

@@ -93,10 +93,18 @@ async def get_key(request: Request, key_id: str = KeyId) -> Response:
     return JsonResponse(await _key_for(request, key_id))
 
 
-@router.delete("/v1/keys/{key_id}", response_model=ApiKey, openapi_extra=route(Code.NOT_FOUND))
+@router.delete(
+    "/v1/keys/{key_id}",
+    response_model=ApiKey,
+    openapi_extra=route(Code.NOT_FOUND, Code.INVALID_STATE),
+)
 async def revoke_key(request: Request, key_id: str = KeyId) -> Response:
-    """Revoke a key: refused on every replica within a few seconds. Idempotent."""
+    """Revoke a key: refused on every replica within a few seconds. Idempotent. A key
+    cannot revoke itself (409 invalid_state): revoke it with another admin key, so that a
+    slip never locks the last admin out."""
     caller = await authenticate(request)
+    if key_id == caller.key_id:
+        raise PointsError(Code.INVALID_STATE, "a key cannot revoke itself: use another key")
     await _key_for(request, key_id)
     revoked = await backend(request).access.revoke_key(
         key_id, audit_entry(caller, "key.revoke", None, key_id)

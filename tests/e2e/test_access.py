@@ -163,6 +163,10 @@ async def test_keys_are_shown_once_listed_without_secrets_and_revoked_everywhere
         answer = await service.get(path)
         refused_in_a_row = refused_in_a_row + 1 if answer.status_code == 401 else 0
     assert (await client.delete(f"/v1/keys/{key_id}")).status_code == 200  # idempotent
+    # No key revokes itself (the last admin cannot lock everyone out by a slip).
+    admin_key = await make_key(client, "admin")
+    refused = await keyed(admin_key).delete(f"/v1/keys/{admin_key.split('_')[1]}")
+    assert refused.status_code == 409 and refused.json()["code"] == "invalid_state"
     assert (await client.get("/v1/keys/nosuchkey")).status_code == 404
 
 

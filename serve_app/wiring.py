@@ -161,6 +161,10 @@ class Backend:
             self._keys_used.add(found.key_id)
         return found
 
+    async def keys_changed(self) -> None:
+        """A key was made or revoked here: this replica reads the change at once."""
+        await self._refresh_now()
+
     async def _refresh_now(self) -> None:
         """Wait for a read of the key changes that started after this call: join the one
         running if it did, else start one (no sooner than KEY_REFRESH_MIN_S after the

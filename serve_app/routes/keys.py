@@ -59,6 +59,7 @@ async def create_key(request: Request) -> Response:
         rate=rate,
         audit=audit_entry(caller, "key.create", None, key_id),
     )
+    await backend(request).keys_changed()
     return JsonResponse({**view, "key": key}, status_code=201)
 
 
@@ -111,6 +112,7 @@ async def revoke_key(request: Request, key_id: str = KeyId) -> Response:
     )
     if revoked is None:
         raise not_found("key", key_id)
+    await backend(request).keys_changed()  # this replica at once; the others within ~1 s
     return JsonResponse(revoked)
 
 

@@ -8,6 +8,7 @@ from serve_app.routes import (
     members,
     programs,
     redemptions,
+    reviews,
     rewards,
     rules,
 )
@@ -20,6 +21,7 @@ ROUTERS = (
     rules.router,
     rewards.router,
     redemptions.router,
+    reviews.router,
     events.router,
     admin.router,
 )

@@ -14,9 +14,17 @@ Two families, two tables:
                 is found, or created by the kinds in CREATES_ACCOUNT). The handler returns
                 the outcome, which the shard remembers under the key, or raises PointsError:
                 a refusal.
-    STANDALONE  expire, retier (the shard's own passes, not keyed) and an event's dry run
-                (`DRY_RUN`, answers what the event would earn; nothing is written). The
-                handler answers the operation itself, at once or after commit.
+    STANDALONE  expire, retier (the shard's own passes, not keyed), decide (an operator's
+                decision on a review: idempotent by the review's state, not by a key) and
+                an event's dry run (`DRY_RUN`, answers what the event would earn; nothing
+                is written). The handler answers the operation itself, at once or after
+                commit.
+
+Risk control (domain/risk.py, domain/reviews.py) is applied here, on the account, so the
+shard serializes it like the balance: a debit (a redemption's too) and a credit by a
+`service` key are counted against the program's velocity limits in the account's own
+counters, and a debit above the review threshold is held (a `hold` transaction and a
+pending review, written in the same commit) instead of spent.
 
 Why here and not in ShardCore: the core keeps the batch mechanics (prefetch, the apply
 loop, commit, publish, idempotency replay); each operation's rules fit on one screen here.
@@ -28,7 +36,7 @@ import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -49,23 +57,41 @@ from domain.ids import uuid7
 from domain.ledger import (
     DEBIT,
     HELD_UNTIL_CONFIRMED,
+    HOLD,
     REFUND,
+    RELEASE,
     Account,
     Lot,
     Transaction,
     activate,
     available,
+    capture,
     confirm,
     credit,
     debit,
     expire,
+    hold,
     new_account,
     refund,
+    release,
     reverse,
     transaction_view,
 )
+from domain.limits import PENDING_REVIEWS_PER_MEMBER_MAX
 from domain.policy import Policy, available_at, expires_at, local_day, parse_policy
 from domain.reversals import reversal
+from domain.reviews import (
+    APPROVE,
+    HELD_FOR_REVIEW,
+    Review,
+    ReviewKind,
+    ReviewStatus,
+    check_decision_reason,
+    decide,
+    record_decision,
+    review_view,
+)
+from domain.risk import charge, needs_review
 from domain.rules import (
     Evaluation,
     EventIn,
@@ -156,6 +182,14 @@ class Op:
     dry_run: bool = False
     # The account's slot (set by the shard on arrival: ownership is checked by slot).
     slot: int = -1
+    # A credit by a `service` key (counted against service_credit_points_per_day).
+    by_service: bool = False
+    # A redemption's debit: the redemption and its reward.
+    redemption_id: uuid.UUID | None = None
+    reward_id: str | None = None
+    # DECIDE: the review and the decision (approve or reject).
+    review_id: uuid.UUID | None = None
+    decision: str = ""
 
     @staticmethod
     def of(command: AccountCommand, future: asyncio.Future[Outcome]) -> Op:
@@ -176,6 +210,12 @@ class Op:
             getattr(command, "event_id", None) or (event.event_id if event is not None else None),
             getattr(command, "amount", None),
             bool(getattr(command, "dry_run", False)),
+            -1,
+            bool(getattr(command, "by_service", False)),
+            getattr(command, "redemption_id", None),
+            getattr(command, "reward_id", None),
+            getattr(command, "review_id", None),
+            getattr(command, "decision", ""),
         )
 
 
@@ -198,6 +238,8 @@ class Work:
     # events applied in this batch, and reversal state of events changed by it
     events: set[EventKey] = field(default_factory=set)
     reversals: dict[EventKey, tuple[str, int]] = field(default_factory=dict)
+    # reviews decided by this batch: review id -> (decision, its answer)
+    decided: dict[uuid.UUID, tuple[str, Outcome]] = field(default_factory=dict)
 
     def wait(self, op: Op, result: Outcome, request_hash: str) -> int:
         """Answer `op` with `result` once the batch commits; returns the result's index."""
@@ -221,6 +263,8 @@ class Context:
     # Per batch: the events it reverses or confirms, the debits it refunds (as stored).
     stored_events: dict[EventKey, StoredEvent] = field(default_factory=dict)
     sources: dict[uuid.UUID, RefundSource] = field(default_factory=dict)
+    # Per batch: the reviews it decides, as committed.
+    reviews: dict[uuid.UUID, Review] = field(default_factory=dict)
 
     def new_id(self, now: datetime) -> uuid.UUID:
         return uuid7(int(now.timestamp() * 1000), self.random_bytes(UUID7_RANDOM_BYTES))
@@ -274,17 +318,24 @@ def activate_lots(
 def _moved(work: Work, op: Op, account: Account, txn: Transaction, now: datetime) -> Outcome:
     """Add a credit, debit or refund to the batch; its answer."""
     work.write.transactions.append((txn, op.key))
-    if txn.kind == DEBIT:
-        for lot_id, taken in txn.allocations:
-            work.write.lot_deltas[lot_id] += taken
-    elif txn.kind == REFUND:
+    _lot_deltas(work, txn)
+    if txn.kind == REFUND:
         assert txn.refers_to is not None
         work.refunded.add(txn.refers_to)
-        for lot_id, taken in txn.allocations:
-            work.write.lot_deltas[lot_id] -= taken
     body = transaction_view(txn)
     body["balance"] = _balance(account, now)
     return Outcome.created(body)
+
+
+def _lot_deltas(work: Work, txn: Transaction) -> None:
+    """What a transaction took from lots (a debit, a hold) or gave back (a refund, a
+    release). Not for the debit that spends held points: the hold took them already."""
+    if txn.kind in (DEBIT, HOLD):
+        for lot_id, taken in txn.allocations:
+            work.write.lot_deltas[lot_id] += taken
+    elif txn.kind in (REFUND, RELEASE):
+        for lot_id, taken in txn.allocations:
+            work.write.lot_deltas[lot_id] -= taken
 
 
 def _balance(account: Account, now: datetime) -> dict[str, int]:
@@ -297,15 +348,65 @@ def _balance(account: Account, now: datetime) -> dict[str, int]:
 def apply_credit(
     ctx: Context, work: Work, op: Op, account: Account, now: datetime, txn_id: uuid.UUID
 ) -> Outcome:
+    velocity = account.velocity
+    if op.by_service:
+        policy = ctx.config(op.program_id).policy
+        velocity = charge(velocity, policy.risk, policy.time_zone, now, service_credited=op.points)
     txn = credit(account, op.points, op.reason, now, txn_id, ctx.new_id(now), op.expires_at)
+    account.velocity = velocity  # counted only once the credit is made
     return _moved(work, op, account, txn, now)
 
 
 def apply_debit(
     ctx: Context, work: Work, op: Op, account: Account, now: datetime, txn_id: uuid.UUID
 ) -> Outcome:
-    txn = debit(account, op.points, op.reason, now, txn_id)
-    return _moved(work, op, account, txn, now)
+    """Spend points, or hold them for review above the program's threshold. Either way
+    the debit counts against the velocity limits first (a redemption's also as one
+    redemption), and nothing is counted when it is refused."""
+    policy = ctx.config(op.program_id).policy
+    risk = policy.risk
+    velocity = charge(
+        account.velocity,
+        risk,
+        policy.time_zone,
+        now,
+        debited=op.points,
+        redemptions=1 if op.redemption_id is not None else 0,
+    )
+    if not needs_review(risk, op.points):
+        txn = debit(account, op.points, op.reason, now, txn_id)
+        account.velocity = velocity
+        return _moved(work, op, account, txn, now)
+    if len(account.holds) >= PENDING_REVIEWS_PER_MEMBER_MAX:
+        raise PointsError(
+            Code.LIMIT_EXCEEDED,
+            f"{PENDING_REVIEWS_PER_MEMBER_MAX} reviews of this member are pending already",
+            extra={"limit": {"name": "pending_reviews", "value": PENDING_REVIEWS_PER_MEMBER_MAX}},
+        )
+    review_id = ctx.new_id(now)
+    txn = hold(account, op.points, op.reason, now, txn_id, review_id)
+    account.velocity = velocity
+    review = Review(
+        review_id=review_id,
+        program_id=op.program_id,
+        member_id=op.member_id,
+        kind=ReviewKind.DEBIT if op.redemption_id is None else ReviewKind.REDEMPTION,
+        points=op.points,
+        reason=op.reason,
+        status=ReviewStatus.PENDING,
+        hold_txn_id=txn.txn_id,
+        key=op.key,
+        created_at=now,
+        redemption_id=op.redemption_id,
+        reward_id=op.reward_id if op.redemption_id is not None else None,
+    )
+    review.check()
+    work.write.new_reviews.append(review)
+    outcome = _moved(work, op, account, txn, now)
+    # 201 like any debit (a hold and a review were recorded), its status saying it waits.
+    outcome.body["status"] = HELD_FOR_REVIEW
+    outcome.body["review_id"] = str(review_id)
+    return outcome
 
 
 def apply_refund(
@@ -577,6 +678,65 @@ def apply_expire(ctx: Context, work: Work, op: Op, now: datetime, pinned: Pinned
     work.wait(op, Outcome.done({"expired_points": txn.points}), "")
 
 
+def apply_decide(ctx: Context, work: Work, op: Op, now: datetime, pinned: Pinned) -> None:
+    """An operator's decision on a review: approve spends the held points (a debit from
+    member:held), reject gives them back into their lots (a release). Deciding again the
+    way it was decided answers the decision as it was made; the other way, invalid_state."""
+    review_id, decision = op.review_id, op.decision
+    assert review_id is not None and decision
+    try:
+        check_decision_reason(op.reason)
+    except PointsError as exc:
+        answer(op, Outcome.of_error(exc))
+        return
+    earlier = work.decided.get(review_id)
+    if earlier is not None:  # decided earlier in this very batch: answer after its commit
+        made, outcome = earlier
+        if made != decision:
+            outcome = Outcome.refused(Code.INVALID_STATE, f"review {review_id} is being {made}d")
+        work.wait(op, outcome, "")
+        return
+    stored = ctx.reviews.get(review_id)
+    akey = (op.program_id, op.member_id)
+    committed = pinned.get(akey)
+    if stored is None or (stored.program_id, stored.member_id) != akey or committed is None:
+        answer(op, Outcome.refused(Code.NOT_FOUND, f"review {review_id} not found"))
+        return
+    entry = work.accounts.get(akey)
+    if entry is None:
+        entry = working_copy(ctx, work, akey, committed, now)
+    account = entry[0]
+    if review_id not in account.holds:
+        # Not pending on the account: decided and committed, as the stored row says.
+        if stored.status is ReviewStatus.PENDING:
+            answer(op, Outcome.refused(Code.UNAVAILABLE, "review state settling; retry"))
+            return
+        try:
+            made_now = decide(stored, decision)
+        except PointsError as exc:
+            answer(op, Outcome.of_error(exc))
+            return
+        assert not made_now
+        answer(op, Outcome.done(review_view(stored)))
+        return
+    assert stored.status is ReviewStatus.PENDING
+    review = replace(stored)
+    txn_id = ctx.new_id(now)
+    if decision == APPROVE:
+        # The debit the member asked for, with its own reason; the hold took the lots.
+        txn = capture(account, review_id, review.reason, now, txn_id)
+    else:
+        txn = release(account, review_id, f"review {review_id} rejected", now, txn_id)
+        _lot_deltas(work, txn)
+    record_decision(review, decision, txn_id, op.reason, now)
+    work.write.transactions.append((txn, None))
+    work.write.decided_reviews.append(review)
+    work.changed.add(akey)
+    outcome = Outcome.done(review_view(review))
+    work.decided[review_id] = (decision, outcome)
+    work.wait(op, outcome, "")
+
+
 KeyedHandler = Callable[[Context, Work, Op, Account, datetime, uuid.UUID], Outcome]
 StandaloneHandler = Callable[[Context, Work, Op, datetime, Pinned], None]
 
@@ -591,6 +751,7 @@ KEYED: dict[OpKind, KeyedHandler] = {
 STANDALONE: dict[OpKind, StandaloneHandler] = {
     OpKind.EXPIRE: apply_expire,
     OpKind.RETIER: apply_retier,
+    OpKind.DECIDE: apply_decide,
 }
 # An event with `dry_run` set (the only kind that has one).
 DRY_RUN: StandaloneHandler = apply_dry_run
@@ -598,7 +759,16 @@ DRY_RUN: StandaloneHandler = apply_dry_run
 CREATES_ACCOUNT = frozenset({OpKind.CREDIT, OpKind.EVENT})
 # The kinds that read the program's policy and rule sets (the prefetch loads them).
 NEEDS_CONFIG = frozenset(
-    {OpKind.EVENT, OpKind.REVERSE, OpKind.EXPIRE, OpKind.CONFIRM, OpKind.RETIER}
+    {
+        OpKind.EVENT,
+        OpKind.REVERSE,
+        OpKind.EXPIRE,
+        OpKind.CONFIRM,
+        OpKind.RETIER,
+        # Risk control: velocity limits and the review threshold.
+        OpKind.CREDIT,
+        OpKind.DEBIT,
+    }
 )
 # The kinds that read a stored event (the prefetch loads it).
 NEEDS_EVENT = frozenset({OpKind.REVERSE, OpKind.CONFIRM})
@@ -613,4 +783,5 @@ assert set(KEYED) | set(STANDALONE) == {
     OpKind.CONFIRM,
     OpKind.EXPIRE,
     OpKind.RETIER,
+    OpKind.DECIDE,
 }

@@ -36,11 +36,13 @@ class OpKind(StrEnum):
     CONFIRM = "confirm"
     EXPIRE = "expire"
     RETIER = "retier"
+    DECIDE = "decide"
     # Reward shards.
     PUT_REWARD = "put_reward"
     RESTOCK = "restock"
     REDEEM = "redeem"
     CANCEL = "cancel"
+    RESUME = "resume"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class Outcome:
 
     @staticmethod
     def of_error(exc: PointsError) -> Outcome:
-        return Outcome.refused(exc.code, exc.detail)
+        return Outcome.refused(exc.code, exc.detail, **exc.extra)
 
     @property
     def succeeded(self) -> bool:
@@ -103,6 +105,10 @@ class Credit(AccountCommand):
     points: int
     reason: str
     expires_at: datetime | None = None
+    # The caller is a `service` key: the credit counts against the program's
+    # service_credit_points_per_day limit. Who calls is not part of the request, so it is
+    # not in the request hash.
+    by_service: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +116,11 @@ class Debit(AccountCommand):
     kind: ClassVar[OpKind] = OpKind.DEBIT
     points: int
     reason: str
+    # Set by the redemption saga on its debit: the redemption paid (it counts against the
+    # program's redemptions_per_hour limit, and a review of it resumes the saga). Not in
+    # the request hash (the saga hashes the redemption id).
+    redemption_id: uuid.UUID | None = None
+    reward_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +170,18 @@ class Retier(AccountCommand):
     kind: ClassVar[OpKind] = OpKind.RETIER
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecideReview(AccountCommand):
+    """An operator's decision on a review of this member (`decision`: approve or reject).
+    Idempotent by the review's state, not by a key: deciding again the same way answers the
+    decision as it was made."""
+
+    kind: ClassVar[OpKind] = OpKind.DECIDE
+    review_id: uuid.UUID
+    decision: str
+    reason: str
+
+
 # --------------------------------------------------------------------- reward shards
 
 
@@ -206,6 +229,14 @@ class Cancel(RewardCommand):
     redemption_id: uuid.UUID
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume(RewardCommand):
+    """Drive a redemption on now (its review was decided): answers its view."""
+
+    kind: ClassVar[OpKind] = OpKind.RESUME
+    redemption_id: uuid.UUID
+
+
 # --------------------------------------------------------------------- on the wire
 #
 # Ray pickles every call with cloudpickle, whose per-object hook runs in Python for any
@@ -229,10 +260,12 @@ _COMMAND_TYPES: dict[str, type[Any]] = {
         Confirm,
         Expire,
         Retier,
+        DecideReview,
         PutReward,
         Restock,
         Redeem,
         Cancel,
+        Resume,
     )
 }
 _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {

@@ -11,10 +11,18 @@ from memory: a sold-out reward costs neither PostgreSQL nor any account shard.
 The redemption saga (states in `domain.rewards.SagaState`, persisted in `redemptions`):
 
     reserve stock -> debit points -> fulfil -> complete
-                          |            |
-                          v            v
-                        failed <- compensating (refund the debit into its own lots,
-                                                release the units)
+                     |    ^   |            |
+                     v    |   v            v
+           pending_review |  failed <- compensating (refund the debit into its own lots,
+          (points held;   |     ^                    release the units)
+           units reserved)|     |
+                     approve  reject (the held points went back; the units go back)
+
+Above the program's review threshold the account shard holds the points instead of
+spending them and answers `pending_review` with its review; the saga waits there (its units
+reserved) until an operator decides: the decision is made and committed on the account
+shard, and then this shard is told to drive the saga on (`Resume`); the recovery pass finds
+decided reviews of waiting sagas too, should that message be lost.
 
 Each step is idempotent: the debit and the refund carry keys derived from the redemption
 id, so re-running a step after a crash finds the first result. Whoever finds a redemption
@@ -45,6 +53,7 @@ from actors.protocol import (
     PutReward,
     Redeem,
     Refund,
+    Resume,
     RewardCommand,
 )
 from actors.protocol import Restock as RestockCommand
@@ -60,6 +69,7 @@ from db.reward_repo import (
 )
 from domain.errors import RETRYABLE_CODES, Code, PointsError
 from domain.idempotency import request_hash
+from domain.reviews import HELD_FOR_REVIEW, ReviewStatus
 from domain.rewards import (
     TERMINAL_STATES,
     Redemption,
@@ -95,8 +105,9 @@ def utcnow() -> datetime:
 
 # Failure codes of a redemption that answer as a refusal (nothing was taken, or what was
 # taken is given back): the codes of the debit's own refusals. A redemption that failed
-# later (its fulfilment) answers `created` with its view, status "failed".
-IN_FLIGHT_CODES = RETRYABLE_CODES | {Code.INTERNAL, Code.FULFILLMENT_FAILED}
+# later (its fulfilment, or its review rejected) answers `created` with its view, status
+# "failed".
+IN_FLIGHT_CODES = RETRYABLE_CODES | {Code.INTERNAL, Code.FULFILLMENT_FAILED, Code.REVIEW_REJECTED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +133,8 @@ class _Move:
     compensate_to: SagaState | None = None
     failure_code: Code | None = None
     failure_reason: str | None = None
+    failure_extra: dict[str, Any] | None = None
+    review_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +241,8 @@ class RewardCore:
             return await self.redeem(command)
         if isinstance(command, Cancel):
             return await self.cancel(command)
+        if isinstance(command, Resume):
+            return await self.resume(command)
         assert isinstance(command, PutReward | RestockCommand), type(command)
         answer = await self._submit(command)
         assert isinstance(answer, Outcome)
@@ -273,6 +288,21 @@ class RewardCore:
         if redemption is None or redemption.status is not SagaState.CANCELLED:
             return Outcome.refused(Code.UNAVAILABLE, "cancellation in progress; retry")
         return Outcome.done(redemption_view(redemption))
+
+    async def resume(self, command: Resume) -> Outcome:
+        """Drive a redemption on now (its review was decided); its outcome as a replay of
+        the redemption would answer it."""
+        key = (command.program_id, command.reward_id)
+        rid = command.redemption_id
+        if self._lost(key) or self._slot_of(*key) in self._draining:
+            return self._moved_outcome(key)
+        await self.drive(key, rid)
+        redemption = self._redemption(key, rid)
+        if redemption is None and self._lost(key):
+            return self._moved_outcome(key)
+        if redemption is None:
+            return Outcome.refused(Code.NOT_FOUND, f"redemption {rid} not found")
+        return self.answer_for(redemption)
 
     def _forget_slots(self, lost: set[int]) -> None:
         """Slots a refresh of the map found gone: what memory holds for them is stale."""
@@ -328,11 +358,15 @@ class RewardCore:
             code = Code._value2member_map_.get(redemption.failure_code)
             if isinstance(code, Code) and code not in IN_FLIGHT_CODES:
                 return Outcome.refused(
-                    code, redemption.failure_reason or str(code), redemption=view
+                    code,
+                    redemption.failure_reason or str(code),
+                    redemption=view,
+                    **(redemption.failure_extra or {}),
                 )
             return Outcome.created(view)
         if redemption.status in (
             SagaState.COMPLETED,
+            SagaState.PENDING_REVIEW,
             SagaState.PENDING_FULFILLMENT,
             SagaState.CANCELLED,
             SagaState.FAILED,
@@ -406,8 +440,18 @@ class RewardCore:
                     reason=f"redemption {r.redemption_id} of {r.reward_id}",
                     key=DEBIT_KEY.format(r.redemption_id),
                     request_hash=request_hash("saga-debit", {"id": str(r.redemption_id)}),
+                    redemption_id=r.redemption_id,
+                    reward_id=r.reward_id,
                 )
             )
+            if answer.code is Code.CREATED and answer.body.get("status") == HELD_FOR_REVIEW:
+                # Held for review: the units stay reserved until an operator decides.
+                return await self._move(
+                    key,
+                    r,
+                    SagaState.PENDING_REVIEW,
+                    review_id=uuid.UUID(str(answer.body["review_id"])),
+                )
             if answer.code is Code.CREATED:
                 # Debited, and with no fulfilment to wait for, completed: one commit.
                 after = (
@@ -425,10 +469,19 @@ class RewardCore:
                 )
             if answer.code in RETRYABLE_CODES or answer.code is Code.INTERNAL:
                 return False
-            # Refused (not enough points, unknown member): nothing was taken.
+            # Refused (not enough points, a velocity limit, unknown member): nothing was
+            # taken. The refusal's extra fields (the limit it names) are answered again.
+            extra = {k: v for k, v in answer.body.items() if k != "detail"}
             return await self._move(
-                key, r, SagaState.FAILED, failure_code=answer.code, failure_reason=answer.detail
+                key,
+                r,
+                SagaState.FAILED,
+                failure_code=answer.code,
+                failure_reason=answer.detail,
+                failure_extra=extra or None,
             )
+        if status is SagaState.PENDING_REVIEW:
+            return await self._after_review(key, r)
         if status is SagaState.POINTS_DEBITED:
             if r.fulfillment.get("type", "none") == "none":
                 return await self._move(key, r, SagaState.COMPLETED)
@@ -457,6 +510,37 @@ class RewardCore:
             target = r.compensate_to or SagaState.FAILED
             return await self._move(key, r, target, refund_txn_id=refund_txn_id)
         raise AssertionError(f"no step from {status}")
+
+    async def _after_review(self, key: RewardKey, r: Redemption) -> bool:
+        """Pending review: go on once the review is decided (committed by the account
+        shard). Approved: the held points were spent, on to fulfilment. Rejected: they went
+        back into the member's lots; the units go back too."""
+        assert r.review_id is not None
+        decision = (await self.reader.review_decisions([r.review_id])).get(r.review_id)
+        if decision is None or decision.status is ReviewStatus.PENDING:
+            return False  # waits for an operator
+        if decision.status is ReviewStatus.APPROVED:
+            assert decision.decision_txn_id is not None
+            after = (
+                SagaState.COMPLETED
+                if r.fulfillment.get("type", "none") == "none"
+                else SagaState.PENDING_FULFILLMENT
+            )
+            return await self._move(
+                key,
+                r,
+                SagaState.POINTS_DEBITED,
+                then=after,
+                debit_txn_id=decision.decision_txn_id,
+                balance_after=decision.balance_after,
+            )
+        return await self._move(
+            key,
+            r,
+            SagaState.FAILED,
+            failure_code=Code.REVIEW_REJECTED,
+            failure_reason=(decision.decision_reason or "rejected")[:500],
+        )
 
     async def _move(
         self,
@@ -537,9 +621,12 @@ class RewardCore:
             state = self._rewards.get(key)
             if state is None:
                 continue
+            decided = await self._decided_reviews(state)
             for rid, redemption in list(state.redemptions.items()):
                 if redemption.status in TERMINAL_STATES or rid in self._drivers:
                     continue
+                if redemption.status is SagaState.PENDING_REVIEW and rid not in decided:
+                    continue  # still waits for an operator
                 if redemption.status is SagaState.PENDING_FULFILLMENT:
                     if rid not in self._fulfilling:
                         self._start_fulfilment(key, redemption)
@@ -549,6 +636,22 @@ class RewardCore:
                 asyncio.get_running_loop().create_task(self.drive(key, rid))
         self.stats["recovered"] += resumed
         return resumed
+
+    async def _decided_reviews(self, state: _State) -> set[uuid.UUID]:
+        """The redemptions of a reward waiting on a review that is decided (one query)."""
+        waiting = {
+            r.review_id: rid
+            for rid, r in state.redemptions.items()
+            if r.status is SagaState.PENDING_REVIEW and r.review_id is not None
+        }
+        if not waiting:
+            return set()
+        decisions = await self.reader.review_decisions(list(waiting))
+        return {
+            waiting[review_id]
+            for review_id, decision in decisions.items()
+            if decision.status is not ReviewStatus.PENDING
+        }
 
     async def _recovery_loop(self) -> None:
         while True:
@@ -861,6 +964,9 @@ class RewardCore:
         if req.failure_code is not None:
             redemption.failure_code = req.failure_code.value
             redemption.failure_reason = req.failure_reason
+            redemption.failure_extra = req.failure_extra
+        if req.review_id is not None:
+            redemption.review_id = req.review_id
         work.updated[redemption.redemption_id] = redemption
         self._touch(work, state)
         work.waiting.append((op, Outcome.done()))
@@ -881,6 +987,11 @@ class RewardCore:
         if status is SagaState.FAILED:
             raise PointsError(
                 Code.INVALID_STATE, "a failed redemption was already compensated; nothing to cancel"
+            )
+        if status is SagaState.PENDING_REVIEW:
+            raise PointsError(
+                Code.INVALID_STATE,
+                f"redemption is {status}: approve or reject review {redemption.review_id}",
             )
         if status not in (SagaState.COMPLETED, SagaState.PENDING_FULFILLMENT):
             raise PointsError(Code.INVALID_STATE, f"redemption is {status}; retry shortly")

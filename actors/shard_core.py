@@ -427,6 +427,9 @@ class ShardCore:
         # Refunds: the debits they give back and those debits' lots, as stored.
         sources = [op.refund_of for op in batch if op.refund_of is not None]
         ctx.sources = await self.repo.load_refund_sources(sources) if sources else {}
+        # Decisions: the reviews they decide, as committed.
+        reviews = [op.review_id for op in batch if op.review_id is not None]
+        ctx.reviews = await self.repo.load_reviews(reviews) if reviews else {}
         missing = [key for key in wanted if key not in pinned]
         if missing:
             loaded = await self.repo.load_accounts(missing)

@@ -19,8 +19,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from db.access_repo import AuditEntry, record
+from db.ledger_repo import REVIEW_COLUMNS, review_from_row
 from db.reward_repo import REDEMPTION_COLUMNS, REWARD_COLUMNS, redemption_from_row, reward_from_row
 from domain.limits import CURSOR_LENGTH_MAX, PAGE_SIZE_MAX
+from domain.reviews import Review, review_view
 from domain.rewards import Redemption, redemption_view, reward_view
 
 
@@ -436,6 +438,53 @@ class ApiRepo:
             lambda r: encode_cursor(r.created_at, r.redemption_id),
         )
         return [redemption_view(r) for r in found], next_cursor
+
+    # ----------------------------------------------------------------- reviews (reads)
+
+    async def get_review(self, program_id: str, review_id: uuid.UUID) -> Review | None:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE program_id = %s AND review_id = %s",
+                (program_id, review_id),
+            )
+            row = await cur.fetchone()
+        return None if row is None else review_from_row(row)
+
+    async def list_reviews(
+        self,
+        program_id: str,
+        *,
+        status: str | None,
+        limit: int,
+        cursor: tuple[datetime, uuid.UUID] | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The program's reviews (only those in `status` if given), newest first,
+        keyset-paginated on (created_at, review_id)."""
+        assert limit > 0
+        clauses = "program_id = %s"
+        params: list[Any] = [program_id]
+        if status is not None:
+            clauses += " AND status = %s"
+            params.append(status)
+        if cursor is not None:
+            clauses += " AND (created_at, review_id) < (%s, %s)"
+            params.extend(cursor)
+        params.append(limit + 1)
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE {clauses}"
+                " ORDER BY created_at DESC, review_id DESC LIMIT %s",
+                params,
+            )
+            rows = await cur.fetchall()
+        found, next_cursor = _page(
+            [review_from_row(row) for row in rows],
+            limit,
+            lambda r: encode_cursor(r.created_at, r.review_id),
+        )
+        return [review_view(r) for r in found], next_cursor
 
 
 def encode_id_cursor(last_id: str) -> str:

@@ -34,7 +34,8 @@ from db.shard_connection import (
 from db.topology_repo import SlotFence, slot_fence_writers
 from domain.errors import Code
 from domain.idempotency import StoredResponse
-from domain.ledger import MEMBER_ACCOUNTS, Account, Lot, Transaction
+from domain.ledger import MEMBER_ACCOUNTS, Account, Hold, Lot, Transaction
+from domain.reviews import Review, ReviewKind, ReviewStatus
 
 # Callers import these from here (actors/shard_core.py).
 __all__ = [
@@ -73,6 +74,9 @@ class BatchWrite:
     lot_states: list[Lot] = field(default_factory=list)
     # (program_id, member_id, from_tier, to_tier, reason)
     tier_changes: list[tuple[str, str, str | None, str, str]] = field(default_factory=list)
+    # Reviews opened by holds of this batch, and reviews it decided.
+    new_reviews: list[Review] = field(default_factory=list)
+    decided_reviews: list[Review] = field(default_factory=list)
     # The slots (at their epochs) the shard must still own for this batch to commit.
     fence: SlotFence | None = None
 
@@ -150,7 +154,8 @@ class LedgerRepo(ShardRepo):
         rows = await self._db.fetch_all(
             f"""
             SELECT a.program_id, a.member_id, a.version, a.balance, a.lifetime_earned,
-                   a.lifetime_spent, a.earning, a.debt, a.pending, {_LOT_COLUMNS}
+                   a.lifetime_spent, a.earning, a.debt, a.pending, a.held, a.velocity,
+                   {_HOLDS_OF_ACCOUNT}, {_LOT_COLUMNS}
             FROM unnest(%b::text[], %b::text[]) AS k(program_id, member_id)
             JOIN accounts a ON a.program_id = k.program_id AND a.member_id = k.member_id
             LEFT JOIN lots l ON l.program_id = a.program_id AND l.member_id = a.member_id
@@ -176,6 +181,9 @@ class LedgerRepo(ShardRepo):
                     earning=row["earning"] or {},
                     debt=row["debt"],
                     pending=row["pending"],
+                    held=row["held"],
+                    holds=_holds(row["holds"]),
+                    velocity=row["velocity"] or {},
                 )
             if row["lot_id"] is not None:
                 account.lots.append(_lot(row))
@@ -218,6 +226,17 @@ class LedgerRepo(ShardRepo):
             if row["lot_id"] is not None:
                 source.lots[row["lot_id"]] = _lot(row)
         return found
+
+    async def load_reviews(self, review_ids: list[uuid.UUID]) -> dict[uuid.UUID, Review]:
+        """Reviews by id, as committed (what a decision needs besides the held points)."""
+        if not review_ids:
+            return {}
+        rows = await self._db.fetch_all(
+            f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE review_id = ANY(%b::uuid[])",
+            (review_ids,),
+            dict_row,
+        )
+        return {row["review_id"]: review_from_row(row) for row in rows}
 
     async def lookup_idempotency(self, keys: list[IdemKey]) -> dict[IdemKey, StoredResponse]:
         """Stored answers of these keys (absent: not used yet)."""
@@ -327,6 +346,61 @@ class LedgerRepo(ShardRepo):
         return [(row["program_id"], row["member_id"]) for row in rows]
 
 
+# The pending reviews of an account with points held (none otherwise: most accounts cost
+# nothing), each with the lots its hold took from, as JSON: loaded in the same statement
+# (one snapshot) as the account. See `_holds`.
+_HOLDS_OF_ACCOUNT = """
+    CASE WHEN a.held > 0 THEN (
+      SELECT jsonb_agg(jsonb_build_object(
+               'review_id', r.review_id, 'txn_id', r.hold_txn_id, 'points', r.points,
+               'allocations', t.allocations,
+               'lots', (SELECT jsonb_agg(jsonb_build_object(
+                                 'lot_id', hl.lot_id, 'original', hl.original,
+                                 'remaining', hl.remaining, 'expires_at', hl.expires_at,
+                                 'created_at', hl.created_at, 'available_at', hl.available_at,
+                                 'event_id', hl.event_id, 'active', hl.active))
+                        FROM jsonb_array_elements(t.allocations) AS p(pair)
+                        JOIN lots hl ON hl.lot_id = (p.pair->>0)::uuid)))
+      FROM reviews r JOIN transactions t ON t.txn_id = r.hold_txn_id
+      WHERE r.program_id = a.program_id AND r.member_id = a.member_id
+        AND r.status = 'pending')
+    END AS holds"""
+
+
+def _moment(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _holds(raw: list[dict[str, Any]] | None) -> dict[uuid.UUID, Hold]:
+    """The `holds` column of load_accounts: an account's pending reviews' holds."""
+    result: dict[uuid.UUID, Hold] = {}
+    for item in raw or []:
+        lots = {}
+        for lot in item["lots"] or []:
+            created_at = _moment(lot["created_at"])
+            assert created_at is not None
+            lots[uuid.UUID(lot["lot_id"])] = Lot(
+                lot_id=uuid.UUID(lot["lot_id"]),
+                original=lot["original"],
+                remaining=lot["remaining"],
+                expires_at=_moment(lot["expires_at"]),
+                created_at=created_at,
+                available_at=_moment(lot["available_at"]),
+                event_id=lot["event_id"],
+                active=lot["active"],
+            )
+        hold = Hold(
+            review_id=uuid.UUID(item["review_id"]),
+            txn_id=uuid.UUID(item["txn_id"]),
+            points=item["points"],
+            allocations=tuple((uuid.UUID(lot), int(taken)) for lot, taken in item["allocations"]),
+            lots=lots,
+        )
+        hold.check()
+        result[hold.review_id] = hold
+    return result
+
+
 # A member may hold several due lots: read this many lots per account asked for, so that
 # about `limit` distinct accounts come back.
 DUE_CANDIDATES_PER_ACCOUNT = 4
@@ -391,12 +465,13 @@ async def _insert_idempotency_keys(conn: Conn, batch: BatchWrite, now: datetime)
 # ----------------------------------------------------------------- accounts
 # The columns a commit sets on an account row (insert and update), in `_account_arrays` order.
 _ACCOUNT_ARRAYS = """%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                     %b::jsonb[], %b::text[], %b::bigint[], %b::bigint[]"""
+                     %b::jsonb[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
+                     %b::jsonb[]"""
 
 
 def _account_arrays(accounts: list[Account]) -> list[list[Any]]:
     """program_id, member_id, balance, lifetime_earned, lifetime_spent, earning, tier, debt,
-    pending: one array each."""
+    pending, held, velocity: one array each."""
     return [
         [a.program_id for a in accounts],
         [a.member_id for a in accounts],
@@ -407,6 +482,8 @@ def _account_arrays(accounts: list[Account]) -> list[list[Any]]:
         [a.earning.get("tier") for a in accounts],
         [a.debt for a in accounts],
         [a.pending for a in accounts],
+        [a.held for a in accounts],
+        [jsonb(a.velocity) for a in accounts],
     ]
 
 
@@ -414,7 +491,8 @@ async def _insert_new_accounts(conn: Conn, batch: BatchWrite, now: datetime) -> 
     return await conn.execute(
         f"""
         INSERT INTO accounts (program_id, member_id, balance, lifetime_earned, lifetime_spent,
-                              earning, tier, debt, pending, version, created_at, updated_at)
+                              earning, tier, debt, pending, held, velocity, version,
+                              created_at, updated_at)
         SELECT *, 1, %s, %s FROM unnest({_ACCOUNT_ARRAYS})
         ON CONFLICT DO NOTHING
         """,
@@ -429,8 +507,9 @@ async def _update_accounts(conn: Conn, batch: BatchWrite, now: datetime) -> Curs
         f"""
         UPDATE accounts a
         SET balance = v.b, lifetime_earned = v.e, lifetime_spent = v.s, earning = v.g,
-            tier = v.t, debt = v.d, pending = v.n, version = v.old + 1, updated_at = %s
-        FROM unnest({_ACCOUNT_ARRAYS}, %b::bigint[]) AS v(p, m, b, e, s, g, t, d, n, old)
+            tier = v.t, debt = v.d, pending = v.n, held = v.h, velocity = v.r,
+            version = v.old + 1, updated_at = %s
+        FROM unnest({_ACCOUNT_ARRAYS}, %b::bigint[]) AS v(p, m, b, e, s, g, t, d, n, h, r, old)
         WHERE a.program_id = v.p AND a.member_id = v.m AND a.version = v.old
         """,
         (
@@ -612,6 +691,88 @@ async def _insert_tier_changes(conn: Conn, batch: BatchWrite, now: datetime) -> 
     )
 
 
+# ----------------------------------------------------------------- reviews
+# reviews: each column, its array type, and its value in a Review. The insert and every read
+# (REVIEW_COLUMNS) follow this one list; a decision updates the last four.
+_REVIEW_FIELDS: tuple[tuple[str, str, Any], ...] = (
+    ("review_id", "uuid", lambda r: r.review_id),
+    ("program_id", "text", lambda r: r.program_id),
+    ("member_id", "text", lambda r: r.member_id),
+    ("kind", "text", lambda r: str(r.kind)),
+    ("points", "bigint", lambda r: r.points),
+    ("reason", "text", lambda r: r.reason),
+    ("status", "text", lambda r: str(r.status)),
+    ("hold_txn_id", "uuid", lambda r: r.hold_txn_id),
+    ("idempotency_key", "text", lambda r: r.key),
+    ("redemption_id", "uuid", lambda r: r.redemption_id),
+    ("reward_id", "text", lambda r: r.reward_id),
+    ("created_at", "timestamptz", lambda r: r.created_at),
+    ("decision_txn_id", "uuid", lambda r: r.decision_txn_id),
+    ("decision_reason", "text", lambda r: r.decision_reason),
+    ("decided_at", "timestamptz", lambda r: r.decided_at),
+)
+REVIEW_COLUMNS = ", ".join(column for column, _, _ in _REVIEW_FIELDS)
+_REVIEW_DECISION = ("status", "decision_txn_id", "decision_reason", "decided_at")
+
+
+def review_from_row(row: dict[str, Any]) -> Review:
+    """A row of REVIEW_COLUMNS (a dict_row cursor)."""
+    review = Review(
+        review_id=row["review_id"],
+        program_id=row["program_id"],
+        member_id=row["member_id"],
+        kind=ReviewKind(row["kind"]),
+        points=row["points"],
+        reason=row["reason"],
+        status=ReviewStatus(row["status"]),
+        hold_txn_id=row["hold_txn_id"],
+        key=row["idempotency_key"],
+        created_at=row["created_at"],
+        redemption_id=row["redemption_id"],
+        reward_id=row["reward_id"],
+        decision_txn_id=row["decision_txn_id"],
+        decision_reason=row["decision_reason"],
+        decided_at=row["decided_at"],
+    )
+    review.check()
+    return review
+
+
+def _review_arrays(columns: tuple[str, ...], reviews: list[Review]) -> list[list[Any]]:
+    values = {column: value for column, _, value in _REVIEW_FIELDS}
+    return [[values[column](r) for r in reviews] for column in columns]
+
+
+def _review_types(columns: tuple[str, ...]) -> str:
+    kinds = {column: kind for column, kind, _ in _REVIEW_FIELDS}
+    return ", ".join(f"%b::{kinds[column]}[]" for column in columns)
+
+
+_REVIEW_NAMES = tuple(column for column, _, _ in _REVIEW_FIELDS)
+
+
+async def _insert_reviews(conn: Conn, batch: BatchWrite, now: datetime) -> Cursor:
+    return await conn.execute(
+        f"INSERT INTO reviews ({REVIEW_COLUMNS})"
+        f" SELECT * FROM unnest({_review_types(_REVIEW_NAMES)})",
+        _review_arrays(_REVIEW_NAMES, batch.new_reviews),
+    )
+
+
+async def _decide_reviews(conn: Conn, batch: BatchWrite, now: datetime) -> Cursor:
+    # Only a pending review is decided: one decided already (by a stale owner) fences.
+    columns = ("review_id", *_REVIEW_DECISION)
+    return await conn.execute(
+        f"""
+        UPDATE reviews r
+        SET {", ".join(f"{column} = v.{column}" for column in _REVIEW_DECISION)}
+        FROM unnest({_review_types(columns)}) AS v({", ".join(columns)})
+        WHERE r.review_id = v.review_id AND r.status = 'pending'
+        """,
+        _review_arrays(columns, batch.decided_reviews),
+    )
+
+
 # The group commit: one statement per table, in this order (keys first; transactions before
 # the rows that refer to them; new lots before the debits that take from them).
 LEDGER_WRITERS: tuple[TableWriter[BatchWrite], ...] = (
@@ -650,4 +811,9 @@ LEDGER_WRITERS: tuple[TableWriter[BatchWrite], ...] = (
         lambda b: b.event_reversals, _update_event_reversals, fence="a reversed event is missing"
     ),
     TableWriter(lambda b: b.tier_changes, _insert_tier_changes),
+    # After the transactions they refer to (the hold, the decision).
+    TableWriter(lambda b: b.new_reviews, _insert_reviews),
+    TableWriter(
+        lambda b: b.decided_reviews, _decide_reviews, fence="a review this shard decided is gone"
+    ),
 )

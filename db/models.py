@@ -82,8 +82,12 @@ accounts = Table(
     Column("debt", BigInteger, nullable=False, server_default=text("0")),
     # Pending points (lots not activated yet); member:pending ledger legs sum to it.
     Column("pending", BigInteger, nullable=False, server_default=text("0")),
+    # 0007: points held for review (member:held legs sum to it), velocity-limit counters.
+    Column("held", BigInteger, nullable=False, server_default=text("0")),
+    Column("velocity", JSONB, nullable=False, server_default=text("'{}'")),
     ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
     CheckConstraint("balance >= 0", name="accounts_balance_nonnegative"),
+    CheckConstraint("held >= 0", name="accounts_held_nonnegative"),
     CheckConstraint("debt >= 0", name="accounts_debt_nonnegative"),
     CheckConstraint("pending >= 0", name="accounts_pending_nonnegative"),
     CheckConstraint("version >= 1", name="accounts_version_positive"),
@@ -118,7 +122,8 @@ transactions = Table(
     CheckConstraint("points > 0", name="transactions_points_positive"),
     Column("event_id", Text),
     CheckConstraint(
-        "kind IN ('credit', 'debit', 'refund', 'expire', 'reversal', 'activate')",
+        "kind IN ('credit', 'debit', 'refund', 'expire', 'reversal', 'activate', 'hold',"
+        " 'release')",
         name="transactions_kind_known",
     ),
     CheckConstraint(
@@ -154,7 +159,7 @@ ledger_entries = Table(
     ForeignKeyConstraint(["txn_id"], ["transactions.txn_id"]),
     CheckConstraint("amount <> 0", name="ledger_entries_amount_nonzero"),
     CheckConstraint(
-        "(account IN ('member', 'member:pending')) = (member_id IS NOT NULL)",
+        "(account IN ('member', 'member:pending', 'member:held')) = (member_id IS NOT NULL)",
         name="ledger_entries_member_leg",
     ),
     Index("ledger_entries_txn", "txn_id"),
@@ -387,12 +392,16 @@ redemptions = Table(
     Column("failure_reason", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # 0007: held for review, the review deciding it; a refusal's fields besides its code
+    # and detail (the `limit` a velocity limit names), answered with it.
+    Column("review_id", Uuid),
+    Column("failure_extra", JSONB),
     ForeignKeyConstraint(["program_id", "reward_id"], ["rewards.program_id", "rewards.reward_id"]),
     UniqueConstraint("program_id", "member_id", "idempotency_key", name="redemptions_one_per_key"),
     CheckConstraint("quantity > 0 AND points > 0", name="redemptions_positive"),
     CheckConstraint(
-        "status IN ('started', 'stock_reserved', 'points_debited', 'pending_fulfillment',"
-        " 'completed', 'compensating', 'failed', 'cancelled')",
+        "status IN ('started', 'stock_reserved', 'pending_review', 'points_debited',"
+        " 'pending_fulfillment', 'completed', 'compensating', 'failed', 'cancelled')",
         name="redemptions_status_known",
     ),
     CheckConstraint(
@@ -406,6 +415,66 @@ redemptions = Table(
         "redemptions_open",
         "slot",
         postgresql_where=text("status NOT IN ('completed', 'failed', 'cancelled')"),
+    ),
+)
+
+# Reviews (0007): a debit or a redemption above the program's review threshold, its points
+# held (the `hold` transaction) until an operator approves (a `debit` of the held points) or
+# rejects it (a `release`). Mutable like redemptions: only a pending review changes, once.
+REVIEW_STATUSES = "status IN ('pending', 'approved', 'rejected')"
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("review_id", Uuid, primary_key=True),
+    Column("program_id", Text, nullable=False),
+    Column("member_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("hold_txn_id", Uuid, nullable=False),
+    # The Idempotency-Key of the request held (a redemption's: its saga's debit key).
+    Column("idempotency_key", Text, nullable=False),
+    Column("redemption_id", Uuid),
+    Column("reward_id", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decision_txn_id", Uuid),
+    Column("decision_reason", Text),
+    Column("decided_at", DateTime(timezone=True)),
+    ForeignKeyConstraint(
+        ["program_id", "member_id"], ["accounts.program_id", "accounts.member_id"]
+    ),
+    ForeignKeyConstraint(["hold_txn_id"], ["transactions.txn_id"]),
+    ForeignKeyConstraint(["decision_txn_id"], ["transactions.txn_id"]),
+    CheckConstraint("points > 0", name="reviews_points_positive"),
+    CheckConstraint("kind IN ('debit', 'redemption')", name="reviews_kind_known"),
+    CheckConstraint(REVIEW_STATUSES, name="reviews_status_known"),
+    CheckConstraint(
+        "(kind = 'redemption') = (redemption_id IS NOT NULL AND reward_id IS NOT NULL)",
+        name="reviews_redemption",
+    ),
+    CheckConstraint(
+        "(status = 'pending') = (decision_txn_id IS NULL AND decided_at IS NULL"
+        " AND decision_reason IS NULL)",
+        name="reviews_decided",
+    ),
+    UniqueConstraint("hold_txn_id", name="reviews_one_per_hold"),
+    # Lists: a program's reviews newest first, all or by status (keyset on both).
+    Index("reviews_by_program", "program_id", text("created_at DESC"), text("review_id DESC")),
+    Index(
+        "reviews_by_status",
+        "program_id",
+        "status",
+        text("created_at DESC"),
+        text("review_id DESC"),
+    ),
+    # An account's pending reviews (loaded with it when it holds points).
+    Index(
+        "reviews_pending_by_member",
+        "program_id",
+        "member_id",
+        postgresql_where=text("status = 'pending'"),
     ),
 )
 

@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from db.errors import FencedError, RedemptionKeysExist
 from db.shard_connection import Claim, Conn, Cursor, ShardRepo, TableWriter, jsonb, unzip
 from db.topology_repo import SlotFence, slot_fence_writers
+from domain.reviews import ReviewStatus
 from domain.rewards import Redemption, Reward, RewardStock, SagaState
 
 # Callers import these from here (actors/reward_core.py).
@@ -77,6 +78,17 @@ class RewardWrite:
 
 # ----------------------------------------------------------------- rows read by name
 
+
+@dataclass(frozen=True, slots=True)
+class ReviewDecision:
+    """Where a redemption's review stands, as the saga reads it."""
+
+    status: ReviewStatus
+    decision_txn_id: uuid.UUID | None
+    decision_reason: str | None
+    balance_after: int | None
+
+
 REWARD_COLUMNS = """program_id, reward_id, name, cost_points, stocked, reserved, redeemed,
     active, per_member_limit, fulfillment, version, created_at, updated_at"""
 
@@ -132,6 +144,12 @@ _REDEMPTION_FIELDS: tuple[tuple[str, str, Callable[[Redemption], Any]], ...] = (
     ("attempts", "int", lambda r: r.attempts),
     ("failure_code", "text", lambda r: r.failure_code),
     ("failure_reason", "text", lambda r: r.failure_reason),
+    ("review_id", "uuid", lambda r: r.review_id),
+    (
+        "failure_extra",
+        "jsonb",
+        lambda r: None if r.failure_extra is None else jsonb(r.failure_extra),
+    ),
 )
 REDEMPTION_COLUMNS = ", ".join(column for column, _, _ in _REDEMPTION_FIELDS)
 # What a redemption's later steps change (its identity and request never change).
@@ -147,6 +165,8 @@ _REDEMPTION_UPDATED = frozenset(
         "attempts",
         "failure_code",
         "failure_reason",
+        "review_id",
+        "failure_extra",
     }
 )
 _REDEMPTION_UPDATE_FIELDS = tuple(
@@ -180,6 +200,8 @@ def redemption_from_row(row: dict[str, Any]) -> Redemption:
         attempts=row["attempts"],
         failure_code=row["failure_code"],
         failure_reason=row["failure_reason"],
+        review_id=row["review_id"],
+        failure_extra=row["failure_extra"],
     )
 
 
@@ -250,6 +272,33 @@ class RewardRepo(ShardRepo):
             dict_row,
         )
         return [(row["program_id"], row["reward_id"]) for row in rows]
+
+    async def review_decisions(
+        self, review_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, ReviewDecision]:
+        """Reviews by id: their status, deciding transaction and balance after it. A
+        decision is committed by the account shard before it is answered, so what this
+        reads is final once it is not pending."""
+        if not review_ids:
+            return {}
+        rows = await self._db.fetch_all(
+            """
+            SELECT r.review_id, r.status, r.decision_txn_id, r.decision_reason, t.balance_after
+            FROM reviews r LEFT JOIN transactions t ON t.txn_id = r.decision_txn_id
+            WHERE r.review_id = ANY(%b::uuid[])
+            """,
+            (review_ids,),
+            dict_row,
+        )
+        return {
+            row["review_id"]: ReviewDecision(
+                ReviewStatus(row["status"]),
+                row["decision_txn_id"],
+                row["decision_reason"],
+                row["balance_after"],
+            )
+            for row in rows
+        }
 
     async def commit_rewards(self, write: RewardWrite, now: datetime) -> None:
         """Write the batch in one transaction, or raise (FencedError, RedemptionKeysExist

@@ -50,6 +50,36 @@ CHECKS: tuple[Check, ...] = (
         """,
     ),
     Check(
+        "held points equal the member:held ledger entries and the pending reviews",
+        """
+        SELECT a.program_id, a.member_id, a.held, coalesce(e.total, 0) AS entries,
+               coalesce(r.total, 0) AS reviews
+        FROM accounts a
+        LEFT JOIN (SELECT program_id, member_id, sum(amount) AS total FROM ledger_entries
+                   WHERE account = 'member:held' GROUP BY program_id, member_id) e
+          USING (program_id, member_id)
+        LEFT JOIN (SELECT program_id, member_id, sum(points) AS total FROM reviews
+                   WHERE status = 'pending' GROUP BY program_id, member_id) r
+          USING (program_id, member_id)
+        WHERE a.held <> coalesce(e.total, 0) OR a.held <> coalesce(r.total, 0)
+        """,
+    ),
+    Check(
+        "every review is held by one hold and decided by its own debit or release",
+        """
+        SELECT v.review_id, v.status, h.kind, h.points, d.kind, d.points
+        FROM reviews v
+        LEFT JOIN transactions h ON h.txn_id = v.hold_txn_id
+        LEFT JOIN transactions d ON d.txn_id = v.decision_txn_id
+        WHERE h.txn_id IS NULL OR h.kind <> 'hold' OR h.points <> v.points
+           OR h.program_id <> v.program_id OR h.member_id <> v.member_id
+           OR (v.status = 'approved' AND (d.kind IS DISTINCT FROM 'debit'
+               OR d.points <> v.points OR d.member_id <> v.member_id))
+           OR (v.status = 'rejected' AND (d.kind IS DISTINCT FROM 'release'
+               OR d.points <> v.points OR d.member_id <> v.member_id))
+        """,
+    ),
+    Check(
         "balance equals the sum of the member's ledger entries (less debt)",
         """
         SELECT a.program_id, a.member_id, a.balance, a.debt, coalesce(e.total, 0) AS entries
@@ -209,7 +239,8 @@ CHECKS: tuple[Check, ...] = (
         SELECT redemption_id, status, stock_state FROM redemptions
         WHERE (status = 'completed' AND stock_state <> 'redeemed')
            OR (status IN ('failed', 'cancelled') AND stock_state <> 'released')
-           OR (status IN ('stock_reserved', 'points_debited', 'pending_fulfillment')
+           OR (status IN ('stock_reserved', 'pending_review', 'points_debited',
+                          'pending_fulfillment')
                AND stock_state <> 'reserved')
         """,
     ),
@@ -223,8 +254,12 @@ CHECKS: tuple[Check, ...] = (
                  coalesce(sum(points) FILTER (WHERE kind = 'refund'), 0) AS refunded
           FROM transactions t
           WHERE t.program_id = d.program_id AND t.member_id = d.member_id
-            AND t.idempotency_key IN ('saga ' || d.redemption_id || ' debit',
-                                      'saga ' || d.redemption_id || ' refund')) x
+            AND (t.idempotency_key IN ('saga ' || d.redemption_id || ' debit',
+                                       'saga ' || d.redemption_id || ' refund')
+                 -- held for review and approved: the approval's debit paid it
+                 OR t.txn_id = (SELECT v.decision_txn_id FROM reviews v
+                                WHERE v.redemption_id = d.redemption_id
+                                  AND v.status = 'approved'))) x
         WHERE (d.status IN ('completed', 'points_debited', 'pending_fulfillment')
                AND (x.debited <> d.points OR x.refunded <> 0))
            OR (d.status IN ('failed', 'cancelled') AND x.debited <> x.refunded)

@@ -7,6 +7,7 @@ HTTP: the ingress maps each code to a status in exactly one place
 """
 
 from enum import StrEnum
+from typing import Any
 
 
 class Code(StrEnum):
@@ -38,6 +39,8 @@ class Code(StrEnum):
     # Stored only, never an answer's code: why a redemption failed after its points were
     # debited (the fulfilment webhook refused it) ...
     FULFILLMENT_FAILED = "fulfillment_failed"
+    # ... or why a redemption held for review failed: an operator rejected it ...
+    REVIEW_REJECTED = "review_rejected"
     # ... and why the event stream consumer dead-lettered an entry on its own.
     DELIVERIES_EXCEEDED = "deliveries_exceeded"
     ENTRY_DELETED = "entry_deleted"
@@ -52,7 +55,7 @@ SUCCESS_CODES = frozenset({Code.CREATED, Code.OK})
 RETRYABLE_CODES = frozenset({Code.UNAVAILABLE, Code.RATE_LIMITED})
 # Codes that are stored but never the code of an answer.
 STORED_ONLY_CODES = frozenset(
-    {Code.FULFILLMENT_FAILED, Code.DELIVERIES_EXCEEDED, Code.ENTRY_DELETED}
+    {Code.FULFILLMENT_FAILED, Code.REVIEW_REJECTED, Code.DELIVERIES_EXCEEDED, Code.ENTRY_DELETED}
 )
 # Refusals a client can cause only through the HTTP request itself (never an operation's).
 REQUEST_CODES = frozenset(
@@ -76,7 +79,14 @@ assert not SUCCESS_CODES & (RETRYABLE_CODES | NEVER_ANSWERED_CODES)
 class PointsError(Exception):
     """A business outcome or failure with a stable code."""
 
-    def __init__(self, code: Code, detail: str, hints: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        code: Code,
+        detail: str,
+        hints: dict[str, str] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         assert isinstance(code, Code)
         assert code not in SUCCESS_CODES and code not in STORED_ONLY_CODES
         assert detail
@@ -86,6 +96,10 @@ class PointsError(Exception):
         # Transport-neutral hints the edge may render (rate-limit figures, retry after):
         # serve_app turns them into headers.
         self.hints = hints or {}
+        # Fields the answer's body carries besides `detail` (e.g. `limit` of a
+        # limit_exceeded refusal: which limit, its value, its window).
+        self.extra = extra or {}
+        assert "detail" not in self.extra
 
     @property
     def retryable(self) -> bool:

@@ -32,7 +32,12 @@ MEMBER_ACCOUNT = "member"
 # A member's pending points: awarded (issued) but not spendable yet. Activation moves them
 # to the member account with an `activate` transaction.
 MEMBER_PENDING_ACCOUNT = "member:pending"
-MEMBER_ACCOUNTS = (MEMBER_ACCOUNT, MEMBER_PENDING_ACCOUNT)
+# A member's points held for an operator's review: taken from their lots (so neither
+# spendable nor expiring) but not spent. A `hold` moves them here; the review's approval
+# spends them (a `debit` from here to system:redeemed), its rejection gives them back (a
+# `release` into the very lots they came from).
+MEMBER_HELD_ACCOUNT = "member:held"
+MEMBER_ACCOUNTS = (MEMBER_ACCOUNT, MEMBER_PENDING_ACCOUNT, MEMBER_HELD_ACCOUNT)
 
 CREDIT = "credit"
 DEBIT = "debit"
@@ -44,7 +49,11 @@ EXPIRE = "expire"
 REVERSAL = "reversal"
 # Pending points become spendable: legs member:pending -p / member +p.
 ACTIVATE = "activate"
-TRANSACTION_TYPES = (CREDIT, DEBIT, REFUND, EXPIRE, REVERSAL, ACTIVATE)
+# Points held for review: legs member -p / member:held +p, taken from lots like a debit.
+HOLD = "hold"
+# A rejected review gives held points back: legs member:held -p / member +p, into the lots.
+RELEASE = "release"
+TRANSACTION_TYPES = (CREDIT, DEBIT, REFUND, EXPIRE, REVERSAL, ACTIVATE, HOLD, RELEASE)
 
 
 # available_at of a lot held until its event is confirmed (no date is known yet).
@@ -94,6 +103,23 @@ class Lot:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Points held for one review: what the hold took from which lots, and those lots as
+    they were (a lot the hold emptied leaves the in-memory account; a release needs it)."""
+
+    review_id: uuid.UUID
+    txn_id: uuid.UUID
+    points: int
+    allocations: tuple[tuple[uuid.UUID, int], ...]
+    lots: dict[uuid.UUID, Lot]
+
+    def check(self) -> None:
+        assert self.points > 0
+        assert sum(taken for _, taken in self.allocations) == self.points
+        assert all(lot_id in self.lots for lot_id, _ in self.allocations)
+
+
 @dataclass(slots=True)
 class Account:
     """In-memory state of one member account, as loaded from or committed to the database.
@@ -117,6 +143,12 @@ class Account:
     debt: int = 0
     # Pending points (inactive lots); member:pending ledger legs sum to it.
     pending: int = 0
+    # Points held for review (out of the lots, not spent); member:held legs sum to it, and
+    # `holds` (the account's pending reviews, by review id) too.
+    held: int = 0
+    holds: dict[uuid.UUID, Hold] = field(default_factory=dict)
+    # Velocity-limit counters of the current windows (domain/risk.py).
+    velocity: dict[str, Any] = field(default_factory=dict)
 
     def clone(self) -> Account:
         """Copy to mutate inside a batch; the committed state stays untouched until commit."""
@@ -131,6 +163,9 @@ class Account:
             _copy_earning(self.earning),
             self.debt,
             self.pending,
+            self.held,
+            dict(self.holds),  # Holds are frozen: a new dict is a full copy
+            dict(self.velocity),  # flat: str -> str | int
         )
 
     def check(self) -> None:
@@ -146,6 +181,7 @@ class Account:
         assert all(0 <= lot.remaining <= lot.original for lot in self.lots)
         assert self.lifetime_earned >= 0 and self.lifetime_spent >= 0
         assert self.debt >= 0, "debt below zero"
+        assert self.held == sum(hold.points for hold in self.holds.values()), "held != sum(holds)"
 
 
 def _copy_earning(earning: dict[str, Any]) -> dict[str, Any]:
@@ -275,8 +311,8 @@ def credit(
         available_at = None  # available already: not pending
     if available_at is not None and expires_at is not None and expires_at <= available_at:
         raise PointsError(Code.VALIDATION_ERROR, "points would expire before they are available")
-    # Pending points count: they join the balance when activated.
-    if account.balance + account.pending + points > BALANCE_MAX:
+    # Pending and held points count: they may join the balance later.
+    if account.balance + account.pending + account.held + points > BALANCE_MAX:
         raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
     balance_before = account.balance
     pending_before = account.pending
@@ -337,20 +373,7 @@ def debit(
             f"{points} points requested, {spendable} available",
         )
     balance_before = account.balance
-
-    allocations: list[tuple[uuid.UUID, int]] = []
-    still_needed = points
-    for lot in spend_order(account.lots, now):
-        take = min(lot.remaining, still_needed)
-        lot.remaining -= take
-        allocations.append((lot.lot_id, take))
-        still_needed -= take
-        if still_needed == 0:
-            break
-    assert still_needed == 0
-    # Fully spent lots leave the in-memory state; the database keeps them (remaining = 0).
-    account.lots = [lot for lot in account.lots if lot.remaining > 0]
-    account.balance -= points
+    allocations = _take(account, points, now)
     account.lifetime_spent += points
     txn = Transaction(
         txn_id,
@@ -368,6 +391,71 @@ def debit(
     assert account.balance == balance_before - points >= 0
     txn.check()
     return txn
+
+
+def _take(account: Account, points: int, now: datetime) -> list[tuple[uuid.UUID, int]]:
+    """Take `points` from the spendable lots, soonest expiry first (the caller checked they
+    are available); the balance follows. Returns (lot_id, points) per lot taken from."""
+    assert 0 < points <= available(account, now)
+    allocations: list[tuple[uuid.UUID, int]] = []
+    still_needed = points
+    for lot in spend_order(account.lots, now):
+        take = min(lot.remaining, still_needed)
+        lot.remaining -= take
+        allocations.append((lot.lot_id, take))
+        still_needed -= take
+        if still_needed == 0:
+            break
+    assert still_needed == 0
+    # Fully spent lots leave the in-memory state; the database keeps them (remaining = 0).
+    account.lots = [lot for lot in account.lots if lot.remaining > 0]
+    account.balance -= points
+    assert sum(taken for _, taken in allocations) == points
+    return allocations
+
+
+def _put_back(
+    account: Account,
+    allocations: list[tuple[uuid.UUID, int]] | tuple[tuple[uuid.UUID, int], ...],
+    lots: dict[uuid.UUID, Lot],
+) -> int:
+    """Give points back into the lots they were taken from (a refund, a release); the
+    balance follows. `lots` describes those lots as stored, for the ones fully spent, which
+    the in-memory account no longer holds. Validates every lot before changing any."""
+    held = {lot.lot_id: lot for lot in account.lots}
+    if len({lot_id for lot_id, _ in allocations}) != len(allocations):
+        raise PointsError(Code.VALIDATION_ERROR, "a debit names each lot once")
+    for lot_id, taken in allocations:
+        lot = held.get(lot_id) or lots.get(lot_id)
+        if lot is None or taken <= 0:
+            raise PointsError(Code.VALIDATION_ERROR, f"lot {lot_id} of the debit is unknown")
+        remaining = lot.remaining if lot_id in held else 0
+        if remaining + taken > lot.original:
+            raise PointsError(Code.VALIDATION_ERROR, f"refund would overfill lot {lot_id}")
+    balance_before = account.balance
+    points = 0
+    for lot_id, taken in allocations:
+        lot = held.get(lot_id)
+        if lot is None:
+            # A fully spent lot left the in-memory state with remaining 0: bring it back.
+            stored = lots[lot_id]
+            lot = Lot(
+                lot_id,
+                stored.original,
+                0,
+                stored.expires_at,
+                stored.created_at,
+                stored.available_at,
+                stored.event_id,
+            )
+            account.lots.append(lot)
+            held[lot_id] = lot
+        lot.remaining += taken
+        points += taken
+        assert lot.remaining <= lot.original
+    account.balance += points
+    assert account.balance == balance_before + points
+    return points
 
 
 def refund(
@@ -393,37 +481,8 @@ def refund(
         raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
     if account.lifetime_spent < points:
         raise PointsError(Code.VALIDATION_ERROR, "refund larger than the points ever spent")
-    held = {lot.lot_id: lot for lot in account.lots}
-    # Validate every lot before changing any.
-    if len({lot_id for lot_id, _ in allocations}) != len(allocations):
-        raise PointsError(Code.VALIDATION_ERROR, "a debit names each lot once")
-    for lot_id, taken in allocations:
-        lot = held.get(lot_id) or lots.get(lot_id)
-        if lot is None or taken <= 0:
-            raise PointsError(Code.VALIDATION_ERROR, f"lot {lot_id} of the debit is unknown")
-        remaining = lot.remaining if lot_id in held else 0
-        if remaining + taken > lot.original:
-            raise PointsError(Code.VALIDATION_ERROR, f"refund would overfill lot {lot_id}")
     balance_before = account.balance
-    for lot_id, taken in allocations:
-        lot = held.get(lot_id)
-        if lot is None:
-            # A fully spent lot left the in-memory state with remaining 0: bring it back.
-            stored = lots[lot_id]
-            lot = Lot(
-                lot_id,
-                stored.original,
-                0,
-                stored.expires_at,
-                stored.created_at,
-                stored.available_at,
-                stored.event_id,
-            )
-            account.lots.append(lot)
-            held[lot_id] = lot
-        lot.remaining += taken
-        assert lot.remaining <= lot.original
-    account.balance += points
+    _put_back(account, allocations, lots)
     account.lifetime_spent -= points
     txn = Transaction(
         txn_id,
@@ -440,6 +499,117 @@ def refund(
         source_id,
     )
     assert account.balance == balance_before + points
+    account.check()
+    txn.check()
+    return txn
+
+
+def hold(
+    account: Account,
+    points: int,
+    reason: str,
+    now: datetime,
+    txn_id: uuid.UUID,
+    review_id: uuid.UUID,
+) -> Transaction:
+    """Hold `points` for review `review_id`: taken from the spendable lots as a debit would
+    take them, but not spent (legs member -p / member:held +p). Mutates `account` only on
+    success; `capture` or `release` ends the hold."""
+    _check_points(points)
+    _check_reason(reason)
+    assert review_id not in account.holds
+    spendable = available(account, now)
+    if spendable < points:
+        raise PointsError(
+            Code.INSUFFICIENT_POINTS,
+            f"{points} points requested, {spendable} available",
+        )
+    balance_before, held_before = account.balance, account.held
+    # The lots as they are before the hold: a release puts points back into them.
+    taken_from = {lot.lot_id: lot.copy() for lot in account.lots}
+    allocations = tuple(_take(account, points, now))
+    record = Hold(
+        review_id, txn_id, points, allocations, {i: taken_from[i] for i, _ in allocations}
+    )
+    record.check()
+    account.holds[review_id] = record
+    account.held += points
+    txn = Transaction(
+        txn_id,
+        account.program_id,
+        account.member_id,
+        HOLD,
+        points,
+        reason,
+        now,
+        account.balance,
+        (Entry(MEMBER_ACCOUNT, -points), Entry(MEMBER_HELD_ACCOUNT, points)),
+        allocations,
+    )
+    assert account.balance == balance_before - points >= 0
+    assert account.held == held_before + points
+    account.check()
+    txn.check()
+    return txn
+
+
+def capture(
+    account: Account, review_id: uuid.UUID, reason: str, now: datetime, txn_id: uuid.UUID
+) -> Transaction:
+    """An approved review spends its held points: a `debit` from member:held to
+    system:redeemed. It names the lots the hold took from, so that a refund of it (a
+    redemption compensated later) gives the points back where they came from."""
+    _check_reason(reason)
+    record = account.holds.pop(review_id)
+    balance_before, held_before = account.balance, account.held
+    account.held -= record.points
+    account.lifetime_spent += record.points
+    txn = Transaction(
+        txn_id,
+        account.program_id,
+        account.member_id,
+        DEBIT,
+        record.points,
+        reason,
+        now,
+        account.balance,
+        (Entry(MEMBER_HELD_ACCOUNT, -record.points), Entry(SYSTEM_REDEEMED, record.points)),
+        record.allocations,
+    )
+    assert account.balance == balance_before
+    assert account.held == held_before - record.points >= 0
+    account.check()
+    txn.check()
+    return txn
+
+
+def release(
+    account: Account, review_id: uuid.UUID, reason: str, now: datetime, txn_id: uuid.UUID
+) -> Transaction:
+    """A rejected review gives its held points back into the very lots they came from
+    (each keeps its expiry: points released into an expired lot are expired points)."""
+    _check_reason(reason)
+    record = account.holds[review_id]
+    if account.balance + record.points > BALANCE_MAX:
+        raise PointsError(Code.LIMIT_EXCEEDED, f"balance would exceed {BALANCE_MAX} points")
+    balance_before, held_before = account.balance, account.held
+    _put_back(account, record.allocations, record.lots)
+    del account.holds[review_id]
+    account.held -= record.points
+    txn = Transaction(
+        txn_id,
+        account.program_id,
+        account.member_id,
+        RELEASE,
+        record.points,
+        reason,
+        now,
+        account.balance,
+        (Entry(MEMBER_HELD_ACCOUNT, -record.points), Entry(MEMBER_ACCOUNT, record.points)),
+        record.allocations,
+    )
+    assert account.balance == balance_before + record.points
+    assert account.held == held_before - record.points >= 0
     account.check()
     txn.check()
     return txn
@@ -663,6 +833,8 @@ def account_view(
             "total": account.balance + account.pending,
             # Owed after reversals of spent points; repaid by the next credits first.
             "debt": account.debt,
+            # Held for an operator's review (not spendable, not spent).
+            "held": account.held,
         },
         "expiring_soon": [{"date": day, "points": soon[day]} for day in sorted(soon)],
         "lifetime_earned": account.lifetime_earned,

@@ -86,3 +86,11 @@ EXPIRING_SOON_DAYS = 30
 # Event types: a short lowercase word (order, check_in, card.spend); rules and events
 # share this alphabet so a rule can always be matched.
 EVENT_TYPE_PATTERN = r"^[a-z0-9_.-]{1,64}$"
+
+# --- Risk control: velocity limits and reviews (domain/risk.py, domain/reviews.py) ---
+# Redemptions a velocity limit may allow per hour (a points limit is bounded by
+# POINTS_PER_OPERATION_MAX like any amount of points).
+REDEMPTIONS_PER_HOUR_MAX = 1_000_000
+# Reviews a member may have pending at once: they are loaded with the account, so their
+# number bounds the work of loading it. A debit past it is refused (limit_exceeded).
+PENDING_REVIEWS_PER_MEMBER_MAX = 100

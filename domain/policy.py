@@ -39,6 +39,7 @@ from domain.limits import (
     MULTIPLIER_MAX,
     PENDING_DAYS_MAX,
     POINTS_PER_OPERATION_MAX,
+    REDEMPTIONS_PER_HOUR_MAX,
     TIER_GRACE_DAYS_MAX,
     TIER_NAME_LENGTH_MAX,
     TIER_WINDOW_DAYS_MAX,
@@ -97,6 +98,21 @@ class Caps:
 
 
 @dataclass(frozen=True)
+class RiskPolicy:
+    """Risk control (domain/risk.py); None means no limit, or no review.
+
+    Velocity limits per member: points debited or redeemed per local day, redemptions per
+    local clock hour, points credited per local day by `service` keys. A debit or a
+    redemption of more than `review_above_points` is held for an operator's review.
+    """
+
+    debit_points_per_day: int | None = None
+    redemptions_per_hour: int | None = None
+    service_credit_points_per_day: int | None = None
+    review_above_points: int | None = None
+
+
+@dataclass(frozen=True)
 class TierDef:
     name: str
     threshold: int
@@ -128,6 +144,7 @@ class Policy:
     allow_debt: bool = False
     caps: Caps = Caps()
     tiers: TierPolicy | None = None
+    risk: RiskPolicy = RiskPolicy()
 
 
 DEFAULT_POLICY = Policy()
@@ -222,6 +239,32 @@ def _parse_caps(raw: object) -> Caps:
     )
 
 
+RISK_KEYS = (
+    "debit_points_per_day",
+    "redemptions_per_hour",
+    "service_credit_points_per_day",
+    "review_above_points",
+)
+
+
+def _parse_risk(raw: object) -> RiskPolicy:
+    fields = _object(raw, "risk", RISK_KEYS)
+    per_hour = fields.get("redemptions_per_hour")
+    result = RiskPolicy(
+        _optional_points(fields.get("debit_points_per_day"), "risk.debit_points_per_day"),
+        None
+        if per_hour is None
+        else check_int(per_hour, "risk.redemptions_per_hour", 0, REDEMPTIONS_PER_HOUR_MAX),
+        _optional_points(
+            fields.get("service_credit_points_per_day"), "risk.service_credit_points_per_day"
+        ),
+        _optional_points(fields.get("review_above_points"), "risk.review_above_points"),
+    )
+    assert result.redemptions_per_hour is None or result.redemptions_per_hour >= 0
+    assert result.review_above_points is None or result.review_above_points >= 0
+    return result
+
+
 def _parse_tier_def(raw: object, index: int) -> TierDef:
     field = f"tiers.tiers[{index}]"
     fields = _object(raw, field, ("name", "threshold", "multiplier"))
@@ -273,13 +316,14 @@ def _parse_tiers(raw: object) -> TierPolicy | None:
     return result
 
 
-POLICY_KEYS = ("time_zone", "expiry", "pending", "allow_debt", "caps", "tiers")
+POLICY_KEYS = ("time_zone", "expiry", "pending", "allow_debt", "caps", "tiers", "risk")
 
 
 def parse_policy(raw: dict[str, Any] | None) -> Policy:
     """Validate a policy JSON object; None or {} gives the defaults.
 
-    Defaults: UTC, points never expire, no pending period, no debt, no caps, no tiers.
+    Defaults: UTC, points never expire, no pending period, no debt, no caps, no tiers, no
+    risk limits and no reviews.
     Raises PointsError(VALIDATION_ERROR) naming the first bad field.
     """
     if raw is None:
@@ -296,6 +340,7 @@ def parse_policy(raw: dict[str, Any] | None) -> Policy:
         allow_debt,
         _parse_caps(fields.get("caps", {})),
         _parse_tiers(fields.get("tiers")),
+        _parse_risk(fields.get("risk", {})),
     )
     assert policy.expiry.kind in EXPIRY_N_RANGE
     assert policy.pending.kind in PENDING_KINDS
@@ -328,6 +373,7 @@ def policy_to_json(policy: Policy) -> dict[str, Any]:
                 for tier in tiers.tiers
             ],
         },
+        "risk": {name: getattr(policy.risk, name) for name in RISK_KEYS},
     }
     return result
 

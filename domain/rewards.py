@@ -140,6 +140,9 @@ class SagaState(StrEnum):
 
     STARTED = "started"
     STOCK_RESERVED = "stock_reserved"
+    # Above the program's review threshold: the points are held (not spent) and the units
+    # stay reserved until an operator approves (on to points_debited) or rejects (failed).
+    PENDING_REVIEW = "pending_review"
     POINTS_DEBITED = "points_debited"
     PENDING_FULFILLMENT = "pending_fulfillment"
     COMPLETED = "completed"
@@ -157,8 +160,15 @@ TRANSITIONS: dict[SagaState, frozenset[SagaState]] = {
     SagaState.STARTED: frozenset({SagaState.STOCK_RESERVED, SagaState.FAILED}),
     # Straight to failed when the debit is refused: nothing to refund, the units go back.
     SagaState.STOCK_RESERVED: frozenset(
-        {SagaState.POINTS_DEBITED, SagaState.COMPENSATING, SagaState.FAILED}
+        {
+            SagaState.POINTS_DEBITED,
+            SagaState.PENDING_REVIEW,
+            SagaState.COMPENSATING,
+            SagaState.FAILED,
+        }
     ),
+    # Approved: the held points were spent. Rejected: they went back, the units go back.
+    SagaState.PENDING_REVIEW: frozenset({SagaState.POINTS_DEBITED, SagaState.FAILED}),
     SagaState.POINTS_DEBITED: frozenset(
         {SagaState.PENDING_FULFILLMENT, SagaState.COMPLETED, SagaState.COMPENSATING}
     ),
@@ -231,6 +241,10 @@ class Redemption:
     attempts: int = 0
     failure_code: str | None = None
     failure_reason: str | None = None
+    # Held for review: the review deciding it.
+    review_id: uuid.UUID | None = None
+    # A refusal's fields besides code and detail (a velocity limit's `limit`).
+    failure_extra: dict[str, Any] | None = None
 
 
 def start_redemption(
@@ -340,6 +354,9 @@ def redemption_view(redemption: Redemption) -> dict[str, Any]:
         else {"code": redemption.failure_code, "detail": redemption.failure_reason},
         "created_at": _iso(redemption.created_at),
         "updated_at": _iso(redemption.updated_at),
+        # Only on redemptions held for review: the answers of every other redemption stay
+        # exactly what they were before reviews existed.
+        **({"review_id": str(redemption.review_id)} if redemption.review_id else {}),
     }
 
 

@@ -33,6 +33,12 @@ ECOMMERCE: dict[str, Any] = {
                 {"name": "gold", "threshold": 10000, "multiplier": "1.5"},
             ],
         },
+        "risk": {
+            "debit_points_per_day": None,
+            "redemptions_per_hour": None,
+            "service_credit_points_per_day": None,
+            "review_above_points": None,
+        },
     },
     "rules": [
         {
@@ -92,6 +98,12 @@ EDUCATION: dict[str, Any] = {
         "allow_debt": False,
         "caps": {"per_event": None, "per_member_day": None, "per_member_month": None},
         "tiers": None,
+        "risk": {
+            "debit_points_per_day": None,
+            "redemptions_per_hour": None,
+            "service_credit_points_per_day": None,
+            "review_above_points": None,
+        },
     },
     "rules": [
         {
@@ -153,7 +165,9 @@ FINANCE: dict[str, Any] = {
         "matching category counts. At most 20000 points per member per month. A spend of "
         "5000.00 or more is held for review: its points are pending until the event is "
         "confirmed (POST /events/{id}/confirm). Points expire at the end of the 24th month "
-        "after the month they became available."
+        "after the month they became available. Risk control: at most 50000 points debited "
+        "or redeemed per member per day and 10 redemptions per hour; a debit or redemption "
+        "of more than 20000 points waits for an operator's review."
     ),
     "policy": {
         "time_zone": "Asia/Shanghai",
@@ -162,6 +176,12 @@ FINANCE: dict[str, Any] = {
         "allow_debt": False,
         "caps": {"per_event": None, "per_member_day": None, "per_member_month": 20000},
         "tiers": None,
+        "risk": {
+            "debit_points_per_day": 50000,
+            "redemptions_per_hour": 10,
+            "service_credit_points_per_day": None,
+            "review_above_points": 20000,
+        },
     },
     "rules": [
         {

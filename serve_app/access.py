@@ -75,6 +75,12 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", P + "/events/{event_id}"): READ_MEMBERS,
     ("POST", P + "/events/{event_id}/confirm"): OPERATE,
     ("POST", P + "/events/{event_id}/reverse"): OPERATE,
+    # Reviews of debits and redemptions held above the review threshold: decided by
+    # operators.
+    ("GET", P + "/reviews"): READ,
+    ("GET", P + "/reviews/{review_id}"): READ,
+    ("POST", P + "/reviews/{review_id}/approve"): OPERATE,
+    ("POST", P + "/reviews/{review_id}/reject"): OPERATE,
 }
 
 ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.SERVICE, Role.VIEWER)

@@ -145,7 +145,7 @@ def create_app() -> FastAPI:
 
     @created.exception_handler(PointsError)
     async def _points_error(request: Request, exc: PointsError) -> Response:
-        return problem_response(exc.code, exc.detail, headers=exc.hints)
+        return problem_response(exc.code, exc.detail, headers=exc.hints, **exc.extra)
 
     @created.exception_handler(InvalidBody)
     async def _invalid_body(request: Request, exc: InvalidBody) -> Response:

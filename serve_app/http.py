@@ -206,14 +206,23 @@ async def keyed_account_write(
     member_id: str,
     fields: dict[str, Any],
     key: str | None = None,
+    unhashed: dict[str, Any] | None = None,
 ) -> Response:
     """A write that moves a member's points under the request's Idempotency-Key: hash the
-    canonical request, send the typed command to the member's shard, render its outcome."""
+    canonical request, send the typed command to the member's shard, render its outcome.
+
+    `unhashed`: command fields that are not part of the request (who calls: a credit's
+    `by_service`), so not in its hash: a retry by another key of the same role replays."""
     key = idempotency_key(request) if key is None else key
     digest = request_hash(
         command_type.kind, {"program_id": program_id, "member_id": member_id, **fields}
     )
     command = command_type(
-        program_id=program_id, member_id=member_id, key=key, request_hash=digest, **fields
+        program_id=program_id,
+        member_id=member_id,
+        key=key,
+        request_hash=digest,
+        **fields,
+        **(unhashed or {}),
     )
     return outcome_response(await backend(request).client.submit(command))

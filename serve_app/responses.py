@@ -30,6 +30,7 @@ class Balance(_Open):
     total: int
     pending: int | None = None
     debt: int | None = None
+    held: int | None = Field(default=None, description="held for review (member view)")
 
 
 class Transaction(_Open):
@@ -59,6 +60,29 @@ class Transaction(_Open):
     expires_at: str | None
     balance_after: int
     balance: Balance
+
+
+class HeldTransaction(Transaction):
+    """A debit held for review: its `hold` transaction, status pending_review."""
+
+    model_config = _example(
+        {
+            "transaction_id": TXN_ID,
+            "program_id": "shop",
+            "member_id": "alice",
+            "type": "hold",
+            "points": 5000,
+            "reason": "gift card",
+            "created_at": NOW,
+            "expires_at": None,
+            "balance_after": 380,
+            "balance": {"available": 380, "total": 380},
+            "status": "pending_review",
+            "review_id": "0193a0c4-5f1e-7c3a-9d2b-1f0e6a7b8c9f",
+        }
+    )
+    status: str | None = Field(default=None, description="pending_review when held")
+    review_id: str | None = None
 
 
 class TransactionItem(_Open):
@@ -344,6 +368,51 @@ class Redemption(_Open):
 class RedemptionPage(Page):
     model_config = _example({"items": [], "next_cursor": None})
     items: list[Redemption]
+
+
+REVIEW_EXAMPLE = {
+    "review_id": "0193a0c4-5f1e-7c3a-9d2b-1f0e6a7b8c9f",
+    "program_id": "shop",
+    "member_id": "alice",
+    "kind": "debit",
+    "points": 5000,
+    "reason": "gift card",
+    "status": "approved",
+    "hold_transaction_id": TXN_ID,
+    "decision_transaction_id": "0193a0c4-5f1e-7c3a-9d2b-1f0e6a7b8ca0",
+    "decision_reason": "customer verified by phone",
+    "redemption_id": None,
+    "reward_id": None,
+    "created_at": NOW,
+    "decided_at": NOW,
+}
+
+
+class Review(_Open):
+    """A debit or redemption above the program's review threshold, and its decision."""
+
+    model_config = _example(REVIEW_EXAMPLE)
+    review_id: str
+    program_id: str
+    member_id: str
+    kind: str = Field(description="debit or redemption")
+    points: int
+    reason: str
+    status: str = Field(description="pending, approved or rejected")
+    hold_transaction_id: str
+    decision_transaction_id: str | None = Field(
+        description="approved: the debit of the held points; rejected: their release"
+    )
+    decision_reason: str | None
+    redemption_id: str | None
+    reward_id: str | None
+    created_at: str | None
+    decided_at: str | None
+
+
+class ReviewPage(Page):
+    model_config = _example({"items": [REVIEW_EXAMPLE], "next_cursor": None})
+    items: list[Review]
 
 
 class EventResult(_Open):

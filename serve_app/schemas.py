@@ -140,6 +140,12 @@ class RedemptionIn(_Strict):
     quantity: StrictInt = Field(default=1, ge=1, le=QUANTITY_MAX)
 
 
+class ReviewDecisionIn(_Strict):
+    """An operator's decision on a review: why (kept with the review)."""
+
+    reason: str = Field(min_length=1, max_length=REASON_LENGTH_MAX, pattern=NO_NUL)
+
+
 class EventBody(_Strict):
     """A business event (documentation of what domain.events.parse_event accepts; that
     function is the one parser of events, for the API and the Redis stream alike)."""

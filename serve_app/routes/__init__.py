@@ -9,6 +9,7 @@ from serve_app.routes import (
     members,
     programs,
     redemptions,
+    reviews,
     rewards,
     rules,
 )
@@ -21,6 +22,7 @@ ROUTERS = (
     rules.router,
     rewards.router,
     redemptions.router,
+    reviews.router,
     events.router,
     admin.router,
     keys.router,

@@ -22,12 +22,19 @@ from serve_app.http import (
 )
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse
-from serve_app.responses import Member, MemberPage, TierChanges, Transaction, TransactionPage
+from serve_app.responses import (
+    HeldTransaction,
+    Member,
+    MemberPage,
+    TierChanges,
+    Transaction,
+    TransactionPage,
+)
 from serve_app.routes.params import LIMIT_DEFAULT, Cursor, Limit, MemberId, Moment, ProgramId
 from serve_app.schemas import CreditIn, DebitIn
 
 router = APIRouter(tags=["members"])
-TRANSACTION_TYPES = "^(credit|debit|refund|expire|reversal|activate)$"
+TRANSACTION_TYPES = "^(credit|debit|refund|expire|reversal|activate|hold|release)$"
 TIER_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
 
 # Credits and debits are the hot path: the body and headers are read by hand rather than
@@ -45,7 +52,11 @@ async def _manual(
 ) -> Response:
     """A credit or debit; made by an admin or operator key (a manual one), also audited."""
     if caller.role is Role.SERVICE:
-        return await keyed_account_write(request, command_type, program_id, member_id, fields)
+        # A service's credits count against the program's service_credit_points_per_day.
+        by_service = {"by_service": True} if command_type is Credit else None
+        return await keyed_account_write(
+            request, command_type, program_id, member_id, fields, unhashed=by_service
+        )
     key = idempotency_key(request)
     answer = await keyed_account_write(request, command_type, program_id, member_id, fields, key)
     return await audit(request, caller, action, program_id, member_id, answer, request_key=key)
@@ -70,18 +81,22 @@ async def credit(program_id: ProgramId, member_id: MemberId, request: Request) -
 
 @router.post(
     "/v1/programs/{program_id}/members/{member_id}/debits",
-    response_model=Transaction,
+    response_model=HeldTransaction,
     status_code=201,
     openapi_extra=route(
         Code.NOT_FOUND,
         Code.INSUFFICIENT_POINTS,
         Code.IDEMPOTENCY_CONFLICT,
+        Code.LIMIT_EXCEEDED,
         body=DebitIn,
         keyed=True,
     ),
 )
 async def debit(program_id: ProgramId, member_id: MemberId, request: Request) -> Response:
-    """Spend points, from the lots that expire soonest."""
+    """Spend points, from the lots that expire soonest. Above the program's review
+    threshold the points are held instead (a `hold` transaction, `status`
+    pending_review, `review_id`) until an operator approves or rejects the review. Over
+    a velocity limit: 409 limit_exceeded naming the `limit`."""
     caller = await authenticate(request)
     body = await body_of(request, DebitIn)
     fields = {"points": body.points, "reason": body.reason}

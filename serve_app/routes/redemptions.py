@@ -46,7 +46,10 @@ router = APIRouter(tags=["redemptions"])
 )
 async def redeem(program_id: ProgramId, request: Request) -> Response:
     """Reserve stock, debit the points, complete (or hand to the fulfilment webhook): 201
-    `completed` or `pending_fulfillment`. 503: retry with the same key, the saga resumes."""
+    `completed` or `pending_fulfillment`; above the program's review threshold, 201
+    `pending_review` (points held, units reserved) until its review is decided. Over a
+    velocity limit: 409 limit_exceeded naming the `limit`. 503: retry with the same key,
+    the saga resumes."""
     caller = await authenticate(request, limit=False)
     body = await body_of(request, RedemptionIn)
     key = idempotency_key(request)

@@ -102,7 +102,7 @@ async def test_walk_through(client: httpx.AsyncClient, program: str) -> None:
     assert too_much.status_code == 409 and too_much.json()["code"] == "insufficient_points"
 
     member = (await client.get(base)).json()
-    assert member["balance"] == {"available": 380, "pending": 0, "total": 380, "debt": 0}
+    assert member["balance"] == {"available": 380, "pending": 0, "total": 380, "debt": 0, "held": 0}
     assert member["lifetime_earned"] == 500 and member["lifetime_spent"] == 120
     assert [lot["remaining"] for lot in member["lots"]] == [380]
 

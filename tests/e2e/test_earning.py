@@ -130,7 +130,7 @@ async def test_policy_rules_event_explanation_dedup_and_dry_run(
     assert other_member.status_code == 409, other_member.text
 
     view = await member(client, program, "ann")
-    assert view["balance"] == {"available": 1284, "pending": 0, "total": 1284, "debt": 0}
+    assert view["balance"] == {"available": 1284, "pending": 0, "total": 1284, "debt": 0, "held": 0}
     expires = datetime.fromisoformat(view["lots"][0]["expires_at"])
     assert timedelta(days=9) < expires - datetime.now(UTC) < timedelta(days=11)
     assert view["expiring_soon"] == [] or view["expiring_soon"][0]["points"] == 1284
@@ -222,7 +222,7 @@ async def test_pending_points_are_booked_but_not_spendable(
     answer = await client.post(f"/v1/programs/{program}/events", json=event("pe", amount=5000))
     assert answer.status_code == 201 and answer.json()["points"] == 50
     view = await member(client, program, "pe")
-    assert view["balance"] == {"available": 0, "pending": 50, "total": 50, "debt": 0}
+    assert view["balance"] == {"available": 0, "pending": 50, "total": 50, "debt": 0, "held": 0}
     assert view["pending_lots"][0]["points"] == 50
     spend = await client.post(
         f"/v1/programs/{program}/members/pe/debits",
@@ -401,7 +401,7 @@ async def test_points_held_until_confirmed(client: httpx.AsyncClient, service: S
     answer = await client.post(f"/v1/programs/{program}/events", json=order)
     assert answer.status_code == 201 and answer.json()["transaction"]["held_until_confirmed"]
     view = await member(client, program, "hc")
-    assert view["balance"] == {"available": 0, "pending": 50, "total": 50, "debt": 0}
+    assert view["balance"] == {"available": 0, "pending": 50, "total": 50, "debt": 0, "held": 0}
     assert view["pending_lots"][0]["held_until_confirmed"] is True
     assert view["pending_lots"][0]["available_at"] is None
     path = f"/v1/programs/{program}/events/{order['id']}/confirm"
@@ -410,7 +410,7 @@ async def test_points_held_until_confirmed(client: httpx.AsyncClient, service: S
     again = await client.post(path)
     assert again.status_code == 200 and again.headers.get("idempotent-replayed") == "true"
     view = await member(client, program, "hc")
-    assert view["balance"] == {"available": 50, "pending": 0, "total": 50, "debt": 0}
+    assert view["balance"] == {"available": 50, "pending": 0, "total": 50, "debt": 0, "held": 0}
     expires = datetime.fromisoformat(view["lots"][0]["expires_at"])
     assert timedelta(days=29) < expires - datetime.now(UTC) < timedelta(days=31)
     assert (await client.post(f"/v1/programs/{program}/events/nope/confirm")).status_code == 404
@@ -436,7 +436,7 @@ async def test_debt_policy_owes_spent_points_and_next_credits_repay_first(
     assert (body["clawed_back"], body["owed"], body["unrecovered"], body["debt"]) == (20, 80, 0, 80)
     assert body["transaction"]["points"] == 100 and body["transaction"]["debt_change"] == 80
     view = await member(client, program, "db")
-    assert view["balance"] == {"available": 0, "pending": 0, "total": 0, "debt": 80}
+    assert view["balance"] == {"available": 0, "pending": 0, "total": 0, "debt": 80, "held": 0}
     # 50 earned: all of it repays debt (no lot); then 50 more: 30 repay, 20 spendable.
     for amount, debt_after, available in ((5000, 30, 0), (5000, 0, 20)):
         answer = await client.post(

@@ -81,7 +81,7 @@ def test_expired_lots_cannot_be_spent() -> None:
         debit(account, 1, "too late", later, ids())
     assert err.value.code is Code.INSUFFICIENT_POINTS
     view = account_view(account, later, 10)
-    assert view["balance"] == {"available": 0, "pending": 0, "total": 50, "debt": 0}
+    assert view["balance"] == {"available": 0, "pending": 0, "total": 50, "debt": 0, "held": 0}
 
 
 def test_insufficient_debit_changes_nothing() -> None:

@@ -172,7 +172,11 @@ def test_policy_json_round_trips(
         "caps": dict(zip(["per_event", "per_member_day", "per_member_month"], caps, strict=True)),
     }
     parsed = parse_policy(raw)
-    assert policy_to_json(parsed) == {**raw, "tiers": None}
+    assert policy_to_json(parsed) == {
+        **raw,
+        "tiers": None,
+        "risk": policy_to_json(DEFAULT_POLICY)["risk"],
+    }
     assert parse_policy(policy_to_json(parsed)) == parsed
 
 

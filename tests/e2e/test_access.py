@@ -23,6 +23,7 @@ PARAMS = {
     "event_id": "e1",
     "redemption_id": str(uuid.UUID(int=1)),
     "key_id": "nosuchkey",
+    "review_id": str(uuid.UUID(int=2)),
 }
 
 

@@ -262,3 +262,69 @@ async def test_admin_routes_are_audited_with_who_and_before_after(
     mine = (await client.get("/v1/audit?limit=200")).json()["items"]
     assert any(entry["action"] == "key.create" for entry in mine)
     assert all(entry["program_id"] == program for entry in entries)
+
+
+async def test_event_review_and_key_decisions_are_audited(
+    client: httpx.AsyncClient, keyed: Any
+) -> None:
+    """The administrative routes the test above does not reach: event confirmations and
+    reversals, review decisions, key creation and revocation."""
+    from tests.e2e.test_earning import ORDER_RULES, event, make_program
+
+    program = await make_program(
+        client,
+        {
+            "pending": {"kind": "until_confirmed"},
+            "risk": {"review_above_points": 20},
+        },
+        ORDER_RULES,
+    )
+    operator_key = await make_key(client, "operator", [program])
+    operator, service = keyed(operator_key), keyed(await make_key(client, "service", [program]))
+    p = f"/v1/programs/{program}"
+    order = event("ev1", amount=5000)  # 50 points, held until confirmed
+    assert (await service.post(p + "/events", json=order)).status_code == 201
+    for _ in range(2):  # confirming again changes nothing: recorded once
+        confirmed = await operator.post(p + f"/events/{order['id']}/confirm")
+        assert confirmed.status_code == 200, confirmed.text
+    reversed_ = await operator.post(
+        p + f"/events/{order['id']}/reverse", json={}, headers={"Idempotency-Key": "rv1"}
+    )
+    assert reversed_.status_code in (200, 201), reversed_.text
+    credit = {"points": 100, "reason": "signup"}
+    assert (
+        await service.post(
+            p + "/members/ev2/credits", json=credit, headers={"Idempotency-Key": "c"}
+        )
+    ).status_code == 201
+    held = await service.post(
+        p + "/members/ev2/debits",
+        json={"points": 30, "reason": "tv"},
+        headers={"Idempotency-Key": "d"},
+    )
+    assert held.status_code == 201 and held.json()["status"] == "pending_review", held.text
+    review_id = held.json()["review_id"]
+    for _ in range(2):
+        approved = await operator.post(p + f"/reviews/{review_id}/approve", json={"reason": "ok"})
+        assert approved.status_code == 200, approved.text
+    entries = (await operator.get(f"/v1/audit?program_id={program}&limit=200")).json()["items"]
+    actions = [entry["action"] for entry in reversed(entries)]
+    assert actions == [
+        "program.put",
+        "rules.put",
+        "event.confirm",
+        "event.reverse",
+        "review.approve",
+    ], actions
+    decided = entries[0]
+    assert decided["before"]["status"] == "pending" and decided["after"]["status"] == "approved"
+    assert decided["key_id"] == operator_key.split("_")[1]
+    # Keys: made and revoked, seen by admins only (outside every program).
+    made = await client.post("/v1/keys", json={"name": "temp", "role": "viewer"})
+    temp_id = made.json()["id"]
+    assert (await client.delete(f"/v1/keys/{temp_id}")).status_code == 200
+    log = (await client.get("/v1/audit?limit=50")).json()["items"]
+    about_temp = [(e["action"], e["program_id"]) for e in log if e["target"] == temp_id]
+    assert about_temp == [("key.revoke", None), ("key.create", None)]
+    assert log[0]["before"]["revoked_at"] is None and log[0]["after"]["revoked_at"] is not None
+    assert "key" not in log[1]["after"]

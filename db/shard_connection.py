@@ -4,7 +4,9 @@ The contract: a shard's batch loop owns one `ShardConnection` and runs one trans
 at a time; reads from other coroutines go through `reader()`, a second connection in
 autocommit mode that never holds a transaction open. A broken connection is replaced on the
 next call (under a lock, so concurrent readers share the new one); `reset()` drops it after
-a failure.
+a failure. A reader's statement that fails on a connection opened before (the server
+restarted or closed it meanwhile: a stale connection) is sent once more on a new one: a
+reader only reads, so running a read again is always safe.
 
 Why a dedicated connection and not a pool: the batch loop is strictly sequential, and the
 group commit sends a whole batch in pipeline mode, so one connection is all it can use.
@@ -104,13 +106,21 @@ class ShardConnection:
     """The dedicated connection of one shard (or of its reader)."""
 
     def __init__(
-        self, dsn: str, connect_timeout_s: int = CONNECT_TIMEOUT_S, *, autocommit: bool = False
+        self,
+        dsn: str,
+        connect_timeout_s: int = CONNECT_TIMEOUT_S,
+        *,
+        autocommit: bool = False,
+        reads_only: bool = False,
     ) -> None:
         assert dsn
         assert connect_timeout_s > 0
+        assert autocommit or not reads_only, "a reader runs single statements"
         self._dsn = dsn
         # autocommit: for a reader shared by concurrent coroutines (single statements only).
         self._autocommit = autocommit
+        # Only reads (a `reader()`): a statement that met a stale connection is run again.
+        self._reads_only = reads_only
         self._connect_timeout_s = connect_timeout_s
         self._conn: Conn | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -137,7 +147,7 @@ class ShardConnection:
         The batch loop owns this connection (one transaction at a time); reads and pings
         from other coroutines must never open a transaction on it.
         """
-        return ShardConnection(self._dsn, self._connect_timeout_s, autocommit=True)
+        return ShardConnection(self._dsn, self._connect_timeout_s, autocommit=True, reads_only=True)
 
     def transaction(self, conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
         """A transaction, except on a reader (autocommit: each statement stands alone)."""
@@ -161,8 +171,25 @@ class ShardConnection:
     async def fetch_all(
         self, query: QueryNoTemplate, params: Params | None, row_factory: AsyncRowFactory[R]
     ) -> list[R]:
-        """One statement's rows, made by `row_factory` (named rows, never positions)."""
+        """One statement's rows, made by `row_factory` (named rows, never positions). On a
+        reader, a statement that met a stale connection runs once more on a new one."""
         conn = await self.connection()
+        try:
+            return await self._fetch_all(conn, query, params, row_factory)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            if not self._reads_only:
+                raise  # a statement of a transaction: its caller decides
+            if conn is self._conn:  # (else another coroutine replaced it already)
+                await self.reset()
+            return await self._fetch_all(await self.connection(), query, params, row_factory)
+
+    async def _fetch_all(
+        self,
+        conn: Conn,
+        query: QueryNoTemplate,
+        params: Params | None,
+        row_factory: AsyncRowFactory[R],
+    ) -> list[R]:
         async with self.transaction(conn):
             cur = conn.cursor(row_factory=row_factory)
             await cur.execute(query, params)

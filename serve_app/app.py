@@ -30,8 +30,9 @@ from domain.errors import Code, PointsError
 from domain.limits import BODY_BYTES_MAX
 from serve_app import openapi, wiring
 from serve_app.http import InvalidBody
-from serve_app.problems import JsonResponse, problem_response
+from serve_app.problems import RETRY_AFTER_S, JsonResponse, problem_response
 from serve_app.routes import ROUTERS
+from serve_app.settings import INGRESS_QUEUED_MAX
 
 log = logging.getLogger("points.api")
 
@@ -244,6 +245,12 @@ def build_app(
     the release in the replicas' environment (a changed one makes Serve roll the replicas)."""
     assert ray.is_initialized()
     options = replica_options(replicas, max_replicas)
+    # Bounded: past this many requests waiting for a replica, Serve answers 503 at once
+    # (its own text body, with our Retry-After), in both serve profiles (the direct
+    # ingress of the "fast" profile enforces it in the replica; the Python proxy in its
+    # router).
+    options["max_queued_requests"] = int(shard_config.get("ingress_queued_max", INGRESS_QUEUED_MAX))
+    options["backpressure_config"] = {"status_code": 503, "retry_after_s": RETRY_AFTER_S}
     if code_version is not None:
         options["ray_actor_options"] = {
             **REPLICA_ACTOR_OPTIONS,

@@ -208,6 +208,11 @@ class ShardCore:
             log.exception("program %s has an invalid stored policy or rule set", program_id)
             return None
 
+    @property
+    def breaker(self) -> Breaker:
+        """The circuit breaker around this shard's database (actors/breaker.py)."""
+        return self._commits.breaker
+
     async def ping(self) -> dict[str, Any]:
         await self.reader.ping()
         return {

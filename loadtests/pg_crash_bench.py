@@ -56,6 +56,7 @@ class Figures:
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     timeouts: Counter[str] = field(default_factory=Counter)
     write_latency_s: list[float] = field(default_factory=list)  # to the final answer
+    other_latency_s: dict[str, list[float]] = field(default_factory=dict)  # one request each
     answered: dict[str, int] = field(default_factory=dict)  # idempotency key -> status
     points: dict[str, int] = field(default_factory=dict)  # key -> signed points
 
@@ -94,6 +95,7 @@ async def one_write(
 
 
 async def one_other(http: httpx.AsyncClient, kind: str, client: int, figures: Figures) -> None:
+    started = time.monotonic()
     try:
         if kind == "read":
             answer = await http.get(f"/v1/programs/{PROGRAM}/members/m{random.randrange(MEMBERS)}")
@@ -113,6 +115,7 @@ async def one_other(http: httpx.AsyncClient, kind: str, client: int, figures: Fi
         figures.statuses[(kind, 0)] += 1
         return
     figures.statuses[(kind, answer.status_code)] += 1
+    figures.other_latency_s.setdefault(kind, []).append(time.monotonic() - started)
 
 
 async def client_loop(
@@ -222,6 +225,10 @@ def report(figures: Figures, crash_log: list[str], book: dict[str, Any], args: A
             f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
             f"max {latencies[-1] * 1000:.0f} ms"
         )
+    for kind, values in sorted(figures.other_latency_s.items()):
+        values.sort()
+        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+        print(f"{kind:10s} p99 {p99 * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms")
     print("\nthe books:")
     for name, value in book.items():
         print(f"  {name}: {value}")

@@ -158,6 +158,8 @@ class GroupCommitter(Generic[OpT]):
         # Operations refused at `add` (queue full, breaker open) and batches run again.
         self.shed = 0
         self.reruns = 0
+        # The most operations ever queued at once (what `queued_max` is measured against).
+        self.queued_peak = 0
 
     @property
     def queued(self) -> int:
@@ -179,6 +181,8 @@ class GroupCommitter(Generic[OpT]):
             answer(op, unavailable(f"{self._name} overloaded ({self._queued_max} queued), retry"))
             return
         self._queue.append(op)
+        if len(self._queue) > self.queued_peak:
+            self.queued_peak = len(self._queue)
         if self._task is None or self._task.done():
             self.ensure_running()
         self._wakeup.set()

@@ -358,6 +358,7 @@ class RewardCore:
             "rewards_loaded": len(self._rewards),
             "queued": self._commits.queued,
             "failed": self._commits.failed,
+            "queued_peak": self._commits.queued_peak,
             "shed": self._commits.shed,
             "reruns": self._commits.reruns,
             "breaker": self._commits.breaker.state.value,

@@ -109,6 +109,7 @@ class ShardClient:
         self.calls_in_flight = calls_in_flight
         self.lane_queued_max = lane_queued_max
         self.shed = 0  # requests answered `unavailable` because their lane was full
+        self.queued_peak = 0  # the longest any lane has been (what the bound is set against)
 
     def _lane(self, shard: int) -> _ShardLane:
         lane = self.lanes.get(shard)
@@ -152,6 +153,8 @@ class ShardClient:
             )
             return
         lane.queue.append(pending)
+        if len(lane.queue) > self.queued_peak:
+            self.queued_peak = len(lane.queue)
         self._pump(lane)
 
     def _pump(self, lane: _ShardLane) -> None:

@@ -219,6 +219,7 @@ class ShardCore:
             "cached_accounts": len(self._accounts),
             "queued": self._commits.queued,
             "failed": self._commits.failed,
+            "queued_peak": self._commits.queued_peak,
             "shed": self._commits.shed,
             "reruns": self._commits.reruns,
             "breaker": self._commits.breaker.state.value,

@@ -39,7 +39,7 @@ import httpx
 import psycopg
 
 from db.embedded import EmbeddedPostgres
-from loadtests.bench import free_port, points_service, with_dbname
+from loadtests.bench import free_port, points_service, queue_peaks, with_dbname
 
 PROGRAM = "crash-bench"
 MEMBERS = 200
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(load())
             thread.join()
             report(figures, crash_log, books(dsn, figures), args)
+            print(f"  queue high-water marks: {queue_peaks(base_url)}")
     finally:
         pg.stop()
     return 0

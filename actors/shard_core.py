@@ -168,7 +168,10 @@ class ShardCore:
         return future
 
     async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
-        """The committed state of an account (cache, else PostgreSQL), or None."""
+        """The committed state of an account (cache, else PostgreSQL), or None. While the
+        breaker is open the database is not asked: `unavailable` at once."""
+        if self.breaker.is_open(time.monotonic()):
+            raise PointsError(Code.UNAVAILABLE, "database unavailable (circuit open), retry")
         key = (program_id, member_id)
         slot = self.ownership.slot_of(program_id, member_id)
         await self.ownership.ensure([slot])

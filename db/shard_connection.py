@@ -4,9 +4,10 @@ The contract: a shard's batch loop owns one `ShardConnection` and runs one trans
 at a time; reads from other coroutines go through `reader()`, a second connection in
 autocommit mode that never holds a transaction open. A broken connection is replaced on the
 next call (under a lock, so concurrent readers share the new one); `reset()` drops it after
-a failure. A reader's statement that fails on a connection opened before (the server
-restarted or closed it meanwhile: a stale connection) is sent once more on a new one: a
-reader only reads, so running a read again is always safe.
+a failure. A reader's statement that fails because the server could not be reached (a
+stale connection after a restart, a server still starting up) is run again on a new
+connection, at once and then backing off, for up to READ_RETRY_S: a reader only reads, so
+running a read again is always safe, and a restart of a second costs a read latency only.
 
 Why a dedicated connection and not a pool: the batch loop is strictly sequential, and the
 group commit sends a whole batch in pipeline mode, so one connection is all it can use.
@@ -40,6 +41,12 @@ B = TypeVar("B")  # a batch: what one group commit writes
 R = TypeVar("R")  # a row, as its row factory makes it
 
 CONNECT_TIMEOUT_S = 5
+# A reader's statement is run again for this long while the server cannot be reached
+# (within the ingress's and /readyz's own timeouts, 3 s and more), backing off from the
+# first to the most delay.
+READ_RETRY_S = 2.0
+READ_RETRY_FIRST_DELAY_S = 0.05
+READ_RETRY_DELAY_MAX_S = 0.5
 # Bounded waits: a stuck statement fails its batch (unavailable, retry) instead of holding the
 # shard's batch loop forever; a transaction left open by a lost client is ended.
 STATEMENT_TIMEOUT_MS = 15_000
@@ -172,16 +179,24 @@ class ShardConnection:
         self, query: QueryNoTemplate, params: Params | None, row_factory: AsyncRowFactory[R]
     ) -> list[R]:
         """One statement's rows, made by `row_factory` (named rows, never positions). On a
-        reader, a statement that met a stale connection runs once more on a new one."""
-        conn = await self.connection()
-        try:
-            return await self._fetch_all(conn, query, params, row_factory)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            if not self._reads_only:
-                raise  # a statement of a transaction: its caller decides
-            if conn is self._conn:  # (else another coroutine replaced it already)
-                await self.reset()
+        reader, a statement that could not reach the server runs again (module docstring)."""
+        if not self._reads_only:  # a statement of a transaction: its caller decides
             return await self._fetch_all(await self.connection(), query, params, row_factory)
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + READ_RETRY_S
+        delay_s = 0.0  # a stale connection is replaced at once; a server down, backed off
+        while True:
+            conn = None
+            try:
+                conn = await self.connection()
+                return await self._fetch_all(conn, query, params, row_factory)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                if loop.time() + delay_s > deadline_s:
+                    raise
+                if conn is not None and conn is self._conn:  # (else replaced already)
+                    await self.reset()
+                await asyncio.sleep(delay_s)
+                delay_s = min(max(delay_s * 2, READ_RETRY_FIRST_DELAY_S), READ_RETRY_DELAY_MAX_S)
 
     async def _fetch_all(
         self,

@@ -57,6 +57,7 @@ class Figures:
     timeouts: Counter[str] = field(default_factory=Counter)
     write_latency_s: list[float] = field(default_factory=list)  # to the final answer
     other_latency_s: dict[str, list[float]] = field(default_factory=dict)  # one request each
+    details: Counter[tuple[str, str]] = field(default_factory=Counter)  # kind, 503's detail
     answered: dict[str, int] = field(default_factory=dict)  # idempotency key -> status
     points: dict[str, int] = field(default_factory=dict)  # key -> signed points
 
@@ -65,6 +66,15 @@ def crash_schedule(duration_s: float, crashes: int) -> list[float]:
     """Crash times, evenly spread, none at the very start or end."""
     step = duration_s / (crashes + 1)
     return [step * (i + 1) for i in range(crashes)]
+
+
+def detail(answer: httpx.Response) -> str:
+    """A 503's reason, shortened (a problem's detail, or Serve's own text)."""
+    try:
+        text = str(answer.json().get("detail", answer.text))
+    except ValueError:
+        text = answer.text
+    return text[:90]
 
 
 async def one_write(
@@ -86,6 +96,8 @@ async def one_write(
             await asyncio.sleep(RETRY_PAUSE_S)
             continue
         figures.statuses[(kind, answer.status_code)] += 1
+        if answer.status_code == 503:
+            figures.details[(kind, detail(answer))] += 1
         if answer.status_code != 503:
             figures.answered[key] = answer.status_code
             figures.points[key] = points if kind == "credit" else -points
@@ -115,6 +127,8 @@ async def one_other(http: httpx.AsyncClient, kind: str, client: int, figures: Fi
         figures.statuses[(kind, 0)] += 1
         return
     figures.statuses[(kind, answer.status_code)] += 1
+    if answer.status_code == 503:
+        figures.details[(kind, detail(answer))] += 1
     figures.other_latency_s.setdefault(kind, []).append(time.monotonic() - started)
 
 
@@ -216,6 +230,8 @@ def report(figures: Figures, crash_log: list[str], book: dict[str, Any], args: A
         n = figures.statuses.get((kind, 503), 0)
         if n:
             print(f"  {kind:10s} {n}")
+    for (kind, why), n in figures.details.most_common(8):
+        print(f"  {n:5d} x {kind}: {why}")
     print(f"timeouts: {sum(figures.timeouts.values())} {dict(figures.timeouts)}")
     latencies = sorted(figures.write_latency_s)
     if latencies:

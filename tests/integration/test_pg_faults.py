@@ -261,3 +261,22 @@ async def test_far_more_requests_than_the_queue_holds_are_shed_at_once(
             "SELECT count(*) FROM transactions WHERE program_id = %s", (program,)
         ).fetchone()
     assert row is not None and row[0] == len(accepted)
+
+
+async def test_a_read_waits_out_a_short_restart_instead_of_failing(
+    own_pg: tuple[EmbeddedPostgres, str],
+) -> None:
+    """A shard's reader asked while the server is down: it retries (a read is always safe
+    to run again) and answers once the server is back, within READ_RETRY_S."""
+    pg, dsn = own_pg
+    reader = LedgerRepo(dsn).reader()
+    await reader.ping()
+    pg.halt()
+    try:
+        pending = asyncio.ensure_future(reader.ping())
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+    finally:
+        await asyncio.to_thread(pg.resume)
+    await asyncio.wait_for(pending, ANSWER_TIMEOUT_S)
+    await reader.close()

@@ -61,6 +61,27 @@ CONNECTION_OPTIONS = (
 )
 
 
+async def read_while_unreachable(
+    read: Callable[[], Awaitable[R]], drop: Callable[[], Awaitable[None]]
+) -> R:
+    """Run `read` again while the server cannot be reached, for up to READ_RETRY_S: at once
+    after the first failure (a stale connection), then backing off (a server still starting
+    up), calling `drop` (let the connection go) before each try. For reads only: running a
+    read again is always safe. The last error is raised when the time is up."""
+    loop = asyncio.get_running_loop()
+    deadline_s = loop.time() + READ_RETRY_S
+    delay_s = 0.0
+    while True:
+        try:
+            return await read()
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            if loop.time() + delay_s > deadline_s:
+                raise
+            await drop()
+            await asyncio.sleep(delay_s)
+            delay_s = min(max(delay_s * 2, READ_RETRY_FIRST_DELAY_S), READ_RETRY_DELAY_MAX_S)
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -182,21 +203,19 @@ class ShardConnection:
         reader, a statement that could not reach the server runs again (module docstring)."""
         if not self._reads_only:  # a statement of a transaction: its caller decides
             return await self._fetch_all(await self.connection(), query, params, row_factory)
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + READ_RETRY_S
-        delay_s = 0.0  # a stale connection is replaced at once; a server down, backed off
-        while True:
-            conn = None
-            try:
-                conn = await self.connection()
-                return await self._fetch_all(conn, query, params, row_factory)
-            except (psycopg.OperationalError, psycopg.InterfaceError):
-                if loop.time() + delay_s > deadline_s:
-                    raise
-                if conn is not None and conn is self._conn:  # (else replaced already)
-                    await self.reset()
-                await asyncio.sleep(delay_s)
-                delay_s = min(max(delay_s * 2, READ_RETRY_FIRST_DELAY_S), READ_RETRY_DELAY_MAX_S)
+        used: list[Conn] = []
+
+        async def read() -> list[R]:
+            used[:] = [await self.connection()]
+            return await self._fetch_all(used[0], query, params, row_factory)
+
+        async def drop() -> None:
+            # Only the connection this read failed on: concurrent readers share it, and
+            # another may have replaced it already.
+            if used and used[0] is self._conn:
+                await self.reset()
+
+        return await read_while_unreachable(read, drop)
 
     async def _fetch_all(
         self,

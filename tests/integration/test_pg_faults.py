@@ -20,6 +20,7 @@ from db.api_repo import ApiRepo
 from db.embedded import EmbeddedPostgres
 from db.engine import migrate
 from db.ledger_repo import LedgerRepo
+from db.topology_repo import TopologyRepo
 from domain.errors import Code
 from domain.idempotency import request_hash
 from tests.conftest import temporary_database
@@ -263,20 +264,23 @@ async def test_far_more_requests_than_the_queue_holds_are_shed_at_once(
     assert row is not None and row[0] == len(accepted)
 
 
-async def test_a_read_waits_out_a_short_restart_instead_of_failing(
+async def test_reads_wait_out_a_short_restart_instead_of_failing(
     own_pg: tuple[EmbeddedPostgres, str],
 ) -> None:
-    """A shard's reader asked while the server is down: it retries (a read is always safe
-    to run again) and answers once the server is back, within READ_RETRY_S."""
+    """A shard's reader and a topology read asked while the server is down: they retry (a
+    read is always safe to run again) and answer once it is back, within READ_RETRY_S."""
     pg, dsn = own_pg
     reader = LedgerRepo(dsn).reader()
+    topology = TopologyRepo(dsn)
     await reader.ping()
+    await topology.version("account")
     pg.halt()
     try:
-        pending = asyncio.ensure_future(reader.ping())
+        pending = asyncio.gather(reader.ping(), topology.version("account"))
         await asyncio.sleep(0.3)
         assert not pending.done()
     finally:
         await asyncio.to_thread(pg.resume)
     await asyncio.wait_for(pending, ANSWER_TIMEOUT_S)
     await reader.close()
+    await topology.close()

@@ -59,10 +59,11 @@ from domain.errors import Code
 
 # How often `settle` looks whether the batch in flight is done (a hand-off waits on it).
 SETTLE_POLL_S = 0.002
-# Operations waiting for a batch, at most (serve_app/settings.py: shard_queued_max). The
-# ingress sends a shard at most 2,048 per call and one call at a time per replica, and the
-# flash-sale and spread-debit benches never saw more than a few thousand queued; past this a
-# shard is minutes behind, and waiting longer helps nobody.
+# Operations waiting for a batch, at most (serve_app/settings.py: shard_queued_max). Each
+# ingress replica sends a shard at most 2,048 per call, one call at a time, so this holds 8
+# replicas' full calls; measured peaks (`queued_peak` in a shard's ping) were 25-28 with 16
+# clients and 102 with 300 (loadtests/pg_crash_bench.py). Past it a shard is seconds
+# behind, and waiting longer helps nobody.
 QUEUED_MAX = 16_384
 # A batch whose connection died runs again until this long after it first started
 # (settings: commit_retry_s): well inside the ingress's own call timeout (20 s).

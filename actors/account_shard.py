@@ -6,6 +6,7 @@ from typing import Any
 
 import ray
 
+from actors.group_commit import overload_options
 from actors.placement import placement
 from actors.protocol import (
     AccountCommand,
@@ -49,6 +50,7 @@ class AccountShard:
             batch_window_s=config["batch_window_ms"] / 1000,
             accounts_cached_max=config["accounts_cached_max"],
             ownership=self.ownership,
+            **overload_options(config),
         )
         self.expiry_interval_s = float(config.get("expiry_interval_s", EXPIRY_INTERVAL_S))
         self._expiry_started = False

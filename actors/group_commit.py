@@ -26,22 +26,71 @@ exactly once: a future already answered (or whose caller went away) is never set
 Why futures and not a Task per operation: a shard call carries up to thousands of
 operations, and a Task each would cost more than applying them. `add` appends to a list and
 sets an event; no await, no allocation besides what the caller built.
+
+Overload and outages (issue 10). The queue is bounded: `add` answers an operation
+`unavailable` at once when `queued_max` operations already wait, so a shard that cannot
+keep up sheds load in microseconds instead of letting every caller's wait grow. A batch
+whose database connection died (`process` raises `DatabaseUnreachable`) is run again, its
+still-open operations only, after a short back-off, until `retry_s` has passed since the
+batch started: a PostgreSQL restart of a second costs its callers latency, not errors.
+Running it again is safe because `process` starts over from the database: the cores evict
+every account or reward the failed attempt touched and prefetch again, and every write a
+batch makes is fenced by versions and claims its idempotency keys and event ids, so if the
+first attempt did commit (the connection died after COMMIT) the re-run finds its keys
+taken and answers the stored outcomes, never applying anything twice. Each such failure
+also feeds a circuit breaker (actors/breaker.py): after repeated failures the shard fails
+fast (`unavailable`, at `add` and for queued batches) for a cool-down, then lets one batch
+through as a probe and closes when it commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
+from actors.breaker import COOLDOWN_S, FAILURES_TO_OPEN, Breaker, BreakerState
 from actors.protocol import Outcome
 from db.ledger_repo import FencedError
 from domain.errors import Code
 
 # How often `settle` looks whether the batch in flight is done (a hand-off waits on it).
 SETTLE_POLL_S = 0.002
+# Operations waiting for a batch, at most (serve_app/settings.py: shard_queued_max). Each
+# ingress replica sends a shard at most 2,048 per call, one call at a time, so this holds 8
+# replicas' full calls; measured peaks (`queued_peak` in a shard's ping) were 25-28 with 16
+# clients and 102 with 300 (loadtests/pg_crash_bench.py). Past it a shard is seconds
+# behind, and waiting longer helps nobody.
+QUEUED_MAX = 16_384
+# A batch whose connection died runs again until this long after it first started
+# (settings: commit_retry_s): well inside the ingress's own call timeout (20 s).
+RETRY_S = 5.0
+# Back-off between those runs: doubling from the first to the most.
+RETRY_FIRST_DELAY_S = 0.05
+RETRY_DELAY_MAX_S = 0.5
+
+
+def overload_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A shard config's overload settings (serve_app/settings.py: shard_queued_max,
+    commit_retry_s, breaker_failures, breaker_cooldown_s) as both cores' arguments."""
+    return {
+        "queued_max": int(config.get("shard_queued_max", QUEUED_MAX)),
+        "commit_retry_s": float(config.get("commit_retry_s", RETRY_S)),
+        "breaker": Breaker(
+            int(config.get("breaker_failures", FAILURES_TO_OPEN)),
+            float(config.get("breaker_cooldown_s", COOLDOWN_S)),
+        ),
+    }
+
+
+class DatabaseUnreachable(Exception):
+    """Raised by `process`: the database could not be reached, or the connection died,
+    part-way through a batch. `process` has already dropped what the batch touched from
+    memory and reset the connection, and answered none of the operations still open: the
+    engine runs them again (or fails them, `unavailable`)."""
 
 
 class Queued(Protocol):
@@ -80,8 +129,13 @@ class GroupCommitter(Generic[OpT]):
         clock: Callable[[], datetime],
         name: str,
         log: logging.Logger,
+        queued_max: int = QUEUED_MAX,
+        retry_s: float = RETRY_S,
+        breaker: Breaker | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         assert batch_max > 0 and batch_window_s >= 0
+        assert queued_max > 0 and retry_s >= 0
         assert name
         self._process = process
         self._batch_max = batch_max
@@ -98,15 +152,38 @@ class GroupCommitter(Generic[OpT]):
         self._finished = 0
         # Operations answered `unavailable` by `fail` (a canary's error rate counts them).
         self.failed = 0
+        self._queued_max = queued_max
+        self._retry_s = retry_s
+        self.breaker = breaker or Breaker()
+        self._monotonic = monotonic
+        # Operations refused at `add` (queue full, breaker open) and batches run again.
+        self.shed = 0
+        self.reruns = 0
+        # The most operations ever queued at once (what `queued_max` is measured against).
+        self.queued_peak = 0
 
     @property
     def queued(self) -> int:
         """Operations waiting for a batch (not counting the one in flight)."""
         return len(self._queue)
 
-    def add(self, op: OpT) -> None:
-        """Queue one operation; `process` answers it. Call from within the event loop."""
+    def add(self, op: OpT, *, bounded: bool = True) -> None:
+        """Queue one operation; `process` answers it. Call from within the event loop.
+
+        Answered `unavailable` at once instead while the breaker is open, or when
+        `bounded` and the queue is full. `bounded=False` is for a shard's own follow-up
+        steps (a saga's next step), which finish work already accepted."""
+        if self.breaker.is_open(self._monotonic()):
+            self.shed += 1
+            answer(op, unavailable("database unavailable (circuit open), retry"))
+            return
+        if bounded and len(self._queue) >= self._queued_max:
+            self.shed += 1
+            answer(op, unavailable(f"{self._name} overloaded ({self._queued_max} queued), retry"))
+            return
         self._queue.append(op)
+        if len(self._queue) > self.queued_peak:
+            self.queued_peak = len(self._queue)
         if self._task is None or self._task.done():
             self.ensure_running()
         self._wakeup.set()
@@ -191,9 +268,49 @@ class GroupCommitter(Generic[OpT]):
             assert len(batch) <= self._batch_max
             self._started += 1
             try:
-                await self._process(batch)
+                await self._run_batch(batch)
             except Exception as exc:  # never let the loop die: fail this batch, go on
                 self._log.exception("%s batch failed unexpectedly", self._name)
                 self.fail(batch, f"{self._name} error, retry: {type(exc).__name__}")
             finally:
                 self._finished += 1
+
+    async def _run_batch(self, batch: list[OpT]) -> None:
+        """`process` the batch behind the breaker; run it again while its database
+        connection dies and time is left (see the module's docstring for why that is
+        safe)."""
+        deadline_s = self._monotonic() + self._retry_s
+        delay_s = RETRY_FIRST_DELAY_S
+        while True:
+            if not self.breaker.allow(self._monotonic()):
+                self.fail(batch, "database unavailable (circuit open), retry")
+                return
+            try:
+                await self._process(batch)
+            except DatabaseUnreachable as exc:
+                now_s = self._monotonic()
+                self.breaker.failed(now_s)
+                batch = [op for op in batch if not op.future.done()]
+                if not batch:
+                    return
+                if self.breaker.is_open(now_s) or now_s + delay_s > deadline_s:
+                    self.fail(batch, f"database unavailable, retry: {exc}"[:300])
+                    return
+                self._log.warning(
+                    "%s: database unreachable, running %d operations again in %.2f s: %s",
+                    self._name,
+                    len(batch),
+                    delay_s,
+                    exc,
+                )
+                self.reruns += 1
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RETRY_DELAY_MAX_S)
+            except Exception:
+                if self.breaker.state is BreakerState.HALF_OPEN:
+                    # The probe proved nothing either way: cool down and probe again.
+                    self.breaker.failed(self._monotonic())
+                raise
+            else:
+                self.breaker.succeeded()
+                return

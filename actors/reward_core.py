@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from actors.group_commit import GroupCommitter, answer
+from actors.breaker import Breaker
+from actors.group_commit import QUEUED_MAX, RETRY_S, DatabaseUnreachable, GroupCommitter, answer
 from actors.protocol import (
     AccountCommand,
     Cancel,
@@ -58,7 +59,7 @@ from actors.protocol import (
 )
 from actors.protocol import Restock as RestockCommand
 from actors.topology import EverythingOwned, Ownership, moved_outcome
-from db.errors import FencedError
+from db.errors import FencedError, unreachable
 from db.reward_repo import (
     LoadedReward,
     RedemptionKeysExist,
@@ -191,6 +192,9 @@ class RewardCore:
         batch_max: int = BATCH_MAX,
         batch_window_s: float = 0.0,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
+        queued_max: int = QUEUED_MAX,
+        commit_retry_s: float = RETRY_S,
+        breaker: Breaker | None = None,
     ) -> None:
         self.repo = repo
         self.reader = repo.reader()
@@ -215,6 +219,9 @@ class RewardCore:
             clock=clock,
             name="reward shard",
             log=log,
+            queued_max=queued_max,
+            retry_s=commit_retry_s,
+            breaker=breaker,
         )
         self._recovery_task: asyncio.Task[None] | None = None
         self._drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -385,6 +392,11 @@ class RewardCore:
             "rewards_loaded": len(self._rewards),
             "queued": self._commits.queued,
             "failed": self._commits.failed,
+            "queued_peak": self._commits.queued_peak,
+            "shed": self._commits.shed,
+            "reruns": self._commits.reruns,
+            "breaker": self._commits.breaker.state.value,
+            "breaker_opened": self._commits.breaker.opened,
             "sagas_in_flight": len(self._drivers),
             "fulfilling": len(self._fulfilling),
             **self.stats,
@@ -667,7 +679,8 @@ class RewardCore:
 
     async def _submit(self, command: _Command) -> _Answer:
         future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        self._commits.add(_Op(command, future))
+        # A saga's own steps finish work already accepted: never shed for a full queue.
+        self._commits.add(_Op(command, future), bounded=not isinstance(command, _Load | _Move))
         self._ensure_recovery()
         return await future
 
@@ -710,6 +723,8 @@ class RewardCore:
                 batch, lambda op: self._slot_of(*op.reward_key), self._moved
             )
         except Exception as exc:
+            if unreachable(exc):
+                raise DatabaseUnreachable(f"reading the slot map: {exc!r}"[:200]) from exc
             self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
             return
         if not batch:
@@ -718,6 +733,8 @@ class RewardCore:
             await self._prefetch(batch)
         except Exception as exc:
             await self.repo.reset()
+            if unreachable(exc):
+                raise DatabaseUnreachable(f"prefetch: {exc!r}"[:200]) from exc
             self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
             return
         now = self._commits.now()
@@ -774,6 +791,10 @@ class RewardCore:
                 # us): read the map again; the rewards of this batch are dropped already.
                 with contextlib.suppress(Exception):
                     await self.ownership.refresh(force=True)
+            elif unreachable(exc):
+                # Committed or not, nobody was answered: the engine runs the batch again
+                # from a fresh load (a committed first run is found by its keys).
+                raise DatabaseUnreachable(f"commit: {exc!r}"[:200]) from exc
             self._commits.fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}"[:300])
             return
         for rkey, version in work.touched.items():

@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from actors.group_commit import overload_options
 from actors.placement import placement
 from actors.protocol import (
     AccountCommand,
@@ -61,6 +62,7 @@ class RewardShard:
             fulfil=self.webhooks.send,
             batch_window_s=config.get("reward_batch_window_ms", 0.0) / 1000,
             recovery_interval_s=config.get("recovery_interval_s", 10.0),
+            **overload_options(config),
         )
 
     async def _account_call(self, command: AccountCommand) -> Outcome:

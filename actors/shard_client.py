@@ -16,6 +16,12 @@ Which shard owns a request's slot comes from a router (actors/routers.py), which
 the map a move changes. While a slot is being handed off the request is held here, and a
 request a shard answers `moved` (not its slot: nothing was applied) is sent again to the
 slot's owner; both within the same retry budget, after which it answers `unavailable`.
+
+Every lane is bounded (`lane_queued_max` requests waiting to be sent): past it a request
+is answered `unavailable` at once (the edge renders 503 with Retry-After). A lane only
+grows when its shard answers slower than requests arrive, and then waiting longer helps
+nobody: it turns into timeouts for everyone behind. Shedding the excess keeps the wait of
+the requests accepted bounded by about `lane_queued_max / CALL_REQUESTS_MAX` shard calls.
 """
 
 from __future__ import annotations
@@ -52,6 +58,12 @@ RETRY_BUDGET_S = 8.0
 CALL_TIMEOUT_S = 20.0
 # A request whose slot is being handed off (or was answered `moved`) asks again this soon.
 HOLD_S = 0.02
+# Requests waiting to be sent to one shard, at most (serve_app/settings.py:
+# lane_queued_max): four full calls. A replica holds at most Serve's max_ongoing_requests
+# (2,000) HTTP requests, and one events batch carries up to 1,000 commands, so the spread
+# debits, flash sale and events benches (4 batches of 1,000 in flight) stay well inside;
+# measured lane peaks (`lanes` in /readyz) were 25-28 with 16 clients and 102 with 300.
+LANE_QUEUED_MAX = 4 * CALL_REQUESTS_MAX
 
 
 Command = AccountCommand | RewardCommand
@@ -89,12 +101,16 @@ class ShardClient:
         router: Router | list[Any],
         route_field: str = "member_id",
         calls_in_flight: int = CALLS_IN_FLIGHT_MAX,
+        lane_queued_max: int = LANE_QUEUED_MAX,
     ) -> None:
-        assert router and calls_in_flight >= 1
+        assert router and calls_in_flight >= 1 and lane_queued_max >= 1
         self.router: Router = StaticRouter(router) if isinstance(router, list) else router
         self.lanes: dict[int, _ShardLane] = {}
         self.route_field = route_field
         self.calls_in_flight = calls_in_flight
+        self.lane_queued_max = lane_queued_max
+        self.shed = 0  # requests answered `unavailable` because their lane was full
+        self.queued_peak = 0  # the longest any lane has been (what the bound is set against)
 
     def _lane(self, shard: int) -> _ShardLane:
         lane = self.lanes.get(shard)
@@ -131,7 +147,15 @@ class ShardClient:
             else:
                 loop.call_later(HOLD_S, self._route, pending)
             return
+        if len(lane.queue) >= self.lane_queued_max:
+            self.shed += 1
+            pending.future.set_result(
+                unavailable(f"shard {lane.shard} overloaded ({len(lane.queue)} waiting), retry")
+            )
+            return
         lane.queue.append(pending)
+        if len(lane.queue) > self.queued_peak:
+            self.queued_peak = len(lane.queue)
         self._pump(lane)
 
     def _pump(self, lane: _ShardLane) -> None:

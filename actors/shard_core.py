@@ -47,10 +47,12 @@ from actors.account_ops import (
     compile_config,
     working_copy,
 )
-from actors.group_commit import GroupCommitter, answer
+from actors.breaker import Breaker
+from actors.group_commit import QUEUED_MAX, RETRY_S, DatabaseUnreachable, GroupCommitter, answer
 from actors.protocol import AccountCommand, Expire, Outcome, Retier
 from actors.routing import slot_of
 from actors.topology import EverythingOwned, Ownership, SlotMoved, moved_outcome
+from db.errors import unreachable
 from db.ledger_repo import (
     AccountKey,
     EventsTaken,
@@ -99,9 +101,13 @@ class ShardCore:
         accounts_cached_max: int = ACCOUNTS_CACHED_MAX,
         keys_cached_max: int = KEYS_CACHED_MAX,
         ownership: Ownership | None = None,
+        queued_max: int = QUEUED_MAX,
+        commit_retry_s: float = RETRY_S,
+        breaker: Breaker | None = None,
     ) -> None:
         """`ownership`: the slots this shard owns (actors/topology.py); without one it owns
-        every slot unfenced, which only a test of one shard's logic may do."""
+        every slot unfenced, which only a test of one shard's logic may do. `queued_max`,
+        `commit_retry_s`, `breaker`: overload and outage handling (actors/group_commit.py)."""
         assert batch_max > 0 and batch_window_s >= 0
         self.repo = repo
         self.ownership = ownership or EverythingOwned("account", slot_of)
@@ -120,6 +126,9 @@ class ShardCore:
             clock=clock,
             name="shard",
             log=log,
+            queued_max=queued_max,
+            retry_s=commit_retry_s,
+            breaker=breaker,
         )
         self.stats: dict[str, float] = {
             "batches": 0,
@@ -159,7 +168,10 @@ class ShardCore:
         return future
 
     async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
-        """The committed state of an account (cache, else PostgreSQL), or None."""
+        """The committed state of an account (cache, else PostgreSQL), or None. While the
+        breaker is open the database is not asked: `unavailable` at once."""
+        if self.breaker.is_open(time.monotonic()):
+            raise PointsError(Code.UNAVAILABLE, "database unavailable (circuit open), retry")
         key = (program_id, member_id)
         slot = self.ownership.slot_of(program_id, member_id)
         await self.ownership.ensure([slot])
@@ -199,12 +211,22 @@ class ShardCore:
             log.exception("program %s has an invalid stored policy or rule set", program_id)
             return None
 
+    @property
+    def breaker(self) -> Breaker:
+        """The circuit breaker around this shard's database (actors/breaker.py)."""
+        return self._commits.breaker
+
     async def ping(self) -> dict[str, Any]:
         await self.reader.ping()
         return {
             "cached_accounts": len(self._accounts),
             "queued": self._commits.queued,
             "failed": self._commits.failed,
+            "queued_peak": self._commits.queued_peak,
+            "shed": self._commits.shed,
+            "reruns": self._commits.reruns,
+            "breaker": self._commits.breaker.state.value,
+            "breaker_opened": self._commits.breaker.opened,
             **self.stats,
         }
 
@@ -284,6 +306,8 @@ class ShardCore:
         try:
             batch = await self.ownership.keep_owned(batch, lambda op: op.slot, self._moved)
         except Exception as exc:
+            if unreachable(exc):
+                raise DatabaseUnreachable(f"reading the slot map: {exc!r}"[:200]) from exc
             self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
             return
         if not batch:
@@ -292,6 +316,8 @@ class ShardCore:
             pinned = await self._prefetch(batch)
         except Exception as exc:
             await self.repo.reset()
+            if unreachable(exc):
+                raise DatabaseUnreachable(f"prefetch: {exc!r}"[:200]) from exc
             self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
             return
         self.stats["prefetch_s"] += time.perf_counter() - started
@@ -314,6 +340,8 @@ class ShardCore:
                     stored = await self.repo.lookup_idempotency(work.keys)
                 except Exception as exc:
                     await self.repo.reset()
+                    if unreachable(exc):
+                        raise DatabaseUnreachable(f"idempotency lookup: {exc!r}"[:200]) from exc
                     self._commits.fail(batch, f"database unavailable: {type(exc).__name__}")
                     return
                 for ikey, response in stored.items():
@@ -350,6 +378,10 @@ class ShardCore:
             if isinstance(exc, FencedError):  # another shard may own some of our slots now
                 with contextlib.suppress(Exception):
                     await self.ownership.refresh(force=True)
+            elif unreachable(exc):
+                # Committed or not, nobody was answered: the engine runs the batch again
+                # from a fresh prefetch (its keys make a committed first run a replay).
+                raise DatabaseUnreachable(f"commit: {exc!r}"[:200]) from exc
             self._commits.fail([op for op, _ in work.waiting], f"commit failed, retry: {exc}")
             return None
         finally:

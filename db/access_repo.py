@@ -1,14 +1,17 @@
 """API keys and the audit log: the SQL behind /v1/keys, /v1/audit and the replicas' key
 table (serve_app/auth.py KeyRing).
 
-Shares the ingress's pool (db/api_repo.py). The audit log is append-only (a trigger from
-migration 0006 refuses UPDATE, DELETE and TRUNCATE); a keyed write is recorded once however
-often it is replayed (unique on action, program, target and Idempotency-Key).
+Shares the ingress's pool and its connection checks (db/api_repo.py). The audit log is
+append-only (a trigger from migration 0006 refuses UPDATE, DELETE and TRUNCATE); a keyed
+write is recorded once however often it is replayed (unique on action, program, target and
+Idempotency-Key).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +19,6 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from domain.limits import CURSOR_LENGTH_MAX, PAGE_SIZE_MAX
 
@@ -122,8 +124,11 @@ def decode_audit_cursor(cursor: str) -> int:
 
 
 class AccessRepo:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self._pool = pool
+    def __init__(
+        self, connection: Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+    ) -> None:
+        # The ingress's checked pooled connections (ApiRepo.connection).
+        self._connection = connection
 
     async def create_key(
         self,
@@ -138,7 +143,7 @@ class AccessRepo:
         rate: tuple[int, int] | None,
         audit: AuditEntry,
     ) -> dict[str, Any]:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"""
@@ -166,7 +171,7 @@ class AccessRepo:
         return view
 
     async def get_key(self, key_id: str) -> dict[str, Any] | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,))
             row = await cur.fetchone()
@@ -179,7 +184,7 @@ class AccessRepo:
         (a program-limited admin sees no key that reaches further than itself)."""
         assert 0 < limit <= PAGE_SIZE_MAX
         scope = None if within is None else sorted(within)
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys"
@@ -195,7 +200,7 @@ class AccessRepo:
 
     async def revoke_key(self, key_id: str, audit: AuditEntry) -> dict[str, Any] | None:
         """Revoke (idempotent: a revoked key keeps its first revocation time)."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = %s FOR UPDATE", (key_id,)
@@ -223,7 +228,7 @@ class AccessRepo:
     ) -> tuple[list[dict[str, Any]], datetime | None]:
         """Every key row changed after `since` (all rows when None), revoked ones included,
         and the newest change seen (the next poll's `since`)."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT key_id, key_hash, role, programs, expires_at, rate_per_s, rate_burst,"
@@ -239,14 +244,14 @@ class AccessRepo:
         """Stamp last use (not a change replicas need to learn of: changed_at stays)."""
         if not key_ids:
             return
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 "UPDATE api_keys SET last_used_at = now() WHERE key_id = ANY(%s)",
                 (sorted(key_ids),),
             )
 
     async def record(self, entry: AuditEntry) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await record(conn, entry)
 
     async def list_audit(
@@ -263,7 +268,7 @@ class AccessRepo:
         entries; with `programs_only`, no entry outside every program (keys, topology)."""
         assert 0 < limit <= PAGE_SIZE_MAX
         scope = None if within is None else sorted(within)
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {AUDIT_COLUMNS} FROM audit_log"

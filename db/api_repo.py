@@ -7,8 +7,9 @@ here: they go through the account shards.
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -24,6 +25,9 @@ from db.reward_repo import REDEMPTION_COLUMNS, REWARD_COLUMNS, redemption_from_r
 from domain.limits import CURSOR_LENGTH_MAX, PAGE_SIZE_MAX
 from domain.reviews import Review, review_view
 from domain.rewards import Redemption, redemption_view, reward_view
+
+# How long a request waits for a pooled connection before it answers 503 (retry).
+POOL_TIMEOUT_S = 5.0
 
 
 def encode_cursor(created_at: datetime, txn_id: uuid.UUID) -> str:
@@ -63,21 +67,45 @@ def _iso(moment: datetime | None) -> str | None:
 class ApiRepo:
     def __init__(self, dsn: str, pool_min: int = 1, pool_max: int = 8) -> None:
         assert dsn and 0 < pool_min <= pool_max
-        # check: a connection the server closed (a restart, a failover) is replaced when
-        # it is taken from the pool, instead of failing the request that drew it.
+        # No `check=` here: `_connection` checks each connection it takes (see there).
         self._pool = AsyncConnectionPool(
-            dsn,
-            min_size=pool_min,
-            max_size=pool_max,
-            open=False,
-            timeout=5.0,
-            check=AsyncConnectionPool.check_connection,
+            dsn, min_size=pool_min, max_size=pool_max, open=False, timeout=POOL_TIMEOUT_S
         )
 
     @property
-    def pool(self) -> AsyncConnectionPool[Any]:
-        """Shared with the keys and audit queries (db/access_repo.py)."""
-        return self._pool
+    def connection(self) -> Callable[[], contextlib.AbstractAsyncContextManager[Any]]:
+        """Checked connections, shared with the keys and audit queries (db/access_repo.py)."""
+        return self._connection
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection that answered a no-op just now.
+
+        A connection the server closed (a restart, a crash, a failover) fails that check,
+        so the statement that would have met it never reaches the server: the connection
+        is handed back (the pool sees it is broken, drops it and opens another) and the
+        next one is tried at once. psycopg_pool's own `check=` does the same, but sleeps
+        between failed checks (1 s, then 2 s, ...): after a restart left every pooled
+        connection stale, the first request waited through one sleep per connection and
+        ran past the pool's timeout (measured: 2.7 s for the first program write after a
+        crash, a 503 with more connections). A check that fails on a new connection means
+        the server is down: that error is raised (503 `unavailable`, retry)."""
+        for _attempt in range(self._pool.max_size + 1):
+            conn = await self._pool.getconn()
+            try:
+                await AsyncConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                await self._pool.putconn(conn)  # broken: the pool replaces it
+                continue
+            try:
+                yield conn
+                # As the pool's own connection() does: what the block did outside a
+                # transaction() block is committed (putconn would roll it back).
+                await conn.commit()
+            finally:
+                await self._pool.putconn(conn)
+            return
+        raise psycopg.OperationalError("no pooled connection answered")
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
@@ -86,7 +114,7 @@ class ApiRepo:
         await self._pool.close()
 
     async def ping(self) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute("SELECT 1")
 
     async def put_program(
@@ -102,7 +130,7 @@ class ApiRepo:
         policy gets the next version and is kept in program_policies (history). `audit` is
         recorded in the same transaction, with the program before and after.
         """
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             before = None
             if audit is not None:
@@ -154,7 +182,7 @@ class ApiRepo:
         return created, program
 
     async def get_program(self, program_id: str) -> dict[str, Any] | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT program_id, name, policy, policy_version, created_at, updated_at"
@@ -173,7 +201,7 @@ class ApiRepo:
         assert 0 < limit <= PAGE_SIZE_MAX
         after = None if cursor is None else decode_id_cursor(cursor)
         scope = None if within is None else sorted(within)
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT program_id, name, policy, policy_version, created_at, updated_at"
@@ -193,7 +221,7 @@ class ApiRepo:
         if given; `cursor` as in list_programs. An unknown program has no members."""
         assert 0 < limit <= PAGE_SIZE_MAX
         after = None if cursor is None else decode_id_cursor(cursor)
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT member_id, balance, tier, lifetime_earned, lifetime_spent,"
@@ -220,7 +248,7 @@ class ApiRepo:
     ) -> dict[str, Any] | None:
         """A new rule set version (the next number); None if the program does not exist.
         `audit` is recorded in the same transaction (before: the previous version)."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             # Serializes concurrent PUTs of one program's rules (version numbers stay dense).
             await cur.execute(
@@ -256,7 +284,7 @@ class ApiRepo:
     async def list_rule_sets(self, program_id: str, limit: int) -> list[dict[str, Any]]:
         """Newest version first."""
         assert limit > 0
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT program_id, version, rules, effective_from, created_at FROM rule_sets"
@@ -267,7 +295,7 @@ class ApiRepo:
 
     async def event_member(self, program_id: str, event_id: str) -> str | None:
         """Who an applied event belongs to (a reversal is routed to that member's shard)."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=scalar_row)
             await cur.execute(
                 "SELECT member_id FROM events WHERE program_id = %s AND event_id = %s",
@@ -277,7 +305,7 @@ class ApiRepo:
         return None if member_id is None else str(member_id)
 
     async def get_event(self, program_id: str, event_id: str) -> dict[str, Any] | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT program_id, event_id, member_id, type, occurred_at, attributes,"
@@ -297,7 +325,7 @@ class ApiRepo:
         }
 
     async def tier_changes(self, program_id: str, member_id: str, limit: int) -> list[Any]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT from_tier, to_tier, reason, changed_at FROM tier_changes"
@@ -307,7 +335,7 @@ class ApiRepo:
             return [{**r, "changed_at": _iso(r["changed_at"])} for r in await cur.fetchall()]
 
     async def account_exists(self, program_id: str, member_id: str) -> bool:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT 1 FROM accounts WHERE program_id = %s AND member_id = %s",
                 (program_id, member_id),
@@ -348,7 +376,7 @@ class ApiRepo:
             + " AND ".join(clauses)
             + " ORDER BY created_at DESC, txn_id DESC LIMIT %s"
         )
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(query, params)
             rows = await cur.fetchall()
@@ -375,7 +403,7 @@ class ApiRepo:
         self, program_id: str, *, limit: int, after: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """By reward id, keyset-paginated (the cursor is the last reward id, encoded)."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {REWARD_COLUMNS} FROM rewards WHERE program_id = %s"
@@ -389,7 +417,7 @@ class ApiRepo:
         return [reward_view(reward) for reward in rewards], next_cursor
 
     async def get_reward(self, program_id: str, reward_id: str) -> dict[str, Any] | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {REWARD_COLUMNS} FROM rewards WHERE program_id = %s AND reward_id = %s",
@@ -399,7 +427,7 @@ class ApiRepo:
         return None if row is None else reward_view(reward_from_row(row))
 
     async def get_redemption(self, program_id: str, redemption_id: uuid.UUID) -> Redemption | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {REDEMPTION_COLUMNS} FROM redemptions"
@@ -424,7 +452,7 @@ class ApiRepo:
             clauses += " AND (created_at, redemption_id) < (%s, %s)"
             params.extend(cursor)
         params.append(limit + 1)
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {REDEMPTION_COLUMNS} FROM redemptions WHERE {clauses}"
@@ -442,7 +470,7 @@ class ApiRepo:
     # ----------------------------------------------------------------- reviews (reads)
 
     async def get_review(self, program_id: str, review_id: uuid.UUID) -> Review | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE program_id = %s AND review_id = %s",
@@ -471,7 +499,7 @@ class ApiRepo:
             clauses += " AND (created_at, review_id) < (%s, %s)"
             params.extend(cursor)
         params.append(limit + 1)
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE {clauses}"

@@ -64,6 +64,33 @@ class EmbeddedPostgres:
                 + f"; see {self.pgdata / 'log'}"
             )
 
+    def crash_and_restart(self, timeout_s: float = 30) -> None:
+        """Crash the server (`pg_ctl stop -m immediate`: no shutdown checkpoint, every
+        connection cut, crash recovery on start) and start it again at once. For fault
+        tests and benches on a server of their own, never a shared one."""
+        self._pg_ctl(["-m", "immediate", "restart"], timeout_s)
+
+    def halt(self, timeout_s: float = 30) -> None:
+        """Stop the server (fast shutdown) until `resume`. Fault tests only."""
+        self._pg_ctl(["-m", "fast", "stop"], timeout_s)
+
+    def resume(self, timeout_s: float = 30) -> None:
+        """Start the server again after `halt`, with the options it last ran with."""
+        # `restart` reads them from postmaster.opts, also when the server is down.
+        self._pg_ctl(["restart"], timeout_s)
+
+    def _pg_ctl(self, args: list[str], timeout_s: float) -> None:
+        assert self._server is not None, "not started"
+        from pgserver.postgres_server import pg_ctl  # type: ignore[attr-defined]
+
+        log_file = str(self.pgdata / "log")
+        pg_ctl(
+            ["-w", "-l", log_file, *args],
+            pgdata=self.pgdata,
+            user=self._server.system_user,
+            timeout=timeout_s,
+        )
+
     def running(self) -> bool:
         """Is a postmaster running on this data directory (its postmaster.pid names a live
         process)?"""

@@ -10,10 +10,23 @@ from __future__ import annotations
 
 from typing import ClassVar, Generic, TypeVar
 
+import psycopg
+
 K = TypeVar("K", bound=tuple[str, ...])
 
 IdemKey = tuple[str, str, str]  # (program_id, member_id, key)
 EventKey = tuple[str, str]  # (program_id, event_id)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Did this fail because the database could not be reached or dropped the connection
+    (a restart, a crash, an outage, a statement cut off), rather than because it refused
+    something on purpose? Connection failures, `the database system is starting up`,
+    `terminating connection due to administrator command` and statement timeouts are all
+    OperationalError; a connection used after it closed is InterfaceError."""
+    if isinstance(exc, FencedError | AlreadyRecorded):
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 class FencedError(Exception):

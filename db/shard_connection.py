@@ -4,7 +4,10 @@ The contract: a shard's batch loop owns one `ShardConnection` and runs one trans
 at a time; reads from other coroutines go through `reader()`, a second connection in
 autocommit mode that never holds a transaction open. A broken connection is replaced on the
 next call (under a lock, so concurrent readers share the new one); `reset()` drops it after
-a failure.
+a failure. A reader's statement that fails because the server could not be reached (a
+stale connection after a restart, a server still starting up) is run again on a new
+connection, at once and then backing off, for up to READ_RETRY_S: a reader only reads, so
+running a read again is always safe, and a restart of a second costs a read latency only.
 
 Why a dedicated connection and not a pool: the batch loop is strictly sequential, and the
 group commit sends a whole batch in pipeline mode, so one connection is all it can use.
@@ -38,6 +41,12 @@ B = TypeVar("B")  # a batch: what one group commit writes
 R = TypeVar("R")  # a row, as its row factory makes it
 
 CONNECT_TIMEOUT_S = 5
+# A reader's statement is run again for this long while the server cannot be reached
+# (within the ingress's and /readyz's own timeouts, 3 s and more), backing off from the
+# first to the most delay.
+READ_RETRY_S = 2.0
+READ_RETRY_FIRST_DELAY_S = 0.05
+READ_RETRY_DELAY_MAX_S = 0.5
 # Bounded waits: a stuck statement fails its batch (unavailable, retry) instead of holding the
 # shard's batch loop forever; a transaction left open by a lost client is ended.
 STATEMENT_TIMEOUT_MS = 15_000
@@ -50,6 +59,27 @@ CONNECTION_OPTIONS = (
     f" -c synchronous_commit=on -c statement_timeout={STATEMENT_TIMEOUT_MS}"
     f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
 )
+
+
+async def read_while_unreachable(
+    read: Callable[[], Awaitable[R]], drop: Callable[[], Awaitable[None]]
+) -> R:
+    """Run `read` again while the server cannot be reached, for up to READ_RETRY_S: at once
+    after the first failure (a stale connection), then backing off (a server still starting
+    up), calling `drop` (let the connection go) before each try. For reads only: running a
+    read again is always safe. The last error is raised when the time is up."""
+    loop = asyncio.get_running_loop()
+    deadline_s = loop.time() + READ_RETRY_S
+    delay_s = 0.0
+    while True:
+        try:
+            return await read()
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            if loop.time() + delay_s > deadline_s:
+                raise
+            await drop()
+            await asyncio.sleep(delay_s)
+            delay_s = min(max(delay_s * 2, READ_RETRY_FIRST_DELAY_S), READ_RETRY_DELAY_MAX_S)
 
 
 def _dumps(value: Any) -> str:
@@ -104,13 +134,21 @@ class ShardConnection:
     """The dedicated connection of one shard (or of its reader)."""
 
     def __init__(
-        self, dsn: str, connect_timeout_s: int = CONNECT_TIMEOUT_S, *, autocommit: bool = False
+        self,
+        dsn: str,
+        connect_timeout_s: int = CONNECT_TIMEOUT_S,
+        *,
+        autocommit: bool = False,
+        reads_only: bool = False,
     ) -> None:
         assert dsn
         assert connect_timeout_s > 0
+        assert autocommit or not reads_only, "a reader runs single statements"
         self._dsn = dsn
         # autocommit: for a reader shared by concurrent coroutines (single statements only).
         self._autocommit = autocommit
+        # Only reads (a `reader()`): a statement that met a stale connection is run again.
+        self._reads_only = reads_only
         self._connect_timeout_s = connect_timeout_s
         self._conn: Conn | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -137,7 +175,7 @@ class ShardConnection:
         The batch loop owns this connection (one transaction at a time); reads and pings
         from other coroutines must never open a transaction on it.
         """
-        return ShardConnection(self._dsn, self._connect_timeout_s, autocommit=True)
+        return ShardConnection(self._dsn, self._connect_timeout_s, autocommit=True, reads_only=True)
 
     def transaction(self, conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
         """A transaction, except on a reader (autocommit: each statement stands alone)."""
@@ -161,8 +199,31 @@ class ShardConnection:
     async def fetch_all(
         self, query: QueryNoTemplate, params: Params | None, row_factory: AsyncRowFactory[R]
     ) -> list[R]:
-        """One statement's rows, made by `row_factory` (named rows, never positions)."""
-        conn = await self.connection()
+        """One statement's rows, made by `row_factory` (named rows, never positions). On a
+        reader, a statement that could not reach the server runs again (module docstring)."""
+        if not self._reads_only:  # a statement of a transaction: its caller decides
+            return await self._fetch_all(await self.connection(), query, params, row_factory)
+        used: list[Conn] = []
+
+        async def read() -> list[R]:
+            used[:] = [await self.connection()]
+            return await self._fetch_all(used[0], query, params, row_factory)
+
+        async def drop() -> None:
+            # Only the connection this read failed on: concurrent readers share it, and
+            # another may have replaced it already.
+            if used and used[0] is self._conn:
+                await self.reset()
+
+        return await read_while_unreachable(read, drop)
+
+    async def _fetch_all(
+        self,
+        conn: Conn,
+        query: QueryNoTemplate,
+        params: Params | None,
+        row_factory: AsyncRowFactory[R],
+    ) -> list[R]:
         async with self.transaction(conn):
             cur = conn.cursor(row_factory=row_factory)
             await cur.execute(query, params)

@@ -29,7 +29,14 @@ from typing import Any, Literal, TypeVar
 import psycopg
 from psycopg.rows import dict_row, scalar_row
 
-from db.shard_connection import Conn, Cursor, ShardConnection, TableWriter, jsonb
+from db.shard_connection import (
+    Conn,
+    Cursor,
+    ShardConnection,
+    TableWriter,
+    jsonb,
+    read_while_unreachable,
+)
 
 Kind = Literal["account", "reward"]
 KINDS: tuple[Kind, ...] = ("account", "reward")
@@ -219,17 +226,14 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def _reconnecting(read: F) -> F:
-    """A read that meets a connection the server closed (a restart, a failover) reconnects
-    and reads once more, instead of failing the request that found it out. Reads only: a
-    write whose connection broke may or may not have committed."""
+    """A read that meets a connection the server closed (a restart, a failover) or a server
+    still starting up reconnects and reads again, for up to READ_RETRY_S, instead of
+    failing the request that found it out. Reads only: a write whose connection broke may
+    or may not have committed."""
 
     @functools.wraps(read)
     async def again(self: TopologyRepo, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await read(self, *args, **kwargs)
-        except psycopg.OperationalError:
-            await self._db.reset()
-            return await read(self, *args, **kwargs)
+        return await read_while_unreachable(lambda: read(self, *args, **kwargs), self._db.reset)
 
     return again  # type: ignore[return-value]
 

@@ -674,6 +674,24 @@ def shard_stats(base_url: str, attempts: int = 10) -> list[dict[str, Any]]:
     raise RuntimeError(f"/readyz kept failing: {answer.status_code} {answer.text[:300]}")
 
 
+def queue_peaks(base_url: str) -> dict[str, int]:
+    """The longest the queues got so far (issue 10's bounds are set against these): this
+    replica's lanes towards the shards, and each kind of shard's group-commit queue."""
+    answer = httpx.get(base_url + "/readyz", timeout=30)
+    if answer.status_code != 200:
+        return {}
+    ready = answer.json()
+    return {
+        "lane": int(ready.get("lanes", {}).get("queued_peak", 0)),
+        "account_shard": max((int(s.get("queued_peak", 0)) for s in ready["shards"]), default=0),
+        "reward_shard": max(
+            (int(s.get("queued_peak", 0)) for s in ready["reward_shards"]), default=0
+        ),
+        "shed": int(ready.get("lanes", {}).get("shed", 0))
+        + sum(int(s.get("shed", 0)) for s in ready["shards"] + ready["reward_shards"]),
+    }
+
+
 def applied_ops(base_url: str) -> int:
     """Operations the shards have committed so far (a cross-check of wrk's counts)."""
     return int(sum(s.get("ops", 0) for s in shard_stats(base_url)))

@@ -51,6 +51,7 @@ from loadtests.bench import (
     none,
     points_service,
     port_open,
+    queue_peaks,
     run_wrk,
     seed_points,
     shard_stats,
@@ -253,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["s"] = measure(cfg, base_url, script("unlimited"))
                 time.sleep(1)
                 figures["reward_shards"] = [s for s in shard_stats(base_url) if "reward_shard" in s]
+                figures["queue_peaks"] = queue_peaks(base_url)
+                print(f"  queue high-water marks: {figures['queue_peaks']}", flush=True)
             print("running the verifier …", flush=True)
             from loadtests.verify import main as verify_main
 

@@ -30,8 +30,9 @@ from domain.errors import Code, PointsError
 from domain.limits import BODY_BYTES_MAX
 from serve_app import openapi, wiring
 from serve_app.http import InvalidBody
-from serve_app.problems import JsonResponse, problem_response
+from serve_app.problems import RETRY_AFTER_S, JsonResponse, problem_response
 from serve_app.routes import ROUTERS
+from serve_app.settings import INGRESS_QUEUED_MAX
 
 log = logging.getLogger("points.api")
 
@@ -231,6 +232,18 @@ def replica_options(replicas: int, max_replicas: int | None) -> dict[str, Any]:
     }
 
 
+def queue_options(queued_max: int) -> dict[str, Any]:
+    """Bounded: past `queued_max` requests waiting for a replica (all its
+    max_ongoing_requests slots taken), Serve answers 503 at once, with our Retry-After and
+    its own text body. Both serve profiles: the "fast" profile's direct ingress enforces it
+    in the replica, the default profile's proxy in its router."""
+    assert queued_max >= 1
+    return {
+        "max_queued_requests": queued_max,
+        "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
+    }
+
+
 def build_app(
     dsn: str,
     redis_url: str | None,
@@ -243,7 +256,10 @@ def build_app(
     """The Serve application `points up` (and the e2e tests) deploy. `code_version` names
     the release in the replicas' environment (a changed one makes Serve roll the replicas)."""
     assert ray.is_initialized()
-    options = replica_options(replicas, max_replicas)
+    options = {
+        **replica_options(replicas, max_replicas),
+        **queue_options(int(shard_config.get("ingress_queued_max", INGRESS_QUEUED_MAX))),
+    }
     if code_version is not None:
         options["ray_actor_options"] = {
             **REPLICA_ACTOR_OPTIONS,

@@ -55,6 +55,12 @@ ARG_NAMES = (
     "recovery_interval_s",
     "expiry_interval_s",
     "event_stream",
+    "ingress_queued_max",
+    "lane_queued_max",
+    "shard_queued_max",
+    "commit_retry_s",
+    "breaker_failures",
+    "breaker_cooldown_s",
 )
 
 

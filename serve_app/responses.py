@@ -559,6 +559,7 @@ class Ready(_Open):
             "shards": [],
             "reward_shards": [],
             "event_consumer": None,
+            "lanes": {"queued_peak": 0, "shed": 0},
         }
     )
     status: str
@@ -567,6 +568,8 @@ class Ready(_Open):
     shards: list[dict[str, Any]]
     reward_shards: list[dict[str, Any]]
     event_consumer: dict[str, Any] | None
+    # This replica's lanes towards the shards: the longest one so far, requests shed.
+    lanes: dict[str, int]
 
 
 class ShardPlacement(_Open):

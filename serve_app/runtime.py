@@ -138,6 +138,12 @@ def shard_config(settings: Settings) -> dict[str, Any]:
         "expiry_interval_s": settings.expiry_interval_s,
         "shards": settings.shards,
         "event_stream": settings.event_stream,
+        "ingress_queued_max": settings.ingress_queued_max,
+        "lane_queued_max": settings.lane_queued_max,
+        "shard_queued_max": settings.shard_queued_max,
+        "commit_retry_s": settings.commit_retry_s,
+        "breaker_failures": settings.breaker_failures,
+        "breaker_cooldown_s": settings.breaker_cooldown_s,
     }
 
 

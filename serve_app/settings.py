@@ -5,6 +5,14 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actors.breaker import COOLDOWN_S, FAILURES_TO_OPEN
+from actors.group_commit import QUEUED_MAX, RETRY_S
+from actors.shard_client import LANE_QUEUED_MAX
+
+# Requests a Serve replica holds waiting for one of its max_ongoing_requests slots
+# (serve_app/app.py); past it Serve answers 503 with Retry-After at once.
+INGRESS_QUEUED_MAX = 1000
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POINTS_", extra="ignore")
@@ -49,6 +57,21 @@ class Settings(BaseSettings):
     event_stream: str = Field(default="points:events", max_length=200)
     # Admin API key; unset: generated on first start, stored hashed, saved to data_dir.
     admin_key: str | None = None
+    # Overload and outages (docs/architecture.md, "Overload and outages"). Every queue is
+    # bounded; past a bound the answer is 503 `unavailable` with Retry-After at once. None
+    # of these is reached by the benches or the flash-sale test in normal operation.
+    # Serve's max_queued_requests per ingress replica (both serve profiles).
+    ingress_queued_max: int = Field(default=INGRESS_QUEUED_MAX, ge=1, le=1_000_000)
+    # Requests waiting in an ingress replica to be sent to one shard.
+    lane_queued_max: int = Field(default=LANE_QUEUED_MAX, ge=1, le=1_000_000)
+    # Operations waiting in a shard for a group commit.
+    shard_queued_max: int = Field(default=QUEUED_MAX, ge=1, le=1_000_000)
+    # A group commit whose connection died runs again for up to this long.
+    commit_retry_s: float = Field(default=RETRY_S, ge=0, le=15)
+    # The shards' circuit breaker around PostgreSQL: open after this many unreachable
+    # attempts in a row, fail fast for the cool-down, then probe with one batch.
+    breaker_failures: int = Field(default=FAILURES_TO_OPEN, ge=1, le=1000)
+    breaker_cooldown_s: float = Field(default=COOLDOWN_S, gt=0, le=300)
     # "fast": Ray Serve direct ingress behind HAProxy with throughput-optimized settings.
     # "default": Serve's standard Python proxy. See docs/architecture.md.
     serve_profile: str = Field(default="fast", pattern="^(fast|default)$")

@@ -24,7 +24,7 @@ from actors.earning import EventApplier, ShardApplierFactory
 from actors.event_consumer import EventConsumer
 from actors.routers import TopologyRouter
 from actors.routing import NAMESPACE, SLOTS, reward_shard_name, shard_name
-from actors.shard_client import ACTOR_ERRORS, ShardClient
+from actors.shard_client import ACTOR_ERRORS, LANE_QUEUED_MAX, ShardClient
 from db.access_repo import AccessRepo, AuditEntry
 from db.api_repo import ApiRepo
 from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_rows
@@ -88,7 +88,7 @@ class Backend:
             redis.asyncio.Redis.from_url(redis_url, socket_timeout=2) if redis_url else None
         )
         self.keys = KeyRing()
-        self.access = AccessRepo(self._repo.pool)
+        self.access = AccessRepo(self._repo.connection)
         self._keys_since: datetime | None = None
         self._keys_used: set[str] = set()
         self._key_poller: asyncio.Task[None] | None = None
@@ -103,10 +103,14 @@ class Backend:
         self.topology = TopologyRepo(dsn)
         self.account_router = TopologyRouter("account", dsn, shard_name)
         self.reward_router = TopologyRouter("reward", dsn, reward_shard_name)
-        self.client = ShardClient(self.account_router)
+        lane_queued_max = int(shard_config.get("lane_queued_max", LANE_QUEUED_MAX))
+        self.client = ShardClient(self.account_router, lane_queued_max=lane_queued_max)
         self.applier = EventApplier(self.client)
         self.rewards = ShardClient(
-            self.reward_router, route_field="reward_id", calls_in_flight=REWARD_CALLS_IN_FLIGHT
+            self.reward_router,
+            route_field="reward_id",
+            calls_in_flight=REWARD_CALLS_IN_FLIGHT,
+            lane_queued_max=lane_queued_max,
         )
         self.coordinator = mover.coordinator(dsn, shard_config)
         self.event_consumer = event_consumer(redis_url, dsn, shard_config)

@@ -63,5 +63,9 @@ async def readyz(request: Request) -> Response:
             "shards": shards,
             "reward_shards": reward_shards,
             "event_consumer": consumer,
+            "lanes": {
+                "queued_peak": max(wiring.client.queued_peak, wiring.rewards.queued_peak),
+                "shed": wiring.client.shed + wiring.rewards.shed,
+            },
         }
     )

@@ -21,7 +21,7 @@ async def repos(database_url: str) -> AsyncIterator[tuple[ApiRepo, AccessRepo]]:
     api = ApiRepo(database_url)
     await api.open()
     try:
-        yield api, AccessRepo(api.pool)
+        yield api, AccessRepo(api.connection)
     finally:
         await api.close()
 
@@ -225,7 +225,7 @@ def test_0006_keeps_the_keys_the_previous_version_wrote(database_at_0005: str) -
         api = ApiRepo(database_at_0005)
         await api.open()
         try:
-            rows, _ = await AccessRepo(api.pool).keys_changed_since(None)
+            rows, _ = await AccessRepo(api.connection).keys_changed_since(None)
         finally:
             await api.close()
         ring = KeyRing()

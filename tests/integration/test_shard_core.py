@@ -206,11 +206,29 @@ class FailingOnce(LedgerRepo):
         await super().commit_batch(batch, now)
 
 
+class LostAfterCommit(LedgerRepo):
+    """The real repository whose next commit goes through and is then reported lost, as
+    when the connection dies after COMMIT reached the server but before its answer did."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.lose_next = False
+        self.commits = 0
+
+    async def commit_batch(self, batch: BatchWrite, now: datetime) -> None:
+        await super().commit_batch(batch, now)
+        self.commits += 1
+        if self.lose_next:
+            self.lose_next = False
+            raise psycopg.OperationalError("injected: connection lost after COMMIT")
+
+
 async def test_failed_commit_fails_the_batch_and_changes_nothing(
     database_url: str, program: str
 ) -> None:
+    """Without re-runs (commit_retry_s=0) a lost connection fails the batch, retryably."""
     repo = FailingOnce(database_url)
-    shard = ShardCore(repo)
+    shard = ShardCore(repo, commit_retry_s=0)
     try:
         await shard.submit(op("credit", program, "gina", 10, "seed"))
         repo.fail_next = True
@@ -227,6 +245,50 @@ async def test_failed_commit_fails_the_batch_and_changes_nothing(
     finally:
         await shard.close()
     assert check_member_invariants(database_url, program, "gina") == 5
+
+
+async def test_a_commit_whose_connection_died_runs_again_and_nobody_sees_an_error(
+    database_url: str, program: str
+) -> None:
+    """The shard runs a batch whose connection died once more (fresh prefetch): the
+    callers get their answers, not `unavailable`."""
+    repo = FailingOnce(database_url)
+    shard = ShardCore(repo)
+    try:
+        await shard.submit(op("credit", program, "gabe", 10, "seed"))
+        repo.fail_next = True
+        results = await asyncio.gather(
+            *(shard.submit(op("debit", program, "gabe", 1, f"x{i}")) for i in range(5))
+        )
+        assert [r.code for r in results] == [Code.CREATED] * 5
+        assert (await shard.ping())["reruns"] == 1
+    finally:
+        await shard.close()
+    assert check_member_invariants(database_url, program, "gabe") == 5
+
+
+async def test_a_batch_that_committed_before_its_connection_died_is_never_applied_twice(
+    database_url: str, program: str
+) -> None:
+    """The dangerous case for a re-run: the first run did commit. The re-run reloads the
+    accounts, finds the batch's idempotency keys taken and answers the stored outcomes:
+    every debit moved points exactly once, a new member was created once."""
+    repo = LostAfterCommit(database_url)
+    shard = ShardCore(repo)
+    try:
+        await shard.submit(op("credit", program, "hugo", 10, "seed"))
+        repo.lose_next = True
+        debits = [shard.submit(op("debit", program, "hugo", 2, f"d{i}")) for i in range(3)]
+        results = await asyncio.gather(*debits, shard.submit(op("credit", program, "ivy", 7, "c")))
+        assert [r.code for r in results] == [Code.CREATED] * 4
+        assert repo.commits == 2  # the lost one, and the seed; the re-run wrote nothing
+        # The answers are the stored ones, and a client's retry still replays them.
+        again = await shard.submit(op("debit", program, "hugo", 2, "d0"))
+        assert again.replayed and again.body == results[0].body
+    finally:
+        await shard.close()
+    assert check_member_invariants(database_url, program, "hugo") == 4
+    assert check_member_invariants(database_url, program, "ivy") == 7
 
 
 async def test_unknown_program_and_member_are_not_found(core: ShardCore, program: str) -> None:

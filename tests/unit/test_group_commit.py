@@ -5,10 +5,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from actors.group_commit import GroupCommitter, answer
+from actors.breaker import Breaker, BreakerState
+from actors.group_commit import DatabaseUnreachable, GroupCommitter, answer
 from actors.protocol import Outcome
 from db.ledger_repo import FencedError
 from domain.errors import Code
@@ -197,3 +199,147 @@ async def test_a_failed_commit_resets_the_connection_unless_it_was_fenced() -> N
     assert (stats, resets) == ({"commit_failures": 1, "fenced": 1}, 0)
     await commits.commit_failed(OSError("connection lost"), reset, stats)
     assert (stats, resets) == ({"commit_failures": 2, "fenced": 1}, 1)
+
+
+# ------------------------------------------------------------ overload and outages
+
+
+class Unreachable:
+    """A `process` whose database is unreachable for its first `failures` runs."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.runs: list[list[str]] = []
+
+    async def __call__(self, batch: list[FakeOp]) -> None:
+        self.runs.append([op.name for op in batch])
+        if self.failures:
+            self.failures -= 1
+            raise DatabaseUnreachable("injected: connection lost")
+        for op in batch:
+            answer(op, Outcome.done({"name": op.name}))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def guarded(
+    process: Any,
+    *,
+    queued_max: int = 100,
+    retry_s: float = 5.0,
+    breaker: Breaker | None = None,
+    monotonic: Callable[[], float] | None = None,
+) -> GroupCommitter[FakeOp]:
+    return GroupCommitter(
+        process,
+        batch_max=100,
+        batch_window_s=0.0,
+        clock=lambda: T0,
+        name="test shard",
+        log=logging.getLogger("test.group_commit"),
+        queued_max=queued_max,
+        retry_s=retry_s,
+        breaker=breaker,
+        **({"monotonic": monotonic} if monotonic else {}),
+    )
+
+
+async def test_past_the_queue_bound_operations_are_refused_at_once() -> None:
+    process = Recorder()
+    process.gate = asyncio.Event()
+    commits = guarded(process, queued_max=3)
+    first = ops("in-flight")
+    commits.add(first[0])
+    await process.started.wait()
+    queued, extra = ops("a", "b", "c"), ops("d", "e")
+    for op in queued + extra:
+        commits.add(op)
+    # Refused without waiting for anything: the futures are done before any await.
+    assert all(op.future.done() for op in extra)
+    assert all(op.future.result().code is Code.UNAVAILABLE for op in extra)
+    assert "overloaded" in extra[0].future.result().detail
+    assert commits.queued == 3 and commits.shed == 2
+    process.gate.set()
+    await asyncio.gather(*(op.future for op in first + queued))
+    assert all(op.future.result().succeeded for op in first + queued)
+    commits.close()
+
+
+async def test_unbounded_adds_are_never_refused_for_a_full_queue() -> None:
+    process = Recorder()
+    process.gate = asyncio.Event()
+    commits = guarded(process, queued_max=1)
+    for op in ops("a", "b", "c"):
+        commits.add(op, bounded=False)
+    assert commits.shed == 0
+    process.gate.set()
+    commits.close()
+
+
+async def test_a_batch_whose_database_was_unreachable_runs_again_and_succeeds() -> None:
+    process = Unreachable(failures=2)
+    commits = guarded(process)
+    batch = ops("a", "b")
+    for op in batch:
+        commits.add(op)
+    results = await asyncio.gather(*(op.future for op in batch))
+    assert [r.code for r in results] == [Code.OK, Code.OK]
+    assert process.runs == [["a", "b"]] * 3 and commits.reruns == 2
+    assert commits.breaker.state is BreakerState.CLOSED and commits.breaker.failures == 0
+    commits.close()
+
+
+async def test_re_runs_stop_at_the_retry_budget_with_unavailable() -> None:
+    process = Unreachable(failures=1000)
+    commits = guarded(process, retry_s=0.12)  # room for the 50 ms back-off, not much more
+    batch = ops("a")
+    commits.add(batch[0])
+    result = await batch[0].future
+    assert result.code is Code.UNAVAILABLE and "database unavailable" in result.detail
+    assert 2 <= len(process.runs) <= 3
+    commits.close()
+
+
+async def test_repeated_failures_open_the_breaker_then_a_probe_closes_it() -> None:
+    clock = Clock()
+    process = Unreachable(failures=2)
+    commits = guarded(process, breaker=Breaker(2, cooldown_s=1.0), monotonic=clock)
+    first = ops("a")
+    commits.add(first[0])
+    failed = await first[0].future
+    assert failed.code is Code.UNAVAILABLE and commits.breaker.state is BreakerState.OPEN
+    # Open: refused at `add`, before any queue or database.
+    fast = ops("b")
+    commits.add(fast[0])
+    assert fast[0].future.done() and "circuit open" in fast[0].future.result().detail
+    assert len(process.runs) == 2
+    # After the cool-down one batch probes; it commits and the breaker closes.
+    clock.now_s += 1.0
+    probe = ops("c")
+    commits.add(probe[0])
+    assert (await probe[0].future).code is Code.OK
+    assert commits.breaker.state is BreakerState.CLOSED
+    commits.close()
+
+
+async def test_a_probe_that_fails_unexpectedly_does_not_leave_the_breaker_half_open() -> None:
+    clock = Clock()
+    breaker = Breaker(1, cooldown_s=1.0)
+    breaker.failed(clock.now_s)
+    clock.now_s += 1.0
+
+    async def broken(batch: list[FakeOp]) -> None:
+        raise RuntimeError("a bug")
+
+    commits = guarded(broken, breaker=breaker, monotonic=clock)
+    op = ops("a")[0]
+    commits.add(op)
+    assert (await op.future).code is Code.UNAVAILABLE
+    assert breaker.state is BreakerState.OPEN
+    commits.close()

@@ -66,3 +66,16 @@ async def test_past_the_retry_budget_the_answer_is_unavailable(
     client = ShardClient([StandInShard(failures=1000)])
     result = await client.submit(request(1))
     assert result.code is Code.UNAVAILABLE and "unavailable" in result.detail
+
+
+async def test_past_the_lane_bound_requests_are_answered_unavailable_at_once() -> None:
+    shard = StandInShard()
+    client = ShardClient([shard], lane_queued_max=10)
+    futures = [client.enqueue(request(i)) for i in range(30)]
+    # The first request went out in a call at once; ten wait; the rest are refused now.
+    refused = [f for f in futures if f.done()]
+    assert len(refused) == 19 and client.shed == 19
+    assert all(f.result().code is Code.UNAVAILABLE for f in refused)
+    assert "overloaded" in refused[0].result().detail
+    accepted = await asyncio.gather(*(f for f in futures if f not in refused))
+    assert [r.code for r in accepted] == [Code.CREATED] * 11

@@ -167,3 +167,18 @@ def test_strict_json_reads_whole_number_literals_as_integers() -> None:
     parsed = jsontext.loads(b'{"a": 27.0, "b": 1e3, "c": 1.5, "d": 1e300, "e": -0.0}')
     assert parsed == {"a": 27, "b": 1000, "c": 1.5, "d": 1e300, "e": 0}
     assert [type(parsed[k]) for k in "abcde"] == [int, int, float, float, int]
+
+
+def test_the_ingress_queue_is_bounded_with_retry_after() -> None:
+    from ray.serve._private.config import DeploymentConfig
+
+    from serve_app.app import queue_options
+    from serve_app.problems import RETRY_AFTER_S
+    from serve_app.settings import INGRESS_QUEUED_MAX, load_settings
+
+    options = queue_options(load_settings().ingress_queued_max)
+    assert options["max_queued_requests"] == INGRESS_QUEUED_MAX
+    # Serve accepts them as they are (the dict becomes its BackpressureConfig).
+    config = DeploymentConfig(**options)
+    assert config.backpressure_config.status_code == 503
+    assert config.backpressure_config.retry_after_s == RETRY_AFTER_S

@@ -122,6 +122,10 @@ def test_a_contract_fuzzer_with_every_check_finds_nothing(service: Service) -> N
             f"{service.url}/openapi.json",
             "--checks",
             "all",
+            # Revoked keys stay readable by design (schemathesis.toml says why); --checks
+            # all on the command line outranks the file's switch, so it is excluded here.
+            "--exclude-checks",
+            "use_after_free",
             "-H",
             f"Authorization: Bearer {ADMIN_KEY}",
             "--max-time",

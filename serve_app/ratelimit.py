@@ -1,9 +1,10 @@
 """Rate limits: token buckets kept in Redis, with a local fallback per replica.
 
 Contract:
-- `RateLimiter.take(key_id, limit, member)` decides one request in ONE Redis round trip: a
-  Lua script takes a token from the key's bucket and, for a write (`member` given), from the
-  member's bucket `(program_id, member_id)` too, atomically, from both or from neither. The
+- `RateLimiter.take(key_id, limit, member)` decides one request in ONE Redis round trip
+  (concurrent requests share pipelines: `ScriptPipeline`): a Lua script takes a token from
+  the key's bucket and, for a write (`member` given), from the member's bucket
+  `(program_id, member_id)` too, atomically, from both or from neither. The
   `Decision` carries the figures of the bucket that refused, or of the one with the fewest
   tokens left when both allowed; `rate_limit_headers` renders them as `RateLimit-Limit`,
   `RateLimit-Remaining`, `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers, integer
@@ -35,12 +36,13 @@ more, a skewed spread less), which is fine for a few seconds of outage and far b
 refusing everything or limiting nothing. The local buckets are bounded
 (`LOCAL_BUCKETS_MAX`, oldest dropped first) and are not reconciled with Redis afterwards.
 
-Why the timeout is 10 ms by default: a take against a Redis on the same host or network
-answers in well under a millisecond (loadtests/ratelimit_bench.py measures it), but an
-ingress replica's event loop under full load delays the reply by a few milliseconds at
-times (each request's own work runs between), and a timeout that fired on that would flap
-to the fallback needlessly. 10 ms is far above a healthy take, and is the most latency a
-Redis outage adds to the requests that find it (one probe per `redis_retry_s` afterwards).
+Why the timeout is 20 ms by default: a take against a Redis on the same host answers in
+about 0.2 ms alone, but a take's latency is mostly the replica's own event loop: with 256
+takes in flight in one process their p99 was 13 ms (loadtests/ratelimit_bench.py), and an
+ingress replica under full load runs its requests' other work in between. A late take is
+decided locally; only TIMEOUTS_TO_TRIP timeouts in a row (or a refused connection) count as
+an outage, so a busy loop does not flap to the fallback, while a Redis that stopped
+answering costs at most the timeout to the requests in flight when it stopped.
 
 Key names: `<prefix>k:<key id>`, `<prefix>m:<program id>/<member id>` (ids never contain
 `/`), `<prefix>a:<client address>`. All of one request's keys go to one Redis: this needs a
@@ -50,7 +52,7 @@ single Redis (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -61,7 +63,8 @@ from typing import Any
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from domain.errors import Code, PointsError
 
@@ -78,6 +81,10 @@ LOCAL_BUCKETS_MAX = 50_000
 # millisecond), so even at the timeout this serves thousands of takes a second; a take that
 # waits longer than the timeout for a connection is decided locally, like a slow Redis.
 REDIS_CONNECTIONS_MAX = 64
+# Timeouts in a row (no answer between) that make an outage (see _redis_failed).
+TIMEOUTS_TO_TRIP = 3
+# Takes sent in one pipeline (more wait for the next): bounds one reply's size.
+PIPELINE_COMMANDS_MAX = 512
 # Distinct limits whose fallback share is kept (key limits are few distinct values).
 SHARES_CACHED_MAX = 1_024
 # `warm_up`: loading the script on a fresh connection, once per replica.
@@ -286,6 +293,73 @@ class LocalBuckets:
         return decision
 
 
+class ScriptPipeline:
+    """Runs the take script for concurrent requests in shared pipelines.
+
+    A request's take is one EVALSHA; takes that arrive while a pipeline is out are sent
+    together in the next (at most PIPELINE_COMMANDS_MAX each, one pipeline out at a time),
+    so each request still costs exactly one round trip, but the client's per-command
+    overhead is paid once a batch: measured (loadtests/ratelimit_bench.py) about 40 µs of
+    CPU per take with 16-256 in flight, against 100-120 µs for one EVALSHA call each. A
+    reply NOSCRIPT (a restarted or flushed Redis) loads the script and runs those again."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+        self.sha = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
+        self._pending: list[tuple[Sequence[str | float | int], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def call(self, args: Sequence[str | float | int]) -> Any:
+        """EVALSHA of the script with `args` (numkeys, keys..., argv...): its reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((args, future))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:PIPELINE_COMMANDS_MAX]
+                del self._pending[:PIPELINE_COMMANDS_MAX]
+                try:
+                    replies = await self._run([args for args, _ in batch])
+                except Exception as exc:  # every waiter learns it; they decide locally
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                except BaseException:  # cancelled (the loop is closing): so are the waiters
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if future.done():  # its request timed out meanwhile
+                        continue
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        finally:
+            self._flusher = None
+
+    async def _run(self, commands: list[Sequence[str | float | int]]) -> list[Any]:
+        replies = await self._pipeline(commands)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            self.sha = await self._client.script_load(TAKE_SCRIPT)
+            again = await self._pipeline([commands[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, commands: list[Sequence[str | float | int]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for args in commands:
+            pipe.evalsha(self.sha, *args)  # type: ignore[arg-type]
+        return list(await pipe.execute(raise_on_error=False))
+
+
 class RateLimiter:
     """Token buckets in Redis (one script call per decision), local when Redis is not there.
 
@@ -304,7 +378,7 @@ class RateLimiter:
     ) -> None:
         self.config = config
         self._redis = redis_client
-        self._script = redis_client.register_script(TAKE_SCRIPT) if redis_client else None
+        self._pipeline = ScriptPipeline(redis_client) if redis_client is not None else None
         self._timeout_s = config.redis_timeout_ms / MS_PER_S
         self._clock = clock
         self._local = local if local is not None else LocalBuckets(clock)
@@ -314,6 +388,8 @@ class RateLimiter:
         self._retry_at = 0.0
         self._down = False
         self._outage_started = 0.0
+        self._timeouts = 0  # in a row, while up (see _redis_failed)
+        self._dropping: asyncio.Task[None] | None = None
 
     @property
     def redis_down(self) -> bool:
@@ -387,22 +463,22 @@ class RateLimiter:
     async def _decide(
         self, names: tuple[str, ...], labels: tuple[str, ...], limits: tuple[Limit, ...], cost: int
     ) -> Decision:
-        if self._script is not None:
+        if self._pipeline is not None:
             now = self._clock()
             if now >= self._retry_at:
                 if self._down:  # one probe per back-off: the others stay local meanwhile
                     self._retry_at = now + self.config.redis_retry_s
-                args: list[float | int] = [cost]
+                args: list[str | float | int] = [len(names), *names, cost]
                 for limit in limits:
                     args.append(limit.per_s)
                     args.append(limit.burst)
                 try:
                     async with asyncio.timeout(self._timeout_s):
-                        reply = await self._script(keys=names, args=args)
+                        reply = await self._pipeline.call(args)
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._redis_failed(exc)
-                    await self._drop_connections()
                 else:
+                    self._timeouts = 0
                     if self._down:
                         self._redis_back()
                     return _decision_of(reply, labels, limits)
@@ -416,16 +492,24 @@ class RateLimiter:
             share = self._shares[limit] = limit.share(self.config.fallback_replicas)
         return share
 
-    async def _drop_connections(self) -> None:
-        """Close the idle pooled connections: after a Redis restart each would fail once
-        ("connection closed by server") and, with no retries, put the limiter back into
-        its fallback after the probe succeeded. Closing sockets needs no round trip."""
+    def _drop_connections(self) -> None:
         assert self._redis is not None
-        with contextlib.suppress(Exception):
-            await self._redis.connection_pool.disconnect(inuse_connections=False)
+        pool = self._redis.connection_pool
+        self._dropping = asyncio.get_running_loop().create_task(
+            pool.disconnect(inuse_connections=False)
+        )
 
     def _redis_failed(self, exc: BaseException) -> None:
+        """Decide whether this failure starts an outage. A refused or broken connection
+        does at once. A timeout does only after TIMEOUTS_TO_TRIP in a row with no answer
+        between: an event loop busy with other requests can make one take late while
+        Redis is fine (its answer waits in the socket), and each such request is decided
+        locally anyway; a Redis that stopped answering makes every take time out."""
         now = self._clock()
+        if not self._down and isinstance(exc, TimeoutError | RedisTimeoutError):
+            self._timeouts += 1
+            if self._timeouts < TIMEOUTS_TO_TRIP:
+                return
         self._retry_at = now + self.config.redis_retry_s
         if not self._down:
             self._down = True
@@ -438,6 +522,9 @@ class RateLimiter:
                 self.config.fallback_replicas,
                 self.config.redis_retry_s,
             )
+            # Idle pooled connections would each fail once after a Redis restart
+            # ("connection closed by server"): close them now (no round trip).
+            self._drop_connections()
 
     def _redis_back(self) -> None:
         self._down = False

@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     auth_failures_per_min: float = Field(default=10, gt=0, le=1_000_000)
     auth_failures_burst: int = Field(default=20, ge=1, le=1_000_000)
     # A take that Redis has not answered within this is decided locally (see the module's
-    # docstring for why 10 ms); Redis is tried again after rate_limit_redis_retry_s.
-    rate_limit_redis_timeout_ms: float = Field(default=10.0, gt=0, le=1_000)
+    # docstring for why 20 ms); Redis is tried again after rate_limit_redis_retry_s.
+    rate_limit_redis_timeout_ms: float = Field(default=20.0, gt=0, le=1_000)
     rate_limit_redis_retry_s: float = Field(default=1.0, gt=0, le=60)
     # While Redis is down each replica enforces limits / this; unset: `replicas`.
     rate_limit_fallback_replicas: int | None = Field(default=None, ge=1, le=1024)

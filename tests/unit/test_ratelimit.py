@@ -226,7 +226,7 @@ def test_config_from_the_settings() -> None:
     assert built.member == Limit(2_000, 2_000)
     assert built.auth_failures == Limit(0.5, 20)
     assert built.fallback_replicas == 3  # unset: the ingress replica count
-    assert built.redis_timeout_ms == 10.0 and built.redis_retry_s == 1.0
+    assert built.redis_timeout_ms == 20.0 and built.redis_retry_s == 1.0
     assert (
         RateLimitConfig.from_settings(Settings(rate_limit_fallback_replicas=2)).fallback_replicas
         == 2

@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path.home() / ".points"
     host: str = "127.0.0.1"
+    # Where auxiliary listeners bind (HAProxy's metrics exporter and stats page in the fast
+    # profile): loopback unless ops ask otherwise (0.0.0.0 for a Prometheus on another
+    # host). serve_app/listeners.py; every port: docs/operations.md.
+    aux_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     port: int = Field(default=8000, ge=1, le=65535)
     # Ray: empty = start a local head (on a free port, never Redis's 6379).
     ray_address: str | None = None

@@ -15,6 +15,10 @@ Serve's HAProxy module is loaded) that rewrites those two bind lines of the temp
 longer has those lines is logged (and the e2e listener test, tests/e2e/test_listeners.py,
 fails), while the service still starts.
 
+The same hook makes HAProxy set `X-Forwarded-For` to the client's address on each API
+request (replacing any the client sent): without it every request reaches a replica from
+HAProxy's address, and the failed-authentication limiter would count all clients as one.
+
 The other listeners are already where they should be, or are Ray's own: the replicas'
 direct-ingress HTTP ports and Serve's fallback proxy bind `host` (Serve's HTTP options),
 and Ray's RPC servers (GCS, raylet, object manager, each worker's core-worker gRPC port,
@@ -33,7 +37,7 @@ log = logging.getLogger("points.listeners")
 
 AUX_HOST_ENV = "POINTS_AUX_HOST"
 # The hook as Ray's runtime environment names it (module path, then the function).
-SETUP_HOOK = "serve_app.listeners.bind_auxiliary"
+SETUP_HOOK = "serve_app.listeners.setup_worker"
 TEMPLATES_MODULE = "ray.serve._private.haproxy_templates"
 HAPROXY_MODULE = "ray.serve._private.haproxy"
 TEMPLATE_NAME = "HAPROXY_CONFIG_TEMPLATE"
@@ -42,6 +46,56 @@ HAPROXY_AUX_BINDS = (
     "bind :{{ config.metrics_port }}",
     "bind *:{{ config.stats_port }}",
 )
+
+
+# The API frontend's bind line (Ray 2.60): the client's address is set right after it.
+HAPROXY_API_BIND = "    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n"
+# Set, not appended: whatever X-Forwarded-For a client sends is replaced by the address
+# HAProxy saw, so the failed-authentication limiter (serve_app/ratelimit.py,
+# `client_address`) counts per real client, not per HAProxy, and cannot be fooled.
+FORWARDED_FOR_RULE = "    http-request set-header X-Forwarded-For %[src]\n"
+
+
+def setup_worker() -> None:
+    """Ray worker setup hook (`SETUP_HOOK`): HAProxy's template adjusted, see above."""
+    bind_auxiliary()
+    forward_client_address()
+
+
+def forwarding(template: str) -> tuple[str, bool]:
+    """`template` with the client's address set on every API request; and whether the
+    bind line it follows was found."""
+    if FORWARDED_FOR_RULE in template:
+        return template, True
+    if HAPROXY_API_BIND not in template:
+        return template, False
+    return template.replace(HAPROXY_API_BIND, HAPROXY_API_BIND + FORWARDED_FOR_RULE, 1), True
+
+
+def forward_client_address() -> None:
+    """HAProxy sets X-Forwarded-For to the client's address. Never raises."""
+    try:
+        import importlib
+
+        templates = importlib.import_module(TEMPLATES_MODULE)
+        template, found = forwarding(getattr(templates, TEMPLATE_NAME))
+        if not found:
+            log.warning(
+                "HAProxy's configuration template has no API bind line (a different Ray"
+                " release?): failed authentications are counted per HAProxy, not per client"
+            )
+            return
+        _install(templates, template)
+    except Exception:
+        log.exception("could not make HAProxy forward the client's address")
+
+
+def _install(templates: object, template: str) -> None:
+    setattr(templates, TEMPLATE_NAME, template)
+    # Already imported (it copies the name at import): patch its copy too.
+    haproxy = sys.modules.get(HAPROXY_MODULE)
+    if haproxy is not None:
+        setattr(haproxy, TEMPLATE_NAME, template)
 
 
 def bound_to(template: str, host: str) -> tuple[str, int]:
@@ -78,11 +132,7 @@ def bind_auxiliary() -> None:
                 rewritten,
                 len(HAPROXY_AUX_BINDS),
             )
-        setattr(templates, TEMPLATE_NAME, template)
-        # Already imported (it copies the name at import): patch its copy too.
-        haproxy = sys.modules.get(HAPROXY_MODULE)
-        if haproxy is not None:
-            setattr(haproxy, TEMPLATE_NAME, template)
+        _install(templates, template)
     except Exception:
         log.exception("could not bind HAProxy's auxiliary listeners to %s", AUX_HOST_ENV)
 

@@ -12,7 +12,8 @@ Contract:
   `PointsError(Code.RATE_LIMITED)` naming the bucket, its headers as hints.
 - `check_address(address)` (before any key lookup: refused once an address has used up its
   failures) and `failed_auth(address)` (after a failed authentication: takes one) throttle
-  repeated failed authentication per client address with the same machinery.
+  repeated failed authentication per client address (`client_address` says which) with
+  the same machinery.
 - Never an exception, never a 5xx because of Redis: when Redis fails or does not answer
   within `redis_timeout_ms`, the request is decided by the LOCAL fallback below, and Redis is
   tried again only after `redis_retry_s` (one probe at a time), so a dead Redis costs one
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import math
 import time
@@ -85,6 +87,8 @@ REDIS_CONNECTIONS_MAX = 64
 TIMEOUTS_TO_TRIP = 3
 # Takes sent in one pipeline (more wait for the next): bounds one reply's size.
 PIPELINE_COMMANDS_MAX = 512
+# An address longer than this (IPv6 with a zone is under 64) is not an address.
+ADDRESS_LENGTH_MAX = 64
 # Distinct limits whose fallback share is kept (key limits are few distinct values).
 SHARES_CACHED_MAX = 1_024
 # `warm_up`: loading the script on a fresh connection, once per replica.
@@ -547,6 +551,28 @@ def _decision_of(reply: Any, labels: Sequence[str], limits: Sequence[Limit]) -> 
         reset_ms / MS_PER_S,
         retry_ms / MS_PER_S,
     )
+
+
+def client_address(peer: str | None, forwarded_for: str | None) -> str:
+    """The client address the failed-authentication limiter counts by.
+
+    In the fast profile every request reaches a replica from HAProxy on the same node (a
+    loopback peer), which sets X-Forwarded-For to the address it saw, replacing whatever
+    the client sent (serve_app/listeners.py): that is the client. From any other peer
+    (a replica port reached directly, Serve's own proxy) the peer is the client, and an
+    X-Forwarded-For it sent is not believed."""
+    if peer and forwarded_for and _is_loopback(peer):
+        candidate = forwarded_for.rsplit(",", 1)[-1].strip()
+        if candidate and len(candidate) <= ADDRESS_LENGTH_MAX:
+            return candidate
+    return peer or "unknown"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def redis_client_for(url: str, timeout_ms: float) -> redis.asyncio.Redis:

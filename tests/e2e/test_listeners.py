@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from serve_app.listeners import FORWARDED_FOR_RULE
 from tests.e2e.conftest import Service
 
 # Ray's own Prometheus exporters (Ray binds them to every interface unless its node
@@ -115,3 +116,20 @@ def test_serves_http_listeners_are_on_the_api_host(service: Service) -> None:
     ]
     assert serve_http, found
     assert all(item.ip == service.settings.host for item in serve_http), serve_http
+
+
+def test_haproxy_tells_the_replicas_who_the_client_is(service: Service) -> None:
+    """The rendered configuration sets X-Forwarded-For (the failed-auth limiter counts by it)."""
+    configs = {
+        args[args.index("-f") + 1]
+        for item in listeners()
+        if is_haproxy(item)
+        for args in [item.process.split()]
+        if "-f" in args
+    }
+    assert configs
+    for path in configs:
+        with open(path) as config:
+            text = config.read()
+        assert FORWARDED_FOR_RULE in text
+        assert f"bind {service.settings.aux_host}:" in text

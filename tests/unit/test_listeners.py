@@ -11,12 +11,16 @@ import pytest
 from serve_app import listeners
 from serve_app.listeners import (
     AUX_HOST_ENV,
+    FORWARDED_FOR_RULE,
+    HAPROXY_API_BIND,
     HAPROXY_AUX_BINDS,
     SETUP_HOOK,
     TEMPLATE_NAME,
     TEMPLATES_MODULE,
     bind_auxiliary,
     bound_to,
+    forwarding,
+    setup_worker,
 )
 
 
@@ -88,4 +92,17 @@ def test_the_job_runtime_env_names_the_hook() -> None:
     env = listeners.runtime_env("10.0.0.5")
     assert env == {"worker_process_setup_hook": SETUP_HOOK, "env_vars": {AUX_HOST_ENV: "10.0.0.5"}}
     module, _, name = SETUP_HOOK.rpartition(".")
-    assert getattr(importlib.import_module(module), name) is bind_auxiliary
+    assert getattr(importlib.import_module(module), name) is setup_worker
+
+
+def test_haproxy_sets_the_clients_address_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    templates = importlib.import_module(TEMPLATES_MODULE)
+    monkeypatch.setattr(templates, TEMPLATE_NAME, getattr(templates, TEMPLATE_NAME))
+    monkeypatch.setenv(AUX_HOST_ENV, "127.0.0.1")
+    setup_worker()
+    setup_worker()
+    rendered = getattr(templates, TEMPLATE_NAME)
+    assert rendered.count(FORWARDED_FOR_RULE) == 1
+    assert HAPROXY_API_BIND + FORWARDED_FOR_RULE in rendered
+    assert "bind 127.0.0.1:{{ config.stats_port }}" in rendered
+    assert forwarding("frontend x\n    bind :1\n") == ("frontend x\n    bind :1\n", False)

@@ -16,6 +16,7 @@ from serve_app.ratelimit import (
     LocalBuckets,
     RateLimitConfig,
     RateLimiter,
+    client_address,
     rate_limit_headers,
     refusal,
 )
@@ -232,3 +233,15 @@ def test_config_from_the_settings() -> None:
         == 2
     )
     assert not RateLimitConfig.from_settings(Settings(rate_limits=False)).enabled
+
+
+def test_the_client_address_behind_haproxy_and_without_it() -> None:
+    # HAProxy on the replica's node (a loopback peer) sets X-Forwarded-For.
+    assert client_address("127.0.0.1", "203.0.113.9") == "203.0.113.9"
+    assert client_address("::1", "198.51.100.1, 203.0.113.9") == "203.0.113.9"
+    # Anyone else's X-Forwarded-For is not believed.
+    assert client_address("198.51.100.7", "203.0.113.9") == "198.51.100.7"
+    assert client_address("198.51.100.7", None) == "198.51.100.7"
+    assert client_address("127.0.0.1", None) == "127.0.0.1"
+    assert client_address("127.0.0.1", "x" * 65) == "127.0.0.1"
+    assert client_address(None, "203.0.113.9") == "unknown"

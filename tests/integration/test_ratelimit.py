@@ -36,7 +36,7 @@ from serve_app.runtime import free_port
 
 # Above the default 10 ms: this machine is shared, and a spurious timeout before the
 # outage would fail the test for the wrong reason.
-TIMEOUT_MS = 25.0
+TIMEOUT_MS = 50.0
 RETRY_S = 0.2
 # A decision made while Redis is away may take the timeout, plus scheduling on a busy
 # shared machine; never seconds (redis-py's default retries would make it that).
@@ -116,12 +116,9 @@ async def test_tokens_refill_over_time(limiter: RateLimiter) -> None:
     await asyncio.sleep(0.06)
     again = await limiter.take("k", fast, None)
     assert again.allowed and again.remaining == 0
-    await asyncio.sleep(0.12)  # two more tokens, and never past the burst
-    assert [(await limiter.take("k", fast, None)).allowed for _ in range(3)] == [
-        True,
-        True,
-        False,
-    ]
+    await asyncio.sleep(0.2)  # four tokens' worth, but never past the burst of two
+    capped = await limiter.take("k", fast, None)
+    assert capped.allowed and capped.remaining == 1
 
 
 async def test_each_member_has_its_own_bucket(limiter: RateLimiter) -> None:

@@ -22,6 +22,7 @@ from actors.routing import NAMESPACE, REWARD_SHARD_NAME_PREFIX, SHARD_NAME_PREFI
 from db.api_repo import admin_key_installed, ensure_admin_key
 from db.embedded import EmbeddedPostgres, EmbeddedRedis
 from db.engine import libpq_url, migrate
+from serve_app import listeners
 from serve_app.auth import hash_key, key_prefix, new_key
 from serve_app.settings import Settings
 
@@ -196,13 +197,27 @@ def start_ray(settings: Settings) -> bool:
         for name in FIXED_PORT_SETTINGS:
             os.environ.setdefault(name, str(free_port()))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # HAProxy's metrics and stats listeners on aux_host (serve_app/listeners.py): a setup
+    # hook in every worker of this job, the HAProxyManager (started by Serve) included.
+    job_env = listeners.runtime_env(settings.aux_host) if settings.serve_profile == "fast" else None
     if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
+        ray.init(
+            address=settings.ray_address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            runtime_env=job_env,
+        )
         return False
     # A local head picks free ports for GCS and friends; it never takes Redis's 6379.
     # address="local": always a new head, never someone else's cluster found in /tmp/ray.
     become_subreaper()
-    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        namespace=NAMESPACE,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env=job_env,
+    )
     return True
 
 

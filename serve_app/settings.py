@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path.home() / ".points"
     host: str = "127.0.0.1"
+    # Where auxiliary listeners bind (HAProxy's metrics exporter and stats page in the fast
+    # profile): loopback unless ops ask otherwise (0.0.0.0 for a Prometheus on another
+    # host). serve_app/listeners.py; every port: docs/operations.md.
+    aux_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     port: int = Field(default=8000, ge=1, le=65535)
     # Ray: empty = start a local head (on a free port, never Redis's 6379).
     ray_address: str | None = None
@@ -75,6 +79,33 @@ class Settings(BaseSettings):
     # "fast": Ray Serve direct ingress behind HAProxy with throughput-optimized settings.
     # "default": Serve's standard Python proxy. See docs/architecture.md.
     serve_profile: str = Field(default="fast", pattern="^(fast|default)$")
+
+    # Rate limits (serve_app/ratelimit.py): token buckets in Redis, one Lua call a request.
+    # The defaults stop a runaway client without touching honest load on the 2-core
+    # development machine, where the whole service serves about 1,000-2,700 req/s
+    # (docs/architecture.md) with one key: per key 5,000/s (burst 10,000), about twice
+    # the fastest route's ceiling there, so only a key that floods a larger cluster meets
+    # it. Give a key its own lower limit when it is created (its `rate_limit`).
+    rate_limits: bool = True
+    rate_limit_key_per_s: float = Field(default=5_000, gt=0, le=10_000_000)
+    rate_limit_key_burst: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Writes that move one member's points, over all keys: 2,000/s (burst 2,000) is about a
+    # third of what one account shard applies (docs/scaling.md, ~6,000 debits/s of shard
+    # work), so a hammered member cannot starve the other members of its shard, and it is
+    # above the hot-member benchmark (~1,000-1,300 debits/s here) and the e2e tests' 300
+    # concurrent debits of one member.
+    rate_limit_member_per_s: float = Field(default=2_000, gt=0, le=10_000_000)
+    rate_limit_member_burst: int = Field(default=2_000, ge=1, le=10_000_000)
+    # Failed authentications per client address: 10 a minute after a burst of 20, then 429
+    # with Retry-After; checked before any key lookup.
+    auth_failures_per_min: float = Field(default=10, gt=0, le=1_000_000)
+    auth_failures_burst: int = Field(default=20, ge=1, le=1_000_000)
+    # A take that Redis has not answered within this is decided locally (see the module's
+    # docstring for why 20 ms); Redis is tried again after rate_limit_redis_retry_s.
+    rate_limit_redis_timeout_ms: float = Field(default=20.0, gt=0, le=1_000)
+    rate_limit_redis_retry_s: float = Field(default=1.0, gt=0, le=60)
+    # While Redis is down each replica enforces limits / this; unset: `replicas`.
+    rate_limit_fallback_replicas: int | None = Field(default=None, ge=1, le=1024)
 
     @property
     def admin_key_file(self) -> Path:

@@ -34,7 +34,7 @@ from db.api_repo import admin_key_installed, ensure_admin_key
 from db.engine import libpq_url
 from serve_app.app import build_app
 from serve_app.auth import hash_key
-from serve_app.runtime import shard_config
+from serve_app.runtime import RATE_LIMIT_SETTINGS, shard_config
 from serve_app.settings import Settings, load_settings
 
 log = logging.getLogger("points.builder")
@@ -61,6 +61,7 @@ ARG_NAMES = (
     "commit_retry_s",
     "breaker_failures",
     "breaker_cooldown_s",
+    *RATE_LIMIT_SETTINGS,
 )
 
 

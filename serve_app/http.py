@@ -30,6 +30,7 @@ from domain.limits import IDEMPOTENCY_KEY_RE
 from serve_app import access, wiring
 from serve_app.auth import KeyRecord, Refusal
 from serve_app.problems import outcome_response
+from serve_app.ratelimit import client_address
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 T = TypeVar("T")
@@ -61,12 +62,13 @@ async def authenticate(request: Request, limit: bool = True) -> KeyRecord:
     Writes to a member whose id is in the body rather than the path pass `limit=False` and
     call `admit` once they know the member (one rate-limit round trip either way)."""
     wiring = backend(request)
-    client = request.client.host if request.client else None
     authorization = request.headers.get("authorization")
     if not authorization or not authorization.startswith(BEARER_PREFIX):
-        await wiring.refuse(client, "send Authorization: Bearer <api key>")
+        await wiring.refuse(None, "send Authorization: Bearer <api key>")
     found = await wiring.verify(authorization[len(BEARER_PREFIX) :].strip())
     if isinstance(found, Refusal):
+        peer = request.client.host if request.client else None
+        client = client_address(peer, request.headers.get("x-forwarded-for"))
         await wiring.refuse(
             client, "API key expired" if found is Refusal.EXPIRED else "invalid API key"
         )

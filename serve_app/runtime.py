@@ -126,6 +126,20 @@ def admin_key_note(key: str, source: AdminKeySource, key_file: Path) -> str:
     return "given by POINTS_ADMIN_KEY"
 
 
+RATE_LIMIT_SETTINGS = (
+    "rate_limits",
+    "rate_limit_key_per_s",
+    "rate_limit_key_burst",
+    "rate_limit_member_per_s",
+    "rate_limit_member_burst",
+    "auth_failures_per_min",
+    "auth_failures_burst",
+    "rate_limit_redis_timeout_ms",
+    "rate_limit_redis_retry_s",
+    "rate_limit_fallback_replicas",
+)
+
+
 def shard_config(settings: Settings) -> dict[str, Any]:
     return {
         "batch_max": settings.batch_max,
@@ -145,6 +159,10 @@ def shard_config(settings: Settings) -> dict[str, Any]:
         "commit_retry_s": settings.commit_retry_s,
         "breaker_failures": settings.breaker_failures,
         "breaker_cooldown_s": settings.breaker_cooldown_s,
+        # The ingress replicas' rate limiter (serve_app/ratelimit.py RateLimitConfig).
+        "rate_limit": {
+            name: getattr(settings, name) for name in (*RATE_LIMIT_SETTINGS, "replicas")
+        },
     }
 
 

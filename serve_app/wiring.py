@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import ray
@@ -30,6 +31,7 @@ from db.api_repo import ApiRepo
 from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_rows
 from domain.errors import Code, PointsError
 from serve_app.auth import KeyRecord, KeyRing, Refusal, Role, key_id_of
+from serve_app.ratelimit import Limit, RateLimitConfig, rate_limiter, refusal
 
 log = logging.getLogger("points.wiring")
 
@@ -88,6 +90,11 @@ class Backend:
             redis.asyncio.Redis.from_url(redis_url, socket_timeout=2) if redis_url else None
         )
         self.keys = KeyRing()
+        # Rate limits: Redis token buckets, a local fallback while Redis is away.
+        self.limiter = rate_limiter(
+            redis_url,
+            RateLimitConfig.from_settings(SimpleNamespace(**shard_config["rate_limit"])),
+        )
         self.access = AccessRepo(self._repo.connection)
         self._keys_since: datetime | None = None
         self._keys_used: set[str] = set()
@@ -153,6 +160,7 @@ class Backend:
                         Code.UNAVAILABLE, "API keys cannot be read yet, retry"
                     ) from exc
             self._key_poller = asyncio.get_running_loop().create_task(self._poll_keys())
+            await self.limiter.warm_up()
         found = self.keys.verify(key)
         if found is Refusal.UNKNOWN and key_id_of(key) is not None:
             # A well-formed key this replica does not know yet: perhaps made a moment ago
@@ -191,11 +199,21 @@ class Backend:
                     self._refreshing = asyncio.get_running_loop().create_task(self._refresh_keys())
 
     async def refuse(self, client: str | None, detail: str) -> NoReturn:
-        """401, or 429 once `client` (an address) has failed too often."""
+        """401 for a key that is not valid, or 429 once `client` (an address) has failed too
+        often. `client` None: nothing to count (no key was sent at all: that costs nothing
+        and is what a misconfigured client does, not a guess)."""
+        if client is not None:
+            decision = await self.limiter.failed_auth(client)
+            if not decision.allowed:
+                raise refusal(decision)
         raise PointsError(Code.UNAUTHORIZED, detail)
 
     async def admit(self, key: KeyRecord, program_id: str | None, member_id: str | None) -> None:
-        """Take from the key's (and for a write, the member's) rate-limit buckets."""
+        """Take from the key's (and for a write, the member's) rate-limit buckets: one
+        Redis round trip; 429 with Retry-After and RateLimit-* when either is empty."""
+        member = (program_id, member_id) if program_id and member_id else None
+        limit = None if key.rate is None else Limit(key.rate[0], key.rate[1])
+        await self.limiter.enforce(key.key_id, limit, member)
 
     async def audit(self, entry: AuditEntry) -> None:
         await self.repo()

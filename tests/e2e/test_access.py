@@ -328,3 +328,50 @@ async def test_event_review_and_key_decisions_are_audited(
     assert about_temp == [("key.revoke", None), ("key.create", None)]
     assert log[0]["before"]["revoked_at"] is None and log[0]["after"]["revoked_at"] is not None
     assert "key" not in log[1]["after"]
+
+
+async def test_a_key_over_its_rate_limit_gets_429_with_the_headers(
+    client: httpx.AsyncClient, program: str, keyed: Any
+) -> None:
+    viewer = keyed(await make_key(client, "viewer", [program], rate_limit={"per_s": 1, "burst": 3}))
+    answers = [await viewer.get(f"/v1/programs/{program}") for _ in range(6)]
+    statuses = [answer.status_code for answer in answers]
+    assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:], statuses
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert refused.json()["code"] == "rate_limited"
+    assert refused.headers["RateLimit-Limit"] == "3"
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 2
+    assert 1 <= int(refused.headers["RateLimit-Reset"]) <= 3
+    # Refused requests take nothing: a token later, it answers again.
+    await asyncio.sleep(int(refused.headers["Retry-After"]))
+    assert (await viewer.get(f"/v1/programs/{program}")).status_code == 200
+    # Another key is not affected.
+    assert (await client.get(f"/v1/programs/{program}")).status_code == 200
+
+
+async def test_a_flood_of_bad_keys_is_throttled_and_valid_keys_still_work(
+    service: Service, client: httpx.AsyncClient
+) -> None:
+    """Failed authentications from one address: 401 until its allowance is used up, then
+    429 with Retry-After; a valid key from the same address is not affected."""
+    import redis.asyncio
+
+    from serve_app.auth import new_key
+
+    headers = [{"Authorization": f"Bearer {new_key()}"} for _ in range(400)]
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+            answers = await asyncio.gather(*(http.get("/v1/programs", headers=h) for h in headers))
+            statuses = [answer.status_code for answer in answers]
+            assert set(statuses) <= {401, 429} and statuses.count(429) >= 50, statuses
+            throttled = next(answer for answer in answers if answer.status_code == 429)
+            assert throttled.json()["code"] == "rate_limited"
+            assert int(throttled.headers["Retry-After"]) >= 1
+            assert (await client.get("/v1/programs")).status_code == 200
+    finally:
+        assert service.redis_url is not None
+        store = redis.asyncio.Redis.from_url(service.redis_url)
+        async for name in store.scan_iter(match="points:rl:a:*"):
+            await store.delete(name)
+        await store.aclose()

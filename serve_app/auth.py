@@ -146,9 +146,17 @@ class KeyRing:
             return Refusal.MALFORMED
         key_id = key_id_of(key)
         if key_id is not None:
-            record = self._by_id.get(key_id)
-            if record is None or not hmac.compare_digest(record.key_hash, hash_key(key)):
-                return Refusal.UNKNOWN
+            key_hash = hash_key(key)
+            found_by_id = self._by_id.get(key_id)
+            if found_by_id is not None and hmac.compare_digest(found_by_id.key_hash, key_hash):
+                record = found_by_id
+            else:
+                # A key of our form installed under another id (POINTS_ADMIN_KEY set to a
+                # key `points keys` printed elsewhere, say): by its hash.
+                by_hash = self._by_hash.get(key_hash)
+                if by_hash is None:
+                    return Refusal.UNKNOWN
+                record = by_hash
         else:
             # A key of another form (before 0006, or set by POINTS_ADMIN_KEY): by its hash.
             # A key of our form with a wrong checksum is made up: no lookup at all.

@@ -62,6 +62,10 @@ def test_the_ring_finds_keys_by_id_or_by_hash_and_refuses_the_rest() -> None:
     assert ring.verify("", NOW) is Refusal.MALFORMED
     assert ring.verify("x" * 300, NOW) is Refusal.MALFORMED
     assert ring.verify("pts_whatever", NOW) is Refusal.UNKNOWN
+    # A key of this form installed under another id (POINTS_ADMIN_KEY): found by its hash.
+    elsewhere = new_key("made4another")
+    ring.apply([record(elsewhere, "admin", Role.ADMIN)])
+    assert isinstance(found := ring.verify(elsewhere, NOW), KeyRecord) and found.key_id == "admin"
 
 
 def test_revocation_and_expiry_take_effect_in_the_ring() -> None:

@@ -13,7 +13,7 @@ from actors.mover import slots_to_move
 from actors.routing import SLOTS
 from db.topology_repo import Kind, MoveRunning, SlotRow
 from domain.errors import Code, PointsError
-from serve_app.http import authenticate, backend, body_of
+from serve_app.http import audit_entry, authenticate, backend, body_of
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse
 from serve_app.responses import Topology
@@ -136,9 +136,10 @@ async def move_topology(request: Request) -> Response:
       versions' error rates in `versions`, then `action` promote or rollback.
 
     409 invalid_state: another move runs (or, for `action`, no canary is paused)."""
-    await authenticate(request)
+    caller = await authenticate(request)
     body = await body_of(request, TopologyPut)
     wiring = backend(request)
+    before = await topology_view(wiring)
     try:
         if body.action is not None:
             await _act_on_canary(wiring, body.action)
@@ -153,7 +154,18 @@ async def move_topology(request: Request) -> Response:
     except Exception as exc:
         raise PointsError(Code.UNAVAILABLE, f"topology unavailable: {type(exc).__name__}") from exc
     await wiring.coordinator.kick.remote()
-    return JsonResponse(await topology_view(wiring), status_code=202)
+    after = await topology_view(wiring)
+    await wiring.audit(
+        audit_entry(
+            caller,
+            "topology.put",
+            None,
+            body.action or "move",
+            before={"request": body.model_dump(exclude_none=True), "move": before.get("move")},
+            after={"move": after.get("move")},
+        )
+    )
+    return JsonResponse(after, status_code=202)
 
 
 async def _start_move(wiring: Backend, body: TopologyPut) -> None:

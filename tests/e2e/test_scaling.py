@@ -171,6 +171,13 @@ async def test_two_moves_at_once_one_wins_the_other_gets_409(client: httpx.Async
     loser = first if first.status_code == 409 else second
     assert loser.json()["code"] == "invalid_state"
     await wait_for_move(client)
+    # The move that started is in the audit log, once; the refused one is not.
+    entries = (await client.get("/v1/audit?limit=20")).json()["items"]
+    started = [e for e in entries if e["action"] == "topology.put"]
+    assert started and started[0]["before"]["request"] == {"account_shards": 3}
+    moved = started[0]["after"]["move"]
+    assert moved is None or moved["account_shards"]["to"] == 3
+    assert started[0]["key_id"] == "admin" and started[0]["program_id"] is None
     await scale(client, 2, 1)
 
 

@@ -14,22 +14,29 @@ held: the checks run, nothing trips). Two configurations, measured alternately f
   they cannot be turned off).
 
 It prints each run's throughput, p50/p99 and non-2xx answers, the medians, and the ratio of
-the medians on/off (the target: at least 0.90). Every figure is measured during the run; the
+the medians on/off (the target: at least 0.90). Then a flood of `--bad-keys` requests, each
+with a different made-up key of the right form, `--bad-concurrency` at a time: how fast they
+are answered, how many 401 and 429, and how many database transactions the service ran
+meanwhile next to an idle window of the same length (its pollers run either way): a
+made-up key must cost no lookup. Every figure is measured during the run; the
 database is created for the run and dropped at the end (see loadtests/bench.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import secrets
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 
 from loadtests.bench import (
     DEFAULT_ADMIN_URL,
@@ -69,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed-concurrency", type=int, default=64)
     parser.add_argument("--database-url", help=f"admin URL (default {DEFAULT_ADMIN_URL})")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--bad-keys", type=int, default=2000)
+    parser.add_argument("--bad-concurrency", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     return parser.parse_args(argv)
 
@@ -89,6 +98,58 @@ def service_key(url: str, admin_key: str) -> str:
         )
         made.raise_for_status()
         return str(made.json()["key"])
+
+
+def transactions(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+STATS_FLUSH_S = 1.5  # PostgreSQL publishes a backend's counts within about a second
+
+
+def bad_key_flood(url: str, dsn: str, count: int, concurrency: int) -> dict[str, Any]:
+    """`count` requests with different made-up keys; the database's transactions meanwhile
+    against an idle window as long."""
+    from serve_app.auth import new_key
+
+    async def flood() -> tuple[float, list[int]]:
+        limits = httpx.Limits(max_connections=concurrency)
+        gate = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+
+            async def one() -> int:
+                async with gate:
+                    headers = {"Authorization": f"Bearer {new_key()}"}
+                    return (await http.get("/v1/programs", headers=headers)).status_code
+
+            started = time.perf_counter()
+            statuses = await asyncio.gather(*(one() for _ in range(count)))
+            return time.perf_counter() - started, list(statuses)
+
+    time.sleep(STATS_FLUSH_S)
+    before = transactions(dsn)
+    seconds, statuses = asyncio.run(flood())
+    time.sleep(STATS_FLUSH_S)
+    during = transactions(dsn) - before
+    before = transactions(dsn)
+    time.sleep(seconds + STATS_FLUSH_S)
+    idle = transactions(dsn) - before
+    return {
+        "requests": count,
+        "seconds": round(seconds, 2),
+        "per_s": round(count / seconds),
+        "status_401": statuses.count(401),
+        "status_429": statuses.count(429),
+        "other": len(statuses) - statuses.count(401) - statuses.count(429),
+        "db_transactions_during": during,
+        "db_transactions_idle_window": idle,
+    }
 
 
 def figures_of(result: WrkResult) -> dict[str, Any]:
@@ -151,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"  non-2xx {result.failures}",
                             flush=True,
                         )
+                flooded = bad_key_flood(url, dsn, args.bad_keys, args.bad_concurrency)
     medians = {mode: statistics.median(r["rps"] for r in runs[mode]) for mode in runs}
     ratio = medians["on"] / medians["off"]
     report = {
@@ -160,10 +222,18 @@ def main(argv: list[str] | None = None) -> int:
         "on_over_off": round(ratio, 3),
         "duration_s": args.duration,
         "members": args.members,
+        "bad_keys": flooded,
     }
     print(
         f"\nspread debits, service key, risk checks on: median {medians['on']:.0f}/s with rate"
         f" limits, {medians['off']:.0f}/s without: {ratio:.1%} (target ≥ {TARGET_RATIO:.0%})"
+    )
+    print(
+        f"{flooded['requests']:,} requests with made-up keys in {flooded['seconds']} s"
+        f" ({flooded['per_s']:,}/s): {flooded['status_401']} × 401, {flooded['status_429']}"
+        f" × 429, {flooded['other']} other; database transactions meanwhile"
+        f" {flooded['db_transactions_during']} (idle window as long:"
+        f" {flooded['db_transactions_idle_window']})"
     )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

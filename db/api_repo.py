@@ -563,7 +563,11 @@ def ensure_admin_key(dsn: str, key_hash: str, key_id: str = "admin", prefix: str
             """
             INSERT INTO api_keys (key_id, key_hash, role, name, prefix)
             VALUES (%s, %s, 'admin', %s, %s)
-            ON CONFLICT (key_id) DO UPDATE SET key_hash = EXCLUDED.key_hash, revoked_at = NULL,
+            ON CONFLICT (key_id) DO UPDATE SET key_hash = EXCLUDED.key_hash,
+                -- A revoked key stays revoked: starting again with the same key (it leaked,
+                -- someone revoked it) must not bring it back. A different key replaces it.
+                revoked_at = CASE WHEN api_keys.key_hash = EXCLUDED.key_hash
+                                  THEN api_keys.revoked_at END,
                 prefix = EXCLUDED.prefix, changed_at = now()
             """,
             (key_id, key_hash, key_id, prefix),

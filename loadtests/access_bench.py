@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"  non-2xx {result.failures}",
                             flush=True,
                         )
+                runtime.deploy(settings, dsn, args.redis_url)  # rate limits on again
                 flooded = bad_key_flood(url, dsn, args.bad_keys, args.bad_concurrency)
     medians = {mode: statistics.median(r["rps"] for r in runs[mode]) for mode in runs}
     ratio = medians["on"] / medians["off"]

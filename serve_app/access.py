@@ -83,6 +83,17 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", P + "/reviews/{review_id}/reject"): OPERATE,
 }
 
+# Routes that act on the whole service rather than on programs: a key limited to programs
+# may not call them whatever its role (403), or one tenant could move every tenant's shards.
+# (/v1/keys, /v1/programs and /v1/audit span programs too, but show and change only what
+# is within the key's programs.)
+SPANS_PROGRAMS = frozenset({("GET", "/v1/admin/topology"), ("PUT", "/v1/admin/topology")})
+
+
+def spans_programs(method: str, path: str) -> bool:
+    return (method, path) in SPANS_PROGRAMS
+
+
 ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.SERVICE, Role.VIEWER)
 
 

@@ -140,6 +140,12 @@ class KeyRing:
                 self._by_hash[record.key_hash] = record
         self.loaded = True
 
+    def replace(self, records: Iterable[KeyRecord]) -> None:
+        """The whole table, read again: keys no longer in it are dropped."""
+        self._by_id.clear()
+        self._by_hash.clear()
+        self.apply(records)
+
     def verify(self, key: str, now: datetime | None = None) -> KeyRecord | Refusal:
         """The record of a valid key, or why it is refused. Never touches the database."""
         if not key or len(key) > KEY_LENGTH_MAX:

@@ -65,19 +65,24 @@ async def authenticate(request: Request, limit: bool = True) -> KeyRecord:
     authorization = request.headers.get("authorization")
     if not authorization or not authorization.startswith(BEARER_PREFIX):
         await wiring.refuse(None, "send Authorization: Bearer <api key>")
-    found = await wiring.verify(authorization[len(BEARER_PREFIX) :].strip())
+    peer = request.client.host if request.client else None
+    client = client_address(peer, request.headers.get("x-forwarded-for"))
+    found = await wiring.verify(authorization[len(BEARER_PREFIX) :].strip(), client)
     if isinstance(found, Refusal):
-        peer = request.client.host if request.client else None
-        client = client_address(peer, request.headers.get("x-forwarded-for"))
         await wiring.refuse(
             client, "API key expired" if found is Refusal.EXPIRED else "invalid API key"
         )
     route = request.scope.get("route")
-    roles = access.allowed(request.method, getattr(route, "path_format", ""))
+    path = getattr(route, "path_format", "")
+    roles = access.allowed(request.method, path)
     params = request.path_params
     program_id = params.get("program_id")
     if program_id is not None and not found.sees(program_id):
         raise not_found("program", program_id)
+    if found.programs is not None and access.spans_programs(request.method, path):
+        raise PointsError(
+            Code.FORBIDDEN, "a key limited to programs may not act on the whole service"
+        )
     if roles is None or found.role not in roles:
         raise PointsError(
             Code.FORBIDDEN, f"a {found.role.value} key may not {request.method} this route"

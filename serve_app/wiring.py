@@ -51,6 +51,11 @@ KEY_POLL_INTERVAL_S = 1.0
 KEY_LOAD_TIMEOUT_S = 5.0
 # A key the replica does not know makes it read the changes at once, at most this often.
 KEY_REFRESH_MIN_S = 0.1
+# Every this many polls the whole key table is read again (a few hundred bytes a key).
+KEY_FULL_RELOAD_POLLS = 30
+# A replica that could not read the key table for this long refuses requests (503):
+# revocation must take effect within 5 seconds, so stale keys are not trusted.
+KEY_TABLE_STALE_S = 5.0
 
 
 def key_record(row: dict[str, Any]) -> KeyRecord:
@@ -101,6 +106,9 @@ class Backend:
         self._key_poller: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = 0.0
+        self._keys_lock = asyncio.Lock()
+        self._polls = 0
+        self._keys_read_at = 0.0
         # The slot map: seeded on a new database from the configured counts; after that the
         # database says how many shards there are (a move changes it).
         ensure_topology(dsn, {"account": shards, "reward": shard_config["reward_shards"]}, SLOTS)
@@ -134,8 +142,21 @@ class Backend:
         return self._repo
 
     async def _refresh_keys(self) -> None:
-        rows, self._keys_since = await self.access.keys_changed_since(self._keys_since)
-        self.keys.apply(key_record(row) for row in rows)
+        """Read the key rows changed since the last read (all of them every
+        KEY_FULL_RELOAD_POLLS reads: a change whose transaction committed long after it
+        stamped changed_at is never missed for long). One read at a time, each applied
+        whole: an older read never lands over a newer one."""
+        async with self._keys_lock:
+            self._polls += 1
+            since = None if self._polls % KEY_FULL_RELOAD_POLLS == 0 else self._keys_since
+            async with asyncio.timeout(KEY_LOAD_TIMEOUT_S):
+                rows, newest = await self.access.keys_changed_since(since)
+            if since is None:
+                self.keys.replace(key_record(row) for row in rows)
+            else:
+                self.keys.apply(key_record(row) for row in rows)
+            self._keys_since = newest
+            self._keys_read_at = time.monotonic()
 
     async def _poll_keys(self) -> None:
         """Keep the key table current, and stamp the last use of the keys used since."""
@@ -144,12 +165,16 @@ class Backend:
             try:
                 await self._refresh_keys()
                 used, self._keys_used = self._keys_used, set()
-                await self.access.touch_keys(sorted(used))
-            except Exception as exc:  # the database is away: keep the table we have
+                async with asyncio.timeout(KEY_LOAD_TIMEOUT_S):
+                    await self.access.touch_keys(sorted(used))
+            except Exception as exc:  # the database is away: see verify
                 log.warning("reading API keys failed: %r", exc)
 
-    async def verify(self, key: str) -> KeyRecord | Refusal:
-        """The key's record (from the replica's copy of the key table) or its refusal."""
+    async def verify(self, key: str, client: str | None = None) -> KeyRecord | Refusal:
+        """The key's record (from the replica's copy of the key table) or its refusal.
+
+        Fails closed: a table not read for KEY_TABLE_STALE_S (the database away) answers
+        503 rather than trust keys that may have been revoked meanwhile."""
         if self._key_poller is None or self._key_poller.done():
             await self.repo()
             if not self.keys.loaded:
@@ -161,12 +186,18 @@ class Backend:
                     ) from exc
             self._key_poller = asyncio.get_running_loop().create_task(self._poll_keys())
             await self.limiter.warm_up()
+        if time.monotonic() - self._keys_read_at > KEY_TABLE_STALE_S:
+            raise PointsError(Code.UNAVAILABLE, "API keys could not be read again yet, retry")
         found = self.keys.verify(key)
-        if found is Refusal.UNKNOWN and key_id_of(key) is not None:
-            # A well-formed key this replica does not know yet: perhaps made a moment ago
-            # on another replica. Read the changes now (at most one read per
-            # KEY_REFRESH_MIN_S, shared by every request waiting for it: a flood of
-            # well-formed made-up keys costs no more).
+        # A well-formed key this replica does not know yet: perhaps made a moment ago on
+        # another replica. Read the changes now, unless its address has used up its failed
+        # authentications (a flood of made-up keys stops costing reads), at most one read
+        # per KEY_REFRESH_MIN_S, shared by every request waiting for it.
+        if (
+            found is Refusal.UNKNOWN
+            and key_id_of(key) is not None
+            and (client is None or (await self.limiter.check_address(client)).allowed)
+        ):
             await self._refresh_now()
             found = self.keys.verify(key)
         if isinstance(found, KeyRecord):

@@ -10,7 +10,7 @@ from db.access_repo import decode_audit_cursor
 from db.api_repo import decode_id_cursor, encode_id_cursor
 from domain.errors import Code, PointsError
 from domain.limits import ID_LENGTH_MAX, ID_PATTERN
-from serve_app.auth import KEY_ID_RE, Role, hash_key, key_prefix, new_key, new_key_id
+from serve_app.auth import KEY_ID_RE, KeyRecord, Role, hash_key, key_prefix, new_key, new_key_id
 from serve_app.http import audit_entry, authenticate, backend, body_of, cursor_of, not_found
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse
@@ -43,6 +43,12 @@ async def create_key(request: Request) -> Response:
     if not _within(caller.programs, programs):
         raise PointsError(
             Code.FORBIDDEN, "a key limited to programs can only make keys limited to them"
+        )
+    if caller.expires_at is not None and (
+        body.expires_at is None or body.expires_at > caller.expires_at
+    ):
+        raise PointsError(
+            Code.FORBIDDEN, "a key that expires can only make keys that expire no later"
         )
     key_id = new_key_id()
     key = new_key(key_id)
@@ -79,8 +85,7 @@ async def list_keys(
     )
 
 
-async def _key_for(request: Request, key_id: str) -> dict[str, object]:
-    caller = await authenticate(request)
+async def _key_for(request: Request, caller: KeyRecord, key_id: str) -> dict[str, object]:
     await backend(request).repo()
     found = await backend(request).access.get_key(key_id)
     if found is None or not _within(caller.programs, found["programs"]):
@@ -91,7 +96,7 @@ async def _key_for(request: Request, key_id: str) -> dict[str, object]:
 @router.get("/v1/keys/{key_id}", response_model=ApiKey, openapi_extra=route(Code.NOT_FOUND))
 async def get_key(request: Request, key_id: str = KeyId) -> Response:
     """One key: role, programs, expiry, rate limit, last use (never the secret)."""
-    return JsonResponse(await _key_for(request, key_id))
+    return JsonResponse(await _key_for(request, await authenticate(request), key_id))
 
 
 @router.delete(
@@ -106,7 +111,7 @@ async def revoke_key(request: Request, key_id: str = KeyId) -> Response:
     caller = await authenticate(request)
     if key_id == caller.key_id:
         raise PointsError(Code.INVALID_STATE, "a key cannot revoke itself: use another key")
-    await _key_for(request, key_id)
+    await _key_for(request, caller, key_id)
     revoked = await backend(request).access.revoke_key(
         key_id, audit_entry(caller, "key.revoke", None, key_id)
     )

@@ -81,6 +81,17 @@ async def _decide(
         reason=body.reason,
     )
     outcome = await wiring.client.submit(command)
+    # Audited once decided, before the saga goes on (which may answer 503 and be retried).
+    decided = await audit(
+        request,
+        caller,
+        f"review.{decision}",
+        program_id,
+        str(review_id),
+        outcome_response(outcome),
+        before=review_view(review),
+        request_key=decision,
+    )
     if outcome.succeeded and review.kind is ReviewKind.REDEMPTION:
         assert review.reward_id is not None and review.redemption_id is not None
         resumed = await wiring.rewards.submit(
@@ -93,16 +104,7 @@ async def _decide(
         if resumed.code is Code.UNAVAILABLE:
             # Decided; the saga goes on by the reward shard's recovery pass, or on a retry.
             return outcome_response(resumed)
-    return await audit(
-        request,
-        caller,
-        f"review.{decision}",
-        program_id,
-        str(review_id),
-        outcome_response(outcome),
-        before=review_view(review),
-        request_key=decision,
-    )
+    return decided
 
 
 @router.post(

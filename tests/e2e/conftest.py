@@ -41,7 +41,7 @@ def service(database_url: str, redis_url: str) -> Iterator[Service]:
         # Every test client is 127.0.0.1: room for the suite's deliberate bad keys
         # (tests/e2e/test_access.py empties it on purpose, then resets it).
         auth_failures_burst=300,
-        auth_failures_per_min=600,
+        auth_failures_per_min=60,
         webhook_secret=WEBHOOK_SECRET,
         webhook_attempts=2,
         webhook_backoff_s=0.05,

@@ -418,6 +418,30 @@ class RateLimiter:
             1,
         )
 
+    async def take_batch(
+        self, key_id: str, limit: Limit | None, program_id: str, members: Sequence[str], events: int
+    ) -> Decision:
+        """A batch of `events` events (a write to each of `members`): the key's bucket gives
+        one token per event (at most its burst: a batch larger than the bucket takes it
+        whole), then each member's bucket one token. Two round trips: the key's tokens are
+        spent even when a member's bucket refuses (the batch is refused whole)."""
+        if not self.config.enabled:
+            return UNLIMITED
+        key_limit = limit or self.config.key
+        cost = max(1, min(events, key_limit.burst))
+        decision = await self._decide(
+            (f"{self._prefix}k:{key_id}",), (BUCKET_KEY,), (key_limit,), cost
+        )
+        if not decision.allowed or not members:
+            return decision
+        distinct = sorted(set(members))
+        return await self._decide(
+            tuple(f"{self._prefix}m:{program_id}/{member}" for member in distinct),
+            (BUCKET_MEMBER,) * len(distinct),
+            (self.config.member,) * len(distinct),
+            1,
+        )
+
     async def enforce(
         self, key_id: str, limit: Limit | None, member: tuple[str, str] | None
     ) -> dict[str, str]:

@@ -246,6 +246,16 @@ class Backend:
         limit = None if key.rate is None else Limit(key.rate[0], key.rate[1])
         await self.limiter.enforce(key.key_id, limit, member)
 
+    async def admit_batch(
+        self, key: KeyRecord, program_id: str, members: list[str], events: int
+    ) -> None:
+        """The rate limits of a batch of events: a token per event from the key's bucket, one
+        from each member's; 429 for the whole batch when either refuses."""
+        limit = None if key.rate is None else Limit(key.rate[0], key.rate[1])
+        decision = await self.limiter.take_batch(key.key_id, limit, program_id, members, events)
+        if not decision.allowed:
+            raise refusal(decision)
+
     async def audit(self, entry: AuditEntry) -> None:
         await self.repo()
         await self.access.record(entry)

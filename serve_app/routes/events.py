@@ -2,6 +2,7 @@
 confirm held points, reverse what one earned."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -10,7 +11,7 @@ from actors.earning import event_command
 from actors.protocol import Confirm, Reverse
 from domain.errors import Code, PointsError
 from domain.idempotency import request_hash
-from domain.limits import EVENTS_PER_BATCH_MAX
+from domain.limits import EVENTS_PER_BATCH_MAX, ID_LENGTH_MAX, ID_RE
 from serve_app.http import (
     admit,
     audit,
@@ -57,8 +58,9 @@ async def post_event(program_id: ProgramId, request: Request, dry_run: DryRun = 
 )
 async def post_events(program_id: ProgramId, request: Request, dry_run: DryRun = False) -> Response:
     """Up to 1,000 events; one result per event, in order (each with the status it would
-    have answered alone)."""
-    await authenticate(request)
+    have answered alone). Rate limits: a token per event from the key's bucket, one from
+    each member's; over either, the whole batch is 429."""
+    caller = await authenticate(request, limit=False)
     body = await json_body(request)
     events = body.get("events") if isinstance(body, dict) and len(body) == 1 else None
     if not isinstance(events, list) or not 1 <= len(events) <= EVENTS_PER_BATCH_MAX:
@@ -66,8 +68,22 @@ async def post_events(program_id: ProgramId, request: Request, dry_run: DryRun =
             Code.VALIDATION_ERROR,
             f'the body must be {{"events": [...]}} with 1..{EVENTS_PER_BATCH_MAX} events',
         )
+    members = [] if dry_run else _members_of(events)
+    await backend(request).admit_batch(caller, program_id, members, len(events))
     outcomes = await backend(request).applier(program_id, events, dry_run)
     return JsonResponse({"results": [outcome_entry(outcome) for outcome in outcomes]})
+
+
+def _members_of(events: list[Any]) -> list[str]:
+    """The well-formed member ids of a batch (an event with another is refused on its own)."""
+    return [
+        member
+        for event in events
+        if isinstance(event, dict)
+        and isinstance(member := event.get("member_id"), str)
+        and len(member) <= ID_LENGTH_MAX
+        and ID_RE.fullmatch(member)
+    ]
 
 
 @router.get(

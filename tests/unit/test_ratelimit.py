@@ -245,3 +245,22 @@ def test_the_client_address_behind_haproxy_and_without_it() -> None:
     assert client_address("127.0.0.1", None) == "127.0.0.1"
     assert client_address("127.0.0.1", "x" * 65) == "127.0.0.1"
     assert client_address(None, "203.0.113.9") == "unknown"
+
+
+async def test_a_batch_takes_a_token_per_event_and_one_per_member() -> None:
+    clock = Clock()
+    limiter = RateLimiter(None, config(key=Limit(1, 10), member=Limit(1, 2)), clock=clock)
+    # 4 events for two members: 4 key tokens, 1 from each member.
+    first = await limiter.take_batch("k", None, "p", ["a", "b", "a", "a"], 4)
+    assert first.allowed
+    # The key has 6 left: a batch of 7 is refused by the key's bucket.
+    refused = await limiter.take_batch("k", None, "p", ["c"], 7)
+    assert not refused.allowed and refused.bucket == BUCKET_KEY
+    # A member hammered batch after batch runs out on its own bucket.
+    assert (await limiter.take_batch("k", None, "p", ["a"], 1)).allowed
+    third = await limiter.take_batch("k", None, "p", ["a"], 1)
+    assert not third.allowed and third.bucket == BUCKET_MEMBER
+    # A batch larger than the key's bucket takes it whole rather than never passing.
+    clock.now += 100
+    assert (await limiter.take_batch("k2", Limit(1, 3), "p", [], 1000)).allowed
+    assert not (await limiter.take_batch("k2", Limit(1, 3), "p", [], 1)).allowed

@@ -181,6 +181,51 @@ class ApiRepo:
                 )
         return created, program
 
+    async def ledger_summary(self, program_id: str, at: datetime | None) -> dict[str, Any] | None:
+        """A program's books from its ledger as of `at` (now when None), read in one
+        snapshot: the sum of each ledger account, the transactions by kind, and (now only)
+        the accounts table's sums. None if the program does not exist."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT 1 AS found FROM programs WHERE program_id = %s", (program_id,)
+            )
+            if await cur.fetchone() is None:
+                return None
+            await cur.execute(
+                "SELECT account, coalesce(sum(amount), 0)::bigint AS total"
+                " FROM ledger_entries WHERE program_id = %s"
+                " AND (%s::timestamptz IS NULL OR created_at <= %s) GROUP BY account",
+                (program_id, at, at),
+            )
+            legs = {row["account"]: int(row["total"]) for row in await cur.fetchall()}
+            await cur.execute(
+                "SELECT kind, count(*) AS n, coalesce(sum(points), 0)::bigint AS points"
+                " FROM transactions WHERE program_id = %s"
+                " AND (%s::timestamptz IS NULL OR created_at <= %s) GROUP BY kind",
+                (program_id, at, at),
+            )
+            kinds = {
+                row["kind"]: {"count": int(row["n"]), "points": int(row["points"])}
+                for row in await cur.fetchall()
+            }
+            accounts = None
+            if at is None:
+                await cur.execute(
+                    "SELECT count(*) AS members,"
+                    " coalesce(sum(balance), 0)::bigint AS balance,"
+                    " coalesce(sum(debt), 0)::bigint AS debt,"
+                    " coalesce(sum(pending), 0)::bigint AS pending,"
+                    " coalesce(sum(held), 0)::bigint AS held"
+                    " FROM accounts WHERE program_id = %s",
+                    (program_id,),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                accounts = {name: int(value) for name, value in row.items()}
+        return {"legs": legs, "kinds": kinds, "accounts": accounts}
+
     async def get_program(self, program_id: str) -> dict[str, Any] | None:
         async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)

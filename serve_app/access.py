@@ -52,6 +52,8 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", P): READ,
     ("PUT", P + "/rules"): OPERATE,
     ("GET", P + "/rules"): READ,
+    # The program's books (reconciliation): for finance, read-only keys included.
+    ("GET", P + "/ledger/summary"): READ,
     # Members: manual credits and debits are an operator's; a service's everyday work.
     ("POST", M + "/credits"): TRANSACT,
     ("POST", M + "/debits"): TRANSACT,

@@ -730,3 +730,53 @@ class AuditEntry(_Open):
 class AuditPage(Page):
     model_config = _example({"items": [], "next_cursor": None})
     items: list[AuditEntry]
+
+
+class LedgerSummary(_Open):
+    model_config = _example(
+        {
+            "program_id": "shop",
+            "at": None,
+            "outstanding": {
+                "total": 1380,
+                "spendable_net_of_debt": 1200,
+                "pending": 150,
+                "held": 30,
+            },
+            "system_accounts": {
+                "system:expired": 20,
+                "system:issued": -1900,
+                "system:redeemed": 500,
+            },
+            "balanced": True,
+            "flows": {
+                "issued": 1900,
+                "redeemed": 500,
+                "refunded": 0,
+                "expired": 20,
+                "reversed": 0,
+                "activated": 0,
+                "held": 30,
+                "released": 0,
+            },
+            "transactions": {"credit": {"count": 12, "points": 1900}},
+            "accounts": {
+                "members": 7,
+                "balance": 1200,
+                "debt": 0,
+                "pending": 150,
+                "held": 30,
+                "agree_with_ledger": True,
+            },
+        }
+    )
+    program_id: str
+    at: str | None
+    outstanding: dict[str, int]
+    system_accounts: dict[str, int]
+    balanced: bool = Field(description="what members hold equals the system accounts' negation")
+    flows: dict[str, int]
+    transactions: dict[str, dict[str, int]]
+    accounts: dict[str, Any] | None = Field(
+        description="now only: the accounts table's sums and whether they agree with the ledger"
+    )

@@ -1,15 +1,16 @@
-"""Programs: create or update (with their policy), read, list."""
+"""Programs: create or update (with their policy), read, list; their books (reconciliation)."""
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from domain import reconciliation
 from domain.errors import Code
 from domain.policy import parse_policy, policy_to_json
 from serve_app.http import audit_entry, authenticate, backend, body_of, cursor_errors, not_found
 from serve_app.openapi import route
 from serve_app.problems import JsonResponse
-from serve_app.responses import Program, ProgramPage
-from serve_app.routes.params import LIMIT_DEFAULT, Cursor, Limit, ProgramId
+from serve_app.responses import LedgerSummary, Program, ProgramPage
+from serve_app.routes.params import LIMIT_DEFAULT, Cursor, Limit, Moment, ProgramId
 from serve_app.schemas import ProgramPut
 
 router = APIRouter(tags=["programs"])
@@ -64,3 +65,22 @@ async def get_program(program_id: ProgramId, request: Request) -> Response:
     if program is None:
         raise not_found("program", program_id)
     return JsonResponse(program_view(program))
+
+
+@router.get(
+    "/v1/programs/{program_id}/ledger/summary",
+    response_model=LedgerSummary,
+    openapi_extra=route(Code.NOT_FOUND),
+)
+async def ledger_summary(program_id: ProgramId, request: Request, at: Moment = None) -> Response:
+    """The program's books for reconciliation, as of `at` (default: now), from the ledger:
+    what members hold (spendable net of debt, pending, held) against the system accounts'
+    negation (`balanced`), what flowed (issued, redeemed, expired, reversed, ...), and, now,
+    the accounts table's sums (`agree_with_ledger`)."""
+    await authenticate(request)
+    found = await (await backend(request).repo()).ledger_summary(program_id, at)
+    if found is None:
+        raise not_found("program", program_id)
+    return JsonResponse(
+        reconciliation.summary(program_id, at, found["legs"], found["kinds"], found["accounts"])
+    )

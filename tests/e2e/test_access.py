@@ -373,19 +373,27 @@ async def test_a_flood_of_bad_keys_is_throttled_and_valid_keys_still_work(
 
     from serve_app.auth import new_key
 
-    headers = [{"Authorization": f"Bearer {new_key()}"} for _ in range(400)]
     try:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
-            # 40 at a time: with hundreds at once Redis misses the limiter's 20 ms and each
-            # replica decides alone on its share (the fallback), which lets more through.
-            answers = []
-            for start in range(0, len(headers), 40):
-                answers += await asyncio.gather(
-                    *(http.get("/v1/programs", headers=h) for h in headers[start : start + 40])
+            # Batches of 40 until one is refused almost whole. The allowance is 300 (the
+            # suite's setting); a decision Redis misses by 20 ms is made by the replica
+            # alone on its share (the fallback), so a little more may pass: a bound of
+            # 1,600 requests, not an exact count.
+            statuses: list[int] = []
+            throttled = None
+            for _batch in range(40):
+                headers = [{"Authorization": f"Bearer {new_key()}"} for _ in range(40)]
+                answers = await asyncio.gather(
+                    *(http.get("/v1/programs", headers=h) for h in headers)
                 )
-            statuses = [answer.status_code for answer in answers]
-            assert set(statuses) <= {401, 429} and statuses.count(429) >= 50, statuses
-            throttled = next(answer for answer in answers if answer.status_code == 429)
+                batch = [answer.status_code for answer in answers]
+                statuses += batch
+                assert set(batch) <= {401, 429}, batch
+                if batch.count(429) >= 36:
+                    throttled = next(a for a in answers if a.status_code == 429)
+                    break
+            assert throttled is not None, f"never throttled: {statuses.count(429)} of 1,600"
+            assert statuses.count(401) >= 100  # the allowance (or a replica's share) first
             assert throttled.json()["code"] == "rate_limited"
             assert int(throttled.headers["Retry-After"]) >= 1
             assert (await client.get("/v1/programs")).status_code == 200

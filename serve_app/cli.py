@@ -483,6 +483,43 @@ def migrate(
 
 
 @app.command()
+def verify(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Check every ledger invariant in PostgreSQL, in one snapshot (safe while the service
+    runs): balances equal their lots and their ledger entries, every transaction balances,
+    lifetime totals, stock, holds, no idempotency key applied twice. Exits 1 on any
+    violation, listing examples."""
+    from db.embedded import EmbeddedPostgres
+    from db.engine import libpq_url
+    from db.verify_repo import run_checks
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    embedded = None
+    url = settings.database_url
+    if not url:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = embedded.start()
+    try:
+        with console.status("checking the ledger…"):
+            results = run_checks(libpq_url(url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    table = Table("check", "violations", "examples")
+    for result in results:
+        examples = "\n".join(escape(str(example)) for example in result.examples)
+        mark = "[green]0[/]" if not result.violations else f"[red]{result.violations}[/]"
+        table.add_row(escape(result.name), mark, examples)
+    console.print(table)
+    failed = sum(1 for result in results if result.violations)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def status(
     url: Annotated[str | None, typer.Option(help="Base URL of the service.")] = None,
 ) -> None:

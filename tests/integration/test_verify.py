@@ -276,3 +276,21 @@ def test_a_redemption_recording_another_members_debit_is_reported(rewards: Rewar
             (rewards.m1_debit, rewards.completed),
         )
     assert failed_checks(rewards.url) == {RECORDED}
+
+
+def test_points_verify_reports_each_check_and_fails_on_a_violation(fresh_db: str) -> None:
+    from typer.testing import CliRunner
+
+    from serve_app.cli import app
+
+    asyncio.run(activity(fresh_db))
+    runner = CliRunner()
+    honest = runner.invoke(app, ["verify", "--database-url", fresh_db])
+    assert honest.exit_code == 0, honest.output
+    assert "0 failed" in honest.output
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("UPDATE accounts SET balance = balance + 1 WHERE member_id = 'm1'")
+    broken = runner.invoke(app, ["verify", "--database-url", fresh_db])
+    assert broken.exit_code == 1
+    # Both the lots and the ledger disagree with that balance now.
+    assert "passed, 2 failed" in broken.output

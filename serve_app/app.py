@@ -265,6 +265,9 @@ def build_app(
             **REPLICA_ACTOR_OPTIONS,
             "runtime_env": {"env_vars": {CODE_VERSION_ENV: code_version}},
         }
+    if shard_config.get("log_format") == "json":
+        # Serve's own lines as JSON too, each with its request id.
+        options["logging_config"] = {"enable_access_log": False, "encoding": "JSON"}
     # A Deployment, made by @serve.deployment: mypy ignores class decorators' return types.
     deployment = PointsIngress.options(**options)  # type: ignore[attr-defined]
     return deployment.bind(dsn, redis_url, shards, shard_config)

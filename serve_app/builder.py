@@ -61,6 +61,7 @@ ARG_NAMES = (
     "commit_retry_s",
     "breaker_failures",
     "breaker_cooldown_s",
+    "log_format",
     *RATE_LIMIT_SETTINGS,
 )
 

@@ -33,6 +33,8 @@ import logging
 import os
 import sys
 
+from serve_app import logs
+
 log = logging.getLogger("points.listeners")
 
 AUX_HOST_ENV = "POINTS_AUX_HOST"
@@ -60,6 +62,7 @@ def setup_worker() -> None:
     """Ray worker setup hook (`SETUP_HOOK`): HAProxy's template adjusted, see above."""
     bind_auxiliary()
     forward_client_address()
+    logs.configure_from_env()
 
 
 def forwarding(template: str) -> tuple[str, bool]:
@@ -137,6 +140,10 @@ def bind_auxiliary() -> None:
         log.exception("could not bind HAProxy's auxiliary listeners to %s", AUX_HOST_ENV)
 
 
-def runtime_env(aux_host: str) -> dict[str, object]:
-    """The Ray job's runtime environment that applies `aux_host` in every worker."""
-    return {"worker_process_setup_hook": SETUP_HOOK, "env_vars": {AUX_HOST_ENV: aux_host}}
+def runtime_env(aux_host: str, log_format: str = "text") -> dict[str, object]:
+    """The Ray job's runtime environment that applies `aux_host` (and the log format) in
+    every worker."""
+    return {
+        "worker_process_setup_hook": SETUP_HOOK,
+        "env_vars": {AUX_HOST_ENV: aux_host, logs.LOG_FORMAT_ENV: log_format},
+    }

@@ -22,7 +22,7 @@ from actors.routing import NAMESPACE, REWARD_SHARD_NAME_PREFIX, SHARD_NAME_PREFI
 from db.api_repo import admin_key_installed, ensure_admin_key
 from db.embedded import EmbeddedPostgres, EmbeddedRedis
 from db.engine import libpq_url, migrate
-from serve_app import listeners
+from serve_app import listeners, logs
 from serve_app.auth import hash_key, key_prefix, new_key
 from serve_app.settings import Settings
 
@@ -159,6 +159,7 @@ def shard_config(settings: Settings) -> dict[str, Any]:
         "commit_retry_s": settings.commit_retry_s,
         "breaker_failures": settings.breaker_failures,
         "breaker_cooldown_s": settings.breaker_cooldown_s,
+        "log_format": settings.log_format,
         # The ingress replicas' rate limiter (serve_app/ratelimit.py RateLimitConfig).
         "rate_limit": {
             name: getattr(settings, name) for name in (*RATE_LIMIT_SETTINGS, "replicas")
@@ -217,7 +218,16 @@ def start_ray(settings: Settings) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # HAProxy's metrics and stats listeners on aux_host (serve_app/listeners.py): a setup
     # hook in every worker of this job, the HAProxyManager (started by Serve) included.
-    job_env = listeners.runtime_env(settings.aux_host) if settings.serve_profile == "fast" else None
+    # The log format in every worker too (serve_app/logs.py), and in this process.
+    logs.configure(settings.log_format)
+    job_env: dict[str, object] = (
+        listeners.runtime_env(settings.aux_host, settings.log_format)
+        if settings.serve_profile == "fast"
+        else {
+            "worker_process_setup_hook": "serve_app.logs.setup_worker",
+            "env_vars": {logs.LOG_FORMAT_ENV: settings.log_format},
+        }
+    )
     if settings.ray_address:
         ray.init(
             address=settings.ray_address,

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # "fast": Ray Serve direct ingress behind HAProxy with throughput-optimized settings.
     # "default": Serve's standard Python proxy. See docs/architecture.md.
     serve_profile: str = Field(default="fast", pattern="^(fast|default)$")
+    # Log lines of every process: "text" for people, "json" (one object per line, with the
+    # request id) for log pipelines. serve_app/logs.py.
+    log_format: str = Field(default="text", pattern="^(json|text)$")
 
     # Rate limits (serve_app/ratelimit.py): token buckets in Redis, one Lua call a request.
     # The defaults stop a runaway client without touching honest load on the 2-core

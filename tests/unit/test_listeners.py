@@ -89,8 +89,11 @@ def test_a_template_without_the_lines_is_reported(
 
 
 def test_the_job_runtime_env_names_the_hook() -> None:
-    env = listeners.runtime_env("10.0.0.5")
-    assert env == {"worker_process_setup_hook": SETUP_HOOK, "env_vars": {AUX_HOST_ENV: "10.0.0.5"}}
+    env = listeners.runtime_env("10.0.0.5", "json")
+    assert env == {
+        "worker_process_setup_hook": SETUP_HOOK,
+        "env_vars": {AUX_HOST_ENV: "10.0.0.5", "POINTS_LOG_FORMAT": "json"},
+    }
     module, _, name = SETUP_HOOK.rpartition(".")
     assert getattr(importlib.import_module(module), name) is setup_worker
 

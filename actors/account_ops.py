@@ -257,7 +257,7 @@ class Context:
 
     random_bytes: Callable[[int], bytes]
     stats: dict[str, float]
-    taken_events: Lru  # event ids found recorded for another member
+    taken_events: Lru  # event ids found recorded: another member's, or past the retention
     programs: set[str] = field(default_factory=set)
     configs: dict[str, CompiledConfig] = field(default_factory=dict)
     # Per batch: the events it reverses or confirms, the debits it refunds (as stored).
@@ -468,10 +468,19 @@ def apply_event(
     event = op.event
     assert event is not None
     ekey = (op.program_id, event.event_id)
-    if ekey in work.events or ekey in ctx.taken_events:
+    if ekey in work.events:
         raise PointsError(
             Code.IDEMPOTENCY_CONFLICT,
             f"event id {event.event_id} was already used for another member",
+        )
+    if ekey in ctx.taken_events:
+        # Recorded in `events` but its key unknown: another member's event, or this one's
+        # applied longer ago than the idempotency retention (its answer was purged; the
+        # event row is kept so that it never earns twice).
+        raise PointsError(
+            Code.IDEMPOTENCY_CONFLICT,
+            f"event id {event.event_id} was already used for another member, or applied"
+            " longer ago than the idempotency retention",
         )
     config, rule_set, evaluation = _evaluate(ctx, op, account, now)
     policy = config.policy

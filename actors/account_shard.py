@@ -15,11 +15,14 @@ from actors.protocol import (
     command_from_wire,
     outcome_to_wire,
 )
+from actors.retention import RETENTION_SLOT, RetentionJob
 from actors.routing import slot_of
-from actors.shard_core import ShardCore
+from actors.shard_core import ShardCore, utcnow
 from actors.topology import Ownership
 from db.ledger_repo import LedgerRepo
+from db.retention_repo import RetentionRepo
 from db.topology_repo import TopologyRepo
+from domain.limits import IDEMPOTENCY_RETENTION_DAYS_DEFAULT, RETENTION_INTERVAL_S_DEFAULT
 
 # How often the expiry job runs in each shard when the config does not say.
 EXPIRY_INTERVAL_S = 60.0
@@ -54,15 +57,27 @@ class AccountShard:
         )
         self.expiry_interval_s = float(config.get("expiry_interval_s", EXPIRY_INTERVAL_S))
         self._expiry_started = False
+        self.retention = RetentionJob(
+            RetentionRepo(dsn).purge_idempotency,
+            self._owns_retention_slot,
+            utcnow,
+            int(config.get("idempotency_retention_days", IDEMPOTENCY_RETENTION_DAYS_DEFAULT)),
+            float(config.get("retention_interval_s", RETENTION_INTERVAL_S_DEFAULT)),
+        )
 
     def _owns(self, program_id: str, member_id: str) -> bool:
         return self.ownership.owns(program_id, member_id)
 
+    async def _owns_retention_slot(self) -> bool:
+        await self.ownership.ensure([RETENTION_SLOT])
+        return self.ownership.epoch(RETENTION_SLOT) is not None
+
     def _ensure_expiry(self) -> None:
         # Started from the first call (the actor's event loop runs by then), and again by
-        # the first call after a restart.
+        # the first call after a restart. The retention job rides along.
         if not self._expiry_started:
             self.core.start_expiry(self._owns, self.expiry_interval_s)
+            self.retention.start()
             self._expiry_started = True
 
     async def submit(self, command: AccountCommand) -> Outcome:
@@ -99,6 +114,11 @@ class AccountShard:
         """Run one pass of tier maintenance now (ops, tests)."""
         return await self.core.retier(self._owns)
 
+    async def purge_retention(self) -> dict[str, int] | None:
+        """Run one pass of the retention job now (ops, tests); None: another shard runs it."""
+        purged = await self.retention.run_once()
+        return None if purged is None else {"rows": purged.rows, "batches": purged.batches}
+
     async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
         return await self.core.get_account(program_id, member_id)
 
@@ -110,6 +130,7 @@ class AccountShard:
             "slots": len(self.ownership.slots),
             **placement(),
             **(await self.core.ping()),
+            **{f"retention_{name}": value for name, value in self.retention.stats.items()},
         }
 
     def pid(self) -> int:

@@ -327,8 +327,9 @@ class ShardCore:
             if work is None:  # failed and answered, or nothing left to do
                 return
             if isinstance(work, EventsTaken):
-                # The same event id was applied for another member of the program: those
-                # operations are conflicts; the rest of the batch runs again.
+                # The same event id was applied for another member of the program (or for
+                # this one, longer ago than the idempotency retention): those operations
+                # are conflicts; the rest of the batch runs again.
                 for taken in work.keys:
                     self._ctx.taken_events.put(taken, True)
                 batch = [op for op in batch if not op.future.done()]

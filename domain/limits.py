@@ -16,8 +16,26 @@ PROGRAM_NAME_LENGTH_MAX = 200
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
-# Idempotency records are kept at least this long (the API promise is 7 days).
-IDEMPOTENCY_RETENTION_S = 30 * 24 * 3600
+# Idempotency records (and the remembered answers of events) are kept this long, then
+# purged (db/retention_repo.py); a retry with an older key is applied as a new request. The
+# minimum is the API promise: a client may retry for 7 days.
+IDEMPOTENCY_RETENTION_DAYS_DEFAULT = 30
+IDEMPOTENCY_RETENTION_DAYS_MIN = 7
+IDEMPOTENCY_RETENTION_DAYS_MAX = 3650
+assert (
+    IDEMPOTENCY_RETENTION_DAYS_MIN
+    <= IDEMPOTENCY_RETENTION_DAYS_DEFAULT
+    <= IDEMPOTENCY_RETENTION_DAYS_MAX
+)
+# How often the retention job runs (account shard 0), by default: hourly.
+RETENTION_INTERVAL_S_DEFAULT = 3600.0
+# The purge deletes this many rows per statement, each its own short transaction, and
+# pauses between statements, so it holds row locks for milliseconds and leaves the group
+# commits most of the database.
+PURGE_ROWS_PER_BATCH = 1000
+PURGE_PAUSE_S = 0.05
+# One pass deletes at most this many batches (10^6 rows); the next pass goes on.
+PURGE_BATCHES_PER_PASS_MAX = 1000
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
 # An opaque page cursor (base64 of a position: an id, or a time and a uuid).

@@ -54,6 +54,8 @@ ARG_NAMES = (
     "webhook_backoff_s",
     "recovery_interval_s",
     "expiry_interval_s",
+    "idempotency_retention_days",
+    "retention_interval_s",
     "event_stream",
     "ingress_queued_max",
     "lane_queued_max",

@@ -151,6 +151,8 @@ def shard_config(settings: Settings) -> dict[str, Any]:
         "webhook_backoff_s": settings.webhook_backoff_s,
         "recovery_interval_s": settings.recovery_interval_s,
         "expiry_interval_s": settings.expiry_interval_s,
+        "idempotency_retention_days": settings.idempotency_retention_days,
+        "retention_interval_s": settings.retention_interval_s,
         "shards": settings.shards,
         "event_stream": settings.event_stream,
         "ingress_queued_max": settings.ingress_queued_max,

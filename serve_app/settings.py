@@ -8,6 +8,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from actors.breaker import COOLDOWN_S, FAILURES_TO_OPEN
 from actors.group_commit import QUEUED_MAX, RETRY_S
 from actors.shard_client import LANE_QUEUED_MAX
+from domain.limits import (
+    IDEMPOTENCY_RETENTION_DAYS_DEFAULT,
+    IDEMPOTENCY_RETENTION_DAYS_MAX,
+    IDEMPOTENCY_RETENTION_DAYS_MIN,
+    RETENTION_INTERVAL_S_DEFAULT,
+)
 
 # Requests a Serve replica holds waiting for one of its max_ongoing_requests slots
 # (serve_app/app.py); past it Serve answers 503 with Retry-After at once.
@@ -57,6 +63,15 @@ class Settings(BaseSettings):
     recovery_interval_s: float = Field(default=10.0, gt=0, le=3600)
     # How often each account shard writes off points past their expiry.
     expiry_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    # Idempotency records (and events' remembered answers) older than this are purged; a
+    # retry with an older key is applied as new. At least 7 days: the API's promise.
+    idempotency_retention_days: int = Field(
+        default=IDEMPOTENCY_RETENTION_DAYS_DEFAULT,
+        ge=IDEMPOTENCY_RETENTION_DAYS_MIN,
+        le=IDEMPOTENCY_RETENTION_DAYS_MAX,
+    )
+    # How often the retention job runs (in the account shard owning slot 0).
+    retention_interval_s: float = Field(default=RETENTION_INTERVAL_S_DEFAULT, gt=0, le=86_400)
     # Redis stream of business events (consumed by the EventConsumer actor); "" = off.
     event_stream: str = Field(default="points:events", max_length=200)
     # Admin API key; unset: generated on first start, stored hashed, saved to data_dir.

@@ -308,6 +308,14 @@ async def test_expiry_job_writes_off_due_points_once(
     assert_books_balance(service, program)
 
 
+async def test_the_retention_job_runs_in_the_one_shard_owning_slot_0(service: Service) -> None:
+    shards = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(2)]
+    passes = await asyncio.gather(*(s.purge_retention.remote() for s in shards))
+    ran = [p for p in passes if p is not None]
+    assert len(ran) == 1, passes  # one place per deployment
+    assert ran[0]["batches"] >= 1 and ran[0]["rows"] >= 0
+
+
 async def test_tiers_upgrade_multiply_and_are_recorded(
     client: httpx.AsyncClient, service: Service
 ) -> None:

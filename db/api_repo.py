@@ -491,26 +491,45 @@ class ApiRepo:
         cursor: tuple[datetime, uuid.UUID] | None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first, keyset-paginated on (created_at, redemption_id)."""
-        clauses = "program_id = %s AND member_id = %s"
-        params: list[Any] = [program_id, member_id]
-        if cursor is not None:
-            clauses += " AND (created_at, redemption_id) < (%s, %s)"
-            params.extend(cursor)
-        params.append(limit + 1)
-        async with self._connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                f"SELECT {REDEMPTION_COLUMNS} FROM redemptions WHERE {clauses}"
-                " ORDER BY created_at DESC, redemption_id DESC LIMIT %s",
-                params,
-            )
-            rows = await cur.fetchall()
+        rows = await self._newest_first(
+            "redemptions",
+            REDEMPTION_COLUMNS,
+            "redemption_id",
+            "program_id = %s AND member_id = %s",
+            [program_id, member_id],
+            cursor,
+            limit,
+        )
         found, next_cursor = _page(
             [redemption_from_row(row) for row in rows],
             limit,
             lambda r: encode_cursor(r.created_at, r.redemption_id),
         )
         return [redemption_view(r) for r in found], next_cursor
+
+    async def _newest_first(
+        self,
+        table: str,
+        columns: str,
+        id_column: str,
+        clauses: str,
+        params: list[Any],
+        cursor: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """`limit + 1` rows of `table` matching `clauses`, newest first, after `cursor`
+        (keyset on created_at, then `id_column`): the rows of one page and whether more."""
+        if cursor is not None:
+            clauses += f" AND (created_at, {id_column}) < (%s, %s)"
+            params = [*params, *cursor]
+        async with self._connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {columns} FROM {table} WHERE {clauses}"
+                f" ORDER BY created_at DESC, {id_column} DESC LIMIT %s",
+                [*params, limit + 1],
+            )
+            return await cur.fetchall()
 
     # ----------------------------------------------------------------- reviews (reads)
 
@@ -540,18 +559,9 @@ class ApiRepo:
         if status is not None:
             clauses += " AND status = %s"
             params.append(status)
-        if cursor is not None:
-            clauses += " AND (created_at, review_id) < (%s, %s)"
-            params.extend(cursor)
-        params.append(limit + 1)
-        async with self._connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE {clauses}"
-                " ORDER BY created_at DESC, review_id DESC LIMIT %s",
-                params,
-            )
-            rows = await cur.fetchall()
+        rows = await self._newest_first(
+            "reviews", REVIEW_COLUMNS, "review_id", clauses, params, cursor, limit
+        )
         found, next_cursor = _page(
             [review_from_row(row) for row in rows],
             limit,

@@ -131,6 +131,17 @@ def programs_table(programs: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _list_or_exit(url: str | None, key: str | None, path: str) -> list[dict[str, Any]]:
+    """Every item of a list from the service; a refusal or no answer: say so, exit 1."""
+    client = _api_client(url, key)
+    try:
+        with _reaching(client.base_url), client:
+            return fetch_all(client, path)
+    except ListRefused as exc:
+        console.print(f"[red]list refused[/] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+
+
 @programs_app.command("list")
 def programs_list(
     as_json: Annotated[
@@ -140,13 +151,7 @@ def programs_list(
     key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
 ) -> None:
     """List every program (all pages): id, name and when it was created."""
-    client = _api_client(url, key)
-    try:
-        with _reaching(client.base_url), client:
-            programs = fetch_programs(client)
-    except ListRefused as exc:
-        console.print(f"[red]list refused[/] {exc}")
-        raise typer.Exit(1) from exc
+    programs = _list_or_exit(url, key, "/v1/programs")
     if as_json:
         typer.echo(json.dumps(programs, indent=2, ensure_ascii=False))
     elif programs:
@@ -246,13 +251,7 @@ def keys_list(
     key: Annotated[str | None, typer.Option(help="API key (default: the admin key).")] = None,
 ) -> None:
     """Every key: id, name, role, programs, expiry, last use, revoked (never a secret)."""
-    client = _api_client(url, key)
-    try:
-        with _reaching(client.base_url), client:
-            keys = fetch_all(client, "/v1/keys")
-    except ListRefused as exc:
-        console.print(f"[red]list refused[/] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
+    keys = _list_or_exit(url, key, "/v1/keys")
     if as_json:
         typer.echo(json.dumps(keys, indent=2, ensure_ascii=False))
         return
@@ -465,22 +464,11 @@ def migrate(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Apply every database migration (starting the embedded PostgreSQL if needed)."""
-    from db.embedded import EmbeddedPostgres
-    from db.engine import libpq_url
     from db.engine import migrate as run_migrations
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
-    embedded = None
-    url = settings.database_url
-    if not url:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        url = embedded.start()
-    try:
-        run_migrations(libpq_url(url))
+    with _database(data_dir, database_url) as url:
+        run_migrations(url)
         console.print("[green]migrations applied[/]")
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 @contextlib.contextmanager
@@ -569,22 +557,10 @@ def verify(
     runs): balances equal their lots and their ledger entries, every transaction balances,
     lifetime totals, stock, holds, no idempotency key applied twice. Exits 1 on any
     violation, listing examples."""
-    from db.embedded import EmbeddedPostgres
-    from db.engine import libpq_url
     from db.verify_repo import run_checks
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
-    embedded = None
-    url = settings.database_url
-    if not url:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        url = embedded.start()
-    try:
-        with console.status("checking the ledger…"):
-            results = run_checks(libpq_url(url))
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with _database(data_dir, database_url) as url, console.status("checking the ledger…"):
+        results = run_checks(url)
     table = Table("check", "violations", "examples")
     for result in results:
         examples = "\n".join(escape(str(example)) for example in result.examples)

@@ -190,6 +190,8 @@ class Op:
     # DECIDE: the review and the decision (approve or reject).
     review_id: uuid.UUID | None = None
     decision: str = ""
+    # The request it serves, for the commit's log line (actors/tracing.py).
+    request_id: str = ""
 
     @staticmethod
     def of(command: AccountCommand, future: asyncio.Future[Outcome]) -> Op:

@@ -1,12 +1,15 @@
 """AccountShard: the Ray actor that owns a set of account slots. A thin wrapper on ShardCore."""
 
 import asyncio
+import functools
 import os
 from typing import Any
 
 import ray
 
 from actors.group_commit import overload_options
+from actors.ledger_check import LEDGER_CHECK_INTERVAL_S_DEFAULT, LedgerCheckJob
+from actors.metrics import SYNC_INTERVAL_S, export_every
 from actors.placement import placement
 from actors.protocol import (
     AccountCommand,
@@ -14,6 +17,7 @@ from actors.protocol import (
     Wire,
     command_from_wire,
     outcome_to_wire,
+    request_id_of_wire,
 )
 from actors.retention import RETENTION_SLOT, RetentionJob
 from actors.routing import slot_of
@@ -22,6 +26,7 @@ from actors.topology import Ownership
 from db.ledger_repo import LedgerRepo
 from db.retention_repo import RetentionRepo
 from db.topology_repo import TopologyRepo
+from db.verify_repo import run_checks
 from domain.limits import IDEMPOTENCY_RETENTION_DAYS_DEFAULT, RETENTION_INTERVAL_S_DEFAULT
 
 # How often the expiry job runs in each shard when the config does not say.
@@ -64,6 +69,11 @@ class AccountShard:
             int(config.get("idempotency_retention_days", IDEMPOTENCY_RETENTION_DAYS_DEFAULT)),
             float(config.get("retention_interval_s", RETENTION_INTERVAL_S_DEFAULT)),
         )
+        self.ledger_checks = LedgerCheckJob(
+            functools.partial(run_checks, dsn),
+            self._owns_retention_slot,
+            float(config.get("ledger_check_interval_s", LEDGER_CHECK_INTERVAL_S_DEFAULT)),
+        )
 
     def _owns(self, program_id: str, member_id: str) -> bool:
         return self.ownership.owns(program_id, member_id)
@@ -78,6 +88,10 @@ class AccountShard:
         if not self._expiry_started:
             self.core.start_expiry(self._owns, self.expiry_interval_s)
             self.retention.start()
+            self.ledger_checks.start()
+            self._metrics_task = asyncio.get_running_loop().create_task(
+                export_every(self.core.export_metrics, SYNC_INTERVAL_S)
+            )
             self._expiry_started = True
 
     async def submit(self, command: AccountCommand) -> Outcome:
@@ -89,7 +103,7 @@ class AccountShard:
         actors/protocol.py); one outcome each, in order."""
         self._ensure_expiry()
         outcomes = await asyncio.gather(
-            *[self.core.enqueue(command_from_wire(c)) for c in commands]
+            *[self.core.enqueue(command_from_wire(c), request_id_of_wire(c)) for c in commands]
         )
         return [outcome_to_wire(outcome) for outcome in outcomes]
 
@@ -118,6 +132,14 @@ class AccountShard:
         """Run one pass of the retention job now (ops, tests); None: another shard runs it."""
         purged = await self.retention.run_once()
         return None if purged is None else {"rows": purged.rows, "batches": purged.batches}
+
+    async def check_ledger(self) -> dict[str, int] | None:
+        """Run the ledger checks now (ops, tests): failed checks, or None: another shard
+        runs them."""
+        results = await self.ledger_checks.run_once()
+        if results is None:
+            return None
+        return {"checks": len(results), "failed": sum(1 for r in results if r.violations)}
 
     async def get_account(self, program_id: str, member_id: str) -> dict[str, Any] | None:
         return await self.core.get_account(program_id, member_id)

@@ -70,8 +70,9 @@ from typing import Any
 
 import ray
 import redis.asyncio
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
+from actors.metrics import SYNC_INTERVAL_S, StreamMetrics, export_every
 from actors.protocol import Outcome
 from domain import jsontext
 from domain.errors import Code, PointsError
@@ -615,6 +616,24 @@ class EventConsumer:
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.time()
+        self._metrics = StreamMetrics()
+        self._metrics_task: asyncio.Task[None] | None = None
+
+    async def export_metrics(self) -> None:
+        """The stream's lag and pending entries (XINFO GROUPS), the dead letters (XLEN) and
+        the lanes' counters, to Ray's metrics (docs/metrics.md)."""
+        core = self.cores[0]
+        lag = pending = dead = None
+        with contextlib.suppress(RedisError):
+            for group in await self._redis.xinfo_groups(core.stream):
+                if _text(group.get("name", b"")) == core.group:
+                    lag = group.get("lag")
+                    pending = group.get("pending")
+        with contextlib.suppress(RedisError):
+            dead = await self._redis.xlen(core.dead_letter_stream)
+        lanes = [c.stats for c in self.cores]
+        totals = {name: sum(float(lane.get(name, 0)) for lane in lanes) for name in COUNTERS}
+        self._metrics.sync(lag, pending, dead, totals)
 
     async def start(self) -> dict[str, Any]:
         if not self._tasks or any(task.done() for task in self._tasks):
@@ -624,6 +643,10 @@ class EventConsumer:
             self._stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(core.run_forever(self._stop)) for core in self.cores]
+        if self._metrics_task is None or self._metrics_task.done():
+            self._metrics_task = asyncio.get_running_loop().create_task(
+                export_every(self.export_metrics, SYNC_INTERVAL_S)
+            )
         return await self.ping()
 
     async def ping(self) -> dict[str, Any]:

@@ -277,15 +277,22 @@ _CODES: dict[str, Code] = {code.value: code for code in Code}
 assert set(_COMMAND_TYPES) == {kind.value for kind in OpKind}
 
 
-def command_to_wire(command: CommandT) -> Wire:
+def command_to_wire(command: CommandT, request_id: str = "") -> Wire:
+    """`(kind, values, request_id)`: the request id travels beside the command, for the
+    shard's log lines (actors/tracing.py); it is no part of the command."""
     values = _VALUES[type(command)](command)
     if isinstance(command, ApplyEvent):  # the event, a dataclass too, as a tuple
         values = tuple(_EVENT_VALUES(v) if isinstance(v, EventIn) else v for v in values)
-    return (command.kind.value, values)
+    return (command.kind.value, values, request_id)
+
+
+def request_id_of_wire(wire: Wire) -> str:
+    """The request id a command in wire form came with ("" when none)."""
+    return str(wire[2]) if len(wire) > 2 else ""
 
 
 def command_from_wire(wire: Wire) -> Any:
-    kind, values = wire
+    kind, values = wire[0], wire[1]
     cls = _COMMAND_TYPES[kind]
     named = dict(zip(_FIELD_NAMES[cls], values, strict=True))
     if cls is ApplyEvent:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from typing import Any
 
 from actors.breaker import Breaker
 from actors.group_commit import QUEUED_MAX, RETRY_S, DatabaseUnreachable, GroupCommitter, answer
+from actors.metrics import ShardMetrics
 from actors.protocol import (
     AccountCommand,
     Cancel,
@@ -195,6 +197,7 @@ class RewardCore:
         queued_max: int = QUEUED_MAX,
         commit_retry_s: float = RETRY_S,
         breaker: Breaker | None = None,
+        metrics: ShardMetrics | None = None,
     ) -> None:
         self.repo = repo
         self.reader = repo.reader()
@@ -204,6 +207,7 @@ class RewardCore:
         # unfenced, which only a test of one shard's logic may do.
         self.ownership = ownership or EverythingOwned("reward", slot_of)
         self.ownership.on_lost = self._forget_slots
+        self.metrics = metrics or ShardMetrics(f"reward-{self.ownership.shard}")
         # Slots being handed off: new requests for them get `moved`, while the sagas in
         # flight on them may still take their steps (until `release` gives up waiting).
         self._draining: set[int] = set()
@@ -237,6 +241,7 @@ class RewardCore:
             "db_loads": 0,
             "db_commits": 0,
             "moved": 0,
+            "replays": 0,
         }
 
     # ----------------------------------------------------------------- public API
@@ -383,6 +388,15 @@ class RewardCore:
             Code.UNAVAILABLE,
             "redemption in progress; retry with the same key",
             redemption=view,
+        )
+
+    def export_metrics(self) -> None:
+        """Gauges and counter growth to Ray's metrics (the actor calls it periodically)."""
+        self.metrics.sync(
+            self._commits.queued,
+            len(self._rewards),
+            self._commits.breaker.state.value,
+            {**self.stats, "shed": self._commits.shed},
         )
 
     async def ping(self) -> dict[str, Any]:
@@ -759,6 +773,7 @@ class RewardCore:
         work.write.updated_redemptions = [
             r for rid, r in work.updated.items() if rid not in work.new_redemptions
         ]
+        committing_at = time.perf_counter()
         try:
             if not work.write.empty:
                 self.stats["db_commits"] += 1
@@ -805,8 +820,17 @@ class RewardCore:
                 del self._rewards[rkey]
                 continue
             state.reward.version = version + 1
+            available = state.reward.stock.available
+            if available is not None:
+                self.metrics.stock(rkey[0], rkey[1], available)
         self.stats["batches"] += 1
         self.stats["ops"] += len(batch)
+        if not work.write.empty:
+            self.metrics.committed(len(batch), time.perf_counter() - committing_at)
+        self.metrics.redemptions(
+            [(r.program_id, str(r.status)) for r, _ in work.write.new_redemptions]
+            + [(r.program_id, str(r.status)) for r in work.write.updated_redemptions]
+        )
         for op, result in work.waiting:
             answer(op, result)
 
@@ -938,6 +962,7 @@ class RewardCore:
                     Code.IDEMPOTENCY_CONFLICT,
                     "this Idempotency-Key was already used with a different request body",
                 )
+            self.stats["replays"] += 1
             if rid in work.new_redemptions:
                 # Started earlier in this very batch, not committed yet: the saga must not
                 # move before it is (a failed commit evicts it); answer after the commit.

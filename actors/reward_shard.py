@@ -11,7 +11,9 @@ from typing import Any
 
 import ray
 
+from actors import tracing
 from actors.group_commit import overload_options
+from actors.metrics import SYNC_INTERVAL_S, export_every
 from actors.placement import placement
 from actors.protocol import (
     AccountCommand,
@@ -19,6 +21,7 @@ from actors.protocol import (
     Wire,
     command_from_wire,
     outcome_to_wire,
+    request_id_of_wire,
 )
 from actors.reward_core import RewardCore
 from actors.routers import TopologyRouter
@@ -45,6 +48,7 @@ class RewardShard:
         self.index = index
         self._dsn = dsn
         self._accounts: ShardClient | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
         self.topology = TopologyRepo(dsn)
         self.ownership = Ownership(
             "reward", index, lambda: self.topology.owned("reward", index), slot_of
@@ -73,8 +77,18 @@ class RewardShard:
     async def submit_many(self, commands: list[Wire]) -> list[Wire]:
         """Many commands in one Ray call (the ingress batches them, in their wire form:
         actors/protocol.py); one outcome each, in order."""
-        outcomes = await asyncio.gather(*(self.core.submit(command_from_wire(c)) for c in commands))
+        if self._metrics_task is None:
+            self._metrics_task = asyncio.get_running_loop().create_task(
+                export_every(self.core.export_metrics, SYNC_INTERVAL_S)
+            )
+        outcomes = await asyncio.gather(*(self._submit(c) for c in commands))
         return [outcome_to_wire(outcome) for outcome in outcomes]
+
+    async def _submit(self, wire: Wire) -> Outcome:
+        # Each its own task (gather), so the request id set here stays with this command
+        # and the saga steps it starts (their tasks copy this context): actors/tracing.py.
+        tracing.REQUEST_ID.set(request_id_of_wire(wire))
+        return await self.core.submit(command_from_wire(wire))
 
     async def release(self, slots: list[int]) -> dict[str, int]:
         """A move hands these slots to another shard (actors/topology.py, step 2)."""

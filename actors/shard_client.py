@@ -43,6 +43,7 @@ from actors.protocol import (
 from actors.routers import Router, StaticRouter
 from actors.routing import slot_of
 from actors.topology import SlotMoved
+from actors.tracing import request_id
 from domain.errors import Code
 
 log = logging.getLogger("points.shard_client")
@@ -79,6 +80,8 @@ class _Pending:
     future: asyncio.Future[Outcome]
     deadline: float
     slot: int
+    # The request it serves (actors/tracing.py), handed to the shard with the command.
+    request_id: str = ""
 
 
 class _ShardLane:
@@ -125,7 +128,9 @@ class ShardClient:
         """Queue one command; the future gets its outcome (many at once cost no Task each)."""
         loop = asyncio.get_running_loop()
         slot = slot_of(command.program_id, getattr(command, self.route_field))
-        pending = _Pending(command, loop.create_future(), loop.time() + RETRY_BUDGET_S, slot)
+        pending = _Pending(
+            command, loop.create_future(), loop.time() + RETRY_BUDGET_S, slot, request_id()
+        )
         self._route(pending)
         return pending.future
 
@@ -169,7 +174,9 @@ class ShardClient:
         loop = asyncio.get_running_loop()
         try:
             results = await asyncio.wait_for(
-                lane.handle.submit_many.remote([command_to_wire(p.command) for p in batch]),
+                lane.handle.submit_many.remote(
+                    [command_to_wire(p.command, p.request_id) for p in batch]
+                ),
                 CALL_TIMEOUT_S,
             )
         except ACTOR_ERRORS as exc:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from actors import tracing
 from actors.account_ops import (
     CREATES_ACCOUNT,
     DRY_RUN,
@@ -49,6 +50,7 @@ from actors.account_ops import (
 )
 from actors.breaker import Breaker
 from actors.group_commit import QUEUED_MAX, RETRY_S, DatabaseUnreachable, GroupCommitter, answer
+from actors.metrics import ShardMetrics
 from actors.protocol import AccountCommand, Expire, Outcome, Retier
 from actors.routing import slot_of
 from actors.topology import EverythingOwned, Ownership, SlotMoved, moved_outcome
@@ -104,14 +106,19 @@ class ShardCore:
         queued_max: int = QUEUED_MAX,
         commit_retry_s: float = RETRY_S,
         breaker: Breaker | None = None,
+        metrics: ShardMetrics | None = None,
     ) -> None:
         """`ownership`: the slots this shard owns (actors/topology.py); without one it owns
         every slot unfenced, which only a test of one shard's logic may do. `queued_max`,
-        `commit_retry_s`, `breaker`: overload and outage handling (actors/group_commit.py)."""
+        `commit_retry_s`, `breaker`: overload and outage handling (actors/group_commit.py).
+        `metrics`: where commits are counted (actors/metrics.py; named after the shard)."""
         assert batch_max > 0 and batch_window_s >= 0
         self.repo = repo
         self.ownership = ownership or EverythingOwned("account", slot_of)
         self.ownership.on_lost = self._forget_slots
+        self.name = f"{self.ownership.kind}-{self.ownership.shard}"
+        self.metrics = metrics or ShardMetrics(self.name)
+        self._commit_seq = 0
         # Reads and pings come from other coroutines than the batch loop: own connection.
         self.reader = repo.reader()
         self._clock = clock
@@ -142,6 +149,7 @@ class ShardCore:
             "expiry_passes": 0,
             "expired_points": 0,
             "moved": 0,
+            "replays": 0,
         }
         # What the operation handlers read besides accounts (filled by the prefetch). Event
         # ids found recorded for another member are bounded like the key cache.
@@ -157,12 +165,14 @@ class ShardCore:
         """
         return await self.enqueue(command)
 
-    def enqueue(self, command: AccountCommand) -> asyncio.Future[Outcome]:
+    def enqueue(self, command: AccountCommand, request_id: str = "") -> asyncio.Future[Outcome]:
         """Queue one operation; its future gets the answer after commit. Many at once cost
-        no Task each (gather over futures), which matters for batches of 1,000 events."""
+        no Task each (gather over futures), which matters for batches of 1,000 events.
+        `request_id`: the request it serves, named in the commit's log line."""
         assert isinstance(command, AccountCommand), type(command)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         op = Op.of(command, future)
+        op.request_id = request_id or tracing.request_id()
         op.slot = self.ownership.slot_of(op.program_id, op.member_id)
         self._commits.add(op)
         return future
@@ -215,6 +225,15 @@ class ShardCore:
     def breaker(self) -> Breaker:
         """The circuit breaker around this shard's database (actors/breaker.py)."""
         return self._commits.breaker
+
+    def export_metrics(self) -> None:
+        """Gauges and counter growth to Ray's metrics (the actor calls it periodically)."""
+        self.metrics.sync(
+            self._commits.queued,
+            len(self._accounts),
+            self._commits.breaker.state.value,
+            {**self.stats, "shed": self._commits.shed},
+        )
 
     async def ping(self) -> dict[str, Any]:
         await self.reader.ping()
@@ -387,6 +406,7 @@ class ShardCore:
             return None
         finally:
             self.stats["commit_s"] += time.perf_counter() - committing_at
+        self.metrics.committed(len(batch), time.perf_counter() - committing_at)
         return work
 
     def _forget_slots(self, lost: set[int]) -> None:
@@ -412,6 +432,8 @@ class ShardCore:
             self._keys.put(ikey, stored)
         self.stats["batches"] += 1
         self.stats["ops"] += ops
+        self.metrics.ledger(txn for txn, _ in work.write.transactions)
+        self._log_commit(work, ops)
         for op, index in work.waiting:  # `answer` inlined: the hottest loop of a batch
             if not op.future.done():
                 op.future.set_result(work.results[index])
@@ -508,6 +530,7 @@ class ShardCore:
                 )
                 work.wait(op, conflict, op.request_hash)
             else:  # a replay of the first: same code and body
+                self.stats["replays"] += 1
                 work.wait(op, work.results[first].as_replay(), op.request_hash)
             return
 
@@ -558,7 +581,29 @@ class ShardCore:
             (ikey, StoredResponse(op.request_hash, result.code, result.body))
         )
 
+    def _log_commit(self, work: Work, ops: int) -> None:
+        """One line per group commit that wrote something: the requests it wrote, so a
+        request id found in the ingress's lines leads to the commit (actors/tracing.py)."""
+        if work.write.empty:
+            return
+        self._commit_seq += 1
+        log.info(
+            "%s committed batch %d: %d operations, %d transactions",
+            self.name,
+            self._commit_seq,
+            ops,
+            len(work.write.transactions),
+            extra={
+                "shard": self.name,
+                "batch": self._commit_seq,
+                "ops": ops,
+                "transactions": len(work.write.transactions),
+                "request_ids": sorted({op.request_id for op, _ in work.waiting if op.request_id}),
+            },
+        )
+
     def _answer_replay(self, op: Op, stored: StoredResponse) -> None:
+        self.stats["replays"] += 1
         try:
             original = replay(stored, op.request_hash)
         except PointsError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
+from actors.metrics import WebhookMetrics
 from domain.rewards import Redemption, redemption_view
 from domain.webhooks import SIGNATURE_HEADER, sign
 
@@ -40,6 +41,7 @@ class WebhookSender:
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
+        self.metrics = WebhookMetrics()
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -71,14 +73,18 @@ class WebhookSender:
                 response = await self._http().post(url, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"[:200]
+                self.metrics.attempt(False)
             else:
+                self.metrics.attempt(response.is_success)
                 if response.is_success:
                     return True, ""
                 last = f"HTTP {response.status_code}"
                 if response.is_client_error and response.status_code not in RETRYABLE_CLIENT_ERRORS:
+                    self.metrics.failed()
                     return False, f"webhook refused the fulfilment: {last}"
             if attempt + 1 < self._attempts:
                 await asyncio.sleep(self._backoff_s * 2**attempt)
+        self.metrics.failed()
         return False, f"webhook failed after {self._attempts} attempts: {last}"
 
     async def close(self) -> None:

@@ -20,6 +20,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from actors.routing import SLOTS
+from serve_app import scrape
 from serve_app.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -360,6 +361,9 @@ def up(
         if not stop.is_set():
             with console.status("deploying the Serve application…"):
                 base_url = runtime.deploy(settings, services.database_url, services.redis_url)
+            targets_file = scrape.targets_path(settings.data_dir)
+            targets = runtime.scrape_targets()
+            scrape.write_targets(targets_file, targets)
             print_banner(
                 console,
                 base_url,
@@ -367,10 +371,14 @@ def up(
                 services.redis_url,
                 runtime.admin_key_note(admin_key, key_source, settings.admin_key_file),
                 runtime.ray_address(),
+                (targets, targets_file),
             )
             # Until Ctrl-C / SIGTERM, or until the Ray cluster is gone (its head died):
-            # then stop cleanly, before Ray ends this process on its own.
-            cluster_gone = runtime.serve_until_stopped(stop)
+            # then stop cleanly, before Ray ends this process on its own. Meanwhile the
+            # scrape targets follow the nodes that join and leave.
+            cluster_gone = runtime.serve_until_stopped(
+                stop, on_answer=runtime.keep_targets(targets_file)
+            )
             if cluster_gone:
                 where = settings.ray_address or "the local head"
                 console.print(
@@ -422,6 +430,7 @@ def print_banner(
     redis_url: str,
     admin_key_note: str,
     ray_address: str | None = None,
+    scrape_targets: tuple[list[str], Path] | None = None,
 ) -> None:
     """What `points up` prints once the service answers: where everything is."""
     out.print(f"[bold green]Points is up[/] at {base_url}")
@@ -431,6 +440,11 @@ def print_banner(
     out.print(f"  Admin key:  {admin_key_note}")
     if ray_address:
         out.print(f"  Ray:        {ray_address} (add a node: ray start --address {ray_address})")
+    if scrape_targets is not None:
+        targets, path = scrape_targets
+        shown = ", ".join(f"http://{target}/metrics" for target in targets) or "none yet"
+        out.print(f"  Metrics:    {shown}")
+        out.print(f"              (Prometheus file discovery: {path}; deploy/prometheus/)")
     out.print("Press Ctrl-C to stop.")
 
 

@@ -20,6 +20,8 @@ import os
 import sys
 from datetime import UTC, datetime
 
+from actors import tracing
+
 LOG_FORMAT_ENV = "POINTS_LOG_FORMAT"
 FORMATS = ("text", "json")
 LOGGER = "points"
@@ -27,14 +29,13 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def request_id() -> str | None:
-    """The id of the Serve request being handled in this task, if any."""
-    try:
-        from ray.serve.context import _get_serve_request_context
+    """The id of the request being handled in this task, if any (actors/tracing.py)."""
+    return tracing.request_id() or None
 
-        found = _get_serve_request_context().request_id
-    except Exception:  # not in a replica, or Serve's context moved: no id
-        return None
-    return found or None
+
+# Fields a line may carry besides its message (`log.info(..., extra={...})`): a group
+# commit's line names its shard and the requests it wrote.
+EXTRA_FIELDS = ("shard", "batch", "ops", "transactions", "commit_ms", "request_ids")
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,6 +53,10 @@ class JsonFormatter(logging.Formatter):
         found = request_id()
         if found is not None:
             entry["request_id"] = found
+        for name in EXTRA_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                entry[name] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
@@ -61,7 +66,10 @@ class _RequestIdText(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         found = request_id()
-        return line if found is None else f"{line} [request {found}]"
+        if found is not None:
+            line = f"{line} [request {found}]"
+        ids = record.__dict__.get("request_ids")
+        return f"{line} [requests {' '.join(ids)}]" if ids else line
 
 
 def formatter(log_format: str) -> logging.Formatter:

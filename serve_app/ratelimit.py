@@ -53,6 +53,7 @@ single Redis (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -68,6 +69,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from actors.metrics import HttpMetrics
 from domain.errors import Code, PointsError
 
 log = logging.getLogger("points.ratelimit")
@@ -198,6 +200,15 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
+# `points_rate_limited_total`'s `limit` label per bucket (docs/metrics.md).
+LIMIT_LABELS = {BUCKET_KEY: "key", BUCKET_MEMBER: "member", BUCKET_ADDRESS: "auth"}
+
+
+@functools.cache
+def _limited() -> HttpMetrics:
+    return HttpMetrics()
+
+
 def refusal(decision: Decision) -> PointsError:
     """The 429 problem for a refused decision; the headers ride along as hints."""
     assert not decision.allowed
@@ -207,6 +218,7 @@ def refusal(decision: Decision) -> PointsError:
         BUCKET_ADDRESS: "failed authentications from this client address",
     }.get(decision.bucket, decision.bucket)
     retry_s = max(1, math.ceil(decision.retry_after_s))
+    _limited().rate_limited(LIMIT_LABELS.get(decision.bucket, decision.bucket))
     return PointsError(
         Code.RATE_LIMITED,
         f"rate limited: {what} is over its limit ({decision.bucket} bucket);"

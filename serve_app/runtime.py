@@ -22,7 +22,7 @@ from actors.routing import NAMESPACE, REWARD_SHARD_NAME_PREFIX, SHARD_NAME_PREFI
 from db.api_repo import admin_key_installed, ensure_admin_key
 from db.embedded import EmbeddedPostgres, EmbeddedRedis
 from db.engine import libpq_url, migrate
-from serve_app import listeners, logs
+from serve_app import listeners, logs, scrape
 from serve_app.auth import hash_key, key_prefix, new_key
 from serve_app.settings import Settings
 
@@ -153,6 +153,7 @@ def shard_config(settings: Settings) -> dict[str, Any]:
         "expiry_interval_s": settings.expiry_interval_s,
         "idempotency_retention_days": settings.idempotency_retention_days,
         "retention_interval_s": settings.retention_interval_s,
+        "ledger_check_interval_s": settings.ledger_check_interval_s,
         "shards": settings.shards,
         "event_stream": settings.event_stream,
         "ingress_queued_max": settings.ingress_queued_max,
@@ -247,8 +248,25 @@ def start_ray(settings: Settings) -> bool:
         include_dashboard=False,
         log_to_driver=False,
         runtime_env=job_env,
+        # Ray's metrics agent serves every worker's metrics here (docs/metrics.md).
+        _metrics_export_port=settings.metrics_port or free_port(),
     )
     return True
+
+
+def scrape_targets() -> list[str]:
+    """`host:port` of every live node's metrics agent (call only while the cluster
+    answers: ray.nodes() has no deadline)."""
+    return scrape.node_targets(ray.nodes())  # type: ignore[no-untyped-call]
+
+
+def keep_targets(path: Path) -> Callable[[], None]:
+    """What `serve_until_stopped` runs while the cluster answers: the discovery file."""
+
+    def refresh() -> None:
+        scrape.write_targets(path, scrape_targets())
+
+    return refresh
 
 
 def ray_address() -> str | None:
@@ -317,13 +335,21 @@ def serve_until_stopped(
     interval_s: float = CLUSTER_CHECK_INTERVAL_S,
     gone_after_s: float = CLUSTER_GONE_AFTER_S,
     clock: Callable[[], float] = time.monotonic,
+    on_answer: Callable[[], None] | None = None,
 ) -> bool:
     """Wait until `stop` is set (returns False) or the cluster has not answered for
-    `gone_after_s` (returns True: the cluster is gone)."""
+    `gone_after_s` (returns True: the cluster is gone). `on_answer` runs each time the
+    cluster answered (keeping the scrape targets current), never when it did not: a call
+    into a gone cluster could wait forever."""
     answered = clock()
     while not stop.wait(interval_s):
         if answers():
             answered = clock()
+            if on_answer is not None:
+                try:
+                    on_answer()
+                except Exception:
+                    log.exception("keeping the scrape targets current failed")
         elif clock() - answered >= gone_after_s:
             return True
     return False

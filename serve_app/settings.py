@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     )
     # How often the retention job runs (in the account shard owning slot 0).
     retention_interval_s: float = Field(default=RETENTION_INTERVAL_S_DEFAULT, gt=0, le=86_400)
+    # The local Ray head's metrics export port (Ray's metrics agent; docs/metrics.md);
+    # unset: a free one. A joined cluster's nodes have their own (`ray start
+    # --metrics-export-port`).
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    # How often the ledger checks (`points verify`'s invariants and hash chain) run inside
+    # the service, feeding points_ledger_check_failed (docs/metrics.md).
+    ledger_check_interval_s: float = Field(default=300.0, gt=0, le=86_400)
     # Redis stream of business events (consumed by the EventConsumer actor); "" = off.
     event_stream: str = Field(default="points:events", max_length=200)
     # Admin API key; unset: generated on first start, stored hashed, saved to data_dir.

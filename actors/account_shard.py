@@ -90,9 +90,13 @@ class AccountShard:
             self.retention.start()
             self.ledger_checks.start()
             self._metrics_task = asyncio.get_running_loop().create_task(
-                export_every(self.core.export_metrics, SYNC_INTERVAL_S)
+                export_every(self._export_metrics, SYNC_INTERVAL_S)
             )
             self._expiry_started = True
+
+    def _export_metrics(self) -> None:
+        self.core.export_metrics()
+        self.ledger_checks.export()
 
     async def submit(self, command: AccountCommand) -> Outcome:
         self._ensure_expiry()

@@ -240,11 +240,15 @@ class ShardMetrics:
         )
         for metric in (self._commits, *self._counters.values()):
             zero(metric, self._tags)
-        gauge(
+        self._started = gauge(
             "points_shard_start_time_seconds",
             "When this shard's actor (re)started, Unix time",
             shard_tag,
-        ).set(clock(), tags=self._tags)
+        )
+        self._started_at = clock()
+        self._started.set(self._started_at, tags=self._tags)
+        # Last stock of each reward: re-set by `sync` (Ray drops a gauge not set lately).
+        self._stocks: dict[tuple[str, str], int] = {}
 
     def committed(self, ops: int, seconds: float) -> None:
         """One group commit that committed: its size and its transaction's duration."""
@@ -269,10 +273,16 @@ class ShardMetrics:
             self._redemptions.inc(value, tags={"program": program, "status": status})
 
     def stock(self, program: str, reward: str, left: int) -> None:
+        self._stocks[(program, reward)] = left
         self._stock.set(left, tags={"program": program, "reward": reward})
 
     def sync(self, queued: int, cached: int, breaker: str, counters: Mapping[str, float]) -> None:
-        """Gauges now, and the growth of the cores' own counters since the last sync."""
+        """Gauges now, and the growth of the cores' own counters since the last sync.
+        Ray forgets a gauge that was not set for a while (its metric TTL), so the ones that
+        rarely change are set again here too."""
+        self._started.set(self._started_at, tags=self._tags)
+        for (program, reward), left in self._stocks.items():
+            self._stock.set(left, tags={"program": program, "reward": reward})
         self._queue.set(queued, tags=self._tags)
         self._cached.set(cached, tags=self._tags)
         self._breaker.set(BREAKER_STATES.get(breaker, 2), tags=self._tags)

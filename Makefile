@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PROMTOOL ?= promtool
 
-.PHONY: up test unit integration e2e cluster e2e-cov lint bench install clean
+.PHONY: up test promtool unit integration e2e cluster e2e-cov lint bench install clean
 
 # Coverage: lines of the four service packages (pyproject.toml [tool.coverage.run] source).
 # `make test` prints the unit + integration figure over all four packages (the table's TOTAL),
@@ -32,16 +33,30 @@ install: $(STAMP)
 up: $(STAMP)
 	$(BIN)/points up
 
-## Install, then run every test layer (unit, integration, e2e, cluster). Fails on the first
-## layer that fails or collects no test (pytest's exit 5), or on unit + integration coverage
+## Check the Prometheus config and rules, run their promtool unit tests, install, then run
+## every test layer (unit, integration, e2e, cluster). Fails on the first step that fails,
+## on a layer that collects no test (pytest's exit 5), or on unit + integration coverage
 ## under the floor (see COV_FLOOR above).
-test: $(STAMP)
+test: promtool $(STAMP)
 	$(BIN)/python -m pytest -q --cov --cov-report=term:skip-covered tests/unit tests/integration
 	@printf 'Coverage floor (unit + integration, less COV_FLOOR_OMIT; %s%% required): ' $(COV_FLOOR)
 	@$(BIN)/coverage report --format=total --precision=1 --fail-under=$(COV_FLOOR) \
 	  --omit='$(COV_FLOOR_OMIT)'
 	$(BIN)/python -m pytest -q tests/e2e
 	$(BIN)/python -m pytest -q -m cluster tests/cluster
+
+## The monitoring files (deploy/prometheus): the scrape config and the rules it loads are
+## valid, and every alert fires / stays quiet as its tests say (deploy/prometheus/tests).
+## Needs promtool (Debian: apt-get install --no-install-recommends prometheus; .ci/run
+## installs it), or PROMTOOL=/path/to/promtool.
+promtool:
+	@command -v $(PROMTOOL) >/dev/null 2>&1 || { \
+	  echo "make promtool: '$(PROMTOOL)' not found. Install Prometheus's promtool" \
+	    "(Debian/Ubuntu: apt-get install --no-install-recommends prometheus)" \
+	    "or run make with PROMTOOL=/path/to/promtool." >&2; exit 1; }
+	$(PROMTOOL) check config deploy/prometheus/prometheus.yml
+	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
+	$(PROMTOOL) test rules deploy/prometheus/tests/*.yml
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -61,6 +61,18 @@ FLOWS = {
     "hold": "held",
     "release": "released",
 }
+# `points_redemptions_total`'s statuses (domain/rewards.py SagaState).
+REDEMPTION_STATUSES = (
+    "started",
+    "stock_reserved",
+    "pending_review",
+    "points_debited",
+    "pending_fulfillment",
+    "completed",
+    "compensating",
+    "failed",
+    "cancelled",
+)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 # Core counters exported as `points_shard_<name>_total` deltas.
 SHARD_COUNTERS = ("commit_failures", "fenced", "shed", "replays")
@@ -249,6 +261,7 @@ class ShardMetrics:
         self._started.set(self._started_at, tags=self._tags)
         # Last stock of each reward: re-set by `sync` (Ray drops a gauge not set lately).
         self._stocks: dict[tuple[str, str], int] = {}
+        self._programs: set[str] = set()
 
     def committed(self, ops: int, seconds: float) -> None:
         """One group commit that committed: its size and its transaction's duration."""
@@ -259,15 +272,30 @@ class ShardMetrics:
     def ledger(self, transactions: Iterable[Any]) -> None:
         """Committed ledger transactions: points by flow and counts by kind, per program."""
         points, count = flows(transactions)
+        for program, _ in count:
+            self._first_seen(program)
         for (program, flow), value in points.items():
             self._points.inc(value, tags={"program": program, "flow": flow})
         for (program, kind), value in count.items():
             self._transactions.inc(value, tags={"program": program, "kind": kind})
 
+    def _first_seen(self, program: str) -> None:
+        """A program's flows, kinds and redemption statuses, at 0 from its first commit in
+        this shard on (see `zero`)."""
+        if program in self._programs:
+            return
+        self._programs.add(program)
+        for kind, flow in FLOWS.items():
+            zero(self._points, {"program": program, "flow": flow})
+            zero(self._transactions, {"program": program, "kind": kind})
+        for status in REDEMPTION_STATUSES:
+            zero(self._redemptions, {"program": program, "status": status})
+
     def redemptions(self, statuses: Iterable[tuple[str, str]]) -> None:
         """Redemptions (program, status) committed in a new status."""
         found: dict[tuple[str, str], int] = defaultdict(int)
         for key in statuses:
+            self._first_seen(key[0])
             found[key] += 1
         for (program, status), value in found.items():
             self._redemptions.inc(value, tags={"program": program, "status": status})

@@ -53,6 +53,7 @@ from actors.protocol import AccountCommand, Expire, Outcome, Retier
 from actors.routing import slot_of
 from actors.topology import EverythingOwned, Ownership, SlotMoved, moved_outcome
 from db.errors import unreachable
+from db.ledger_chain import chain_of
 from db.ledger_repo import (
     AccountKey,
     EventsTaken,
@@ -112,6 +113,8 @@ class ShardCore:
         self.repo = repo
         self.ownership = ownership or EverythingOwned("account", slot_of)
         self.ownership.on_lost = self._forget_slots
+        # Every batch's transactions are linked into this shard's own hash chain.
+        self._chain = chain_of(self.ownership.kind, self.ownership.shard)
         # Reads and pings come from other coroutines than the batch loop: own connection.
         self.reader = repo.reader()
         self._clock = clock
@@ -359,6 +362,7 @@ class ShardCore:
         applied_at = time.perf_counter()
         now = self._commits.now()
         work = Work()
+        work.write.chain = self._chain
         # Check and change with no await in between: this loop is the serialization point.
         for op in batch:
             self._apply(op, work, now, pinned)

@@ -55,6 +55,7 @@ from actors.protocol import AccountCommand, Expire, Outcome, Retier
 from actors.routing import slot_of
 from actors.topology import EverythingOwned, Ownership, SlotMoved, moved_outcome
 from db.errors import unreachable
+from db.ledger_chain import chain_of
 from db.ledger_repo import (
     AccountKey,
     EventsTaken,
@@ -119,6 +120,8 @@ class ShardCore:
         self.name = f"{self.ownership.kind}-{self.ownership.shard}"
         self.metrics = metrics or ShardMetrics(self.name)
         self._commit_seq = 0
+        # Every batch's transactions are linked into this shard's own hash chain.
+        self._chain = chain_of(self.ownership.kind, self.ownership.shard)
         # Reads and pings come from other coroutines than the batch loop: own connection.
         self.reader = repo.reader()
         self._clock = clock
@@ -378,6 +381,7 @@ class ShardCore:
         applied_at = time.perf_counter()
         now = self._commits.now()
         work = Work()
+        work.write.chain = self._chain
         # Check and change with no await in between: this loop is the serialization point.
         for op in batch:
             self._apply(op, work, now, pinned)

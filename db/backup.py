@@ -2,11 +2,17 @@
 proves itself.
 
 `backup` opens a REPEATABLE READ transaction, exports its snapshot, computes the manifest
-in it (schema revision, per-program sums of every ledger account, row counts) and runs
+in it (schema revision, per-program sums of every ledger account, row counts, the head of
+every hash chain: db/ledger_chain.py) and runs
 `pg_dump --snapshot` on that very snapshot: the dump and its manifest describe the same
 instant, however much traffic runs meanwhile. `restore` refuses a database that is not
 empty, runs `pg_restore`, computes the manifest again in the restored database and runs
-every ledger invariant (db/verify_repo.py); any difference fails loudly.
+every ledger invariant (db/verify_repo.py), the hash chain's included, with the manifest's
+chain heads as anchors; any difference fails loudly.
+
+The chain heads are the manifest's anchor: kept apart from the database (with the backup),
+they catch a chain that someone rewrote consistently after the backup (`points verify
+--manifest`), which the chain alone cannot.
 
 pg_dump and pg_restore come from the embedded PostgreSQL's installation (pgserver), else
 from PATH.
@@ -25,11 +31,13 @@ from typing import Any
 
 import psycopg
 
-from db.verify_repo import Result, run_checks
+from db.verify_repo import ChainHeads, Result, chain_heads, has_chain, run_checks
 
 DUMP_FILE = "points.dump"
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+# 2: ledger_chain_heads (absent from version 1 manifests, and from a schema before 0008).
+MANIFEST_VERSION = 2
+CHAIN_HEADS_KEY = "ledger_chain_heads"
 # The ledger's tables: their row counts are in the manifest.
 COUNTED_TABLES = ("transactions", "ledger_entries", "accounts", "lots", "redemptions")
 
@@ -67,11 +75,29 @@ def _state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
         for table in COUNTED_TABLES
     }
-    return {
+    state: dict[str, Any] = {
         "schema_revision": None if revision is None else revision[0],
         "ledger": ledger,
         "rows": counts,
     }
+    if has_chain(conn):
+        state[CHAIN_HEADS_KEY] = chain_heads(conn)
+    return state
+
+
+def manifest_anchors(manifest: dict[str, Any]) -> ChainHeads | None:
+    """The chain heads a manifest anchors (None: a manifest from before the chain)."""
+    heads: ChainHeads | None = manifest.get(CHAIN_HEADS_KEY)
+    return heads
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of the backup in `directory` (a directory, or its manifest file)."""
+    path = directory if directory.is_file() else directory / MANIFEST_FILE
+    if not path.exists():
+        raise BackupError(f"no {MANIFEST_FILE} in {directory}")
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -140,10 +166,7 @@ def restore(directory: Path, dsn: str) -> Restored:
     """Restore the backup in `directory` into the empty database `dsn`, then prove it: the
     dump's checksum, the manifest computed again, every ledger invariant. Raises
     BackupError on any difference."""
-    manifest_path = directory / MANIFEST_FILE
-    if not manifest_path.exists():
-        raise BackupError(f"no {MANIFEST_FILE} in {directory}")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(directory)
     dump = directory / manifest["dump"]["file"]
     if _sha256(dump) != manifest["dump"]["sha256"]:
         raise BackupError(f"{dump} does not match the manifest's checksum")
@@ -170,11 +193,14 @@ def restore(directory: Path, dsn: str) -> Restored:
         raise BackupError(f"pg_restore failed: {done.stderr.strip()}")
     with psycopg.connect(dsn) as conn:
         state = _state(conn)
-    expected = {key: manifest[key] for key in state}
-    if state != expected:
-        differing = sorted(key for key in state if state[key] != expected[key])
+    expected = {key: manifest[key] for key in state if key != CHAIN_HEADS_KEY}
+    if CHAIN_HEADS_KEY in manifest:  # a version 1 manifest has none to compare
+        expected[CHAIN_HEADS_KEY] = manifest[CHAIN_HEADS_KEY]
+    found = {key: state.get(key) for key in expected}
+    if found != expected:
+        differing = sorted(key for key in expected if found[key] != expected[key])
         raise BackupError(f"the restored database differs from the manifest: {differing}")
-    checks = run_checks(dsn)
+    checks = run_checks(dsn, manifest_anchors(manifest))
     failed = [check.name for check in checks if check.violations]
     if failed:
         raise BackupError(f"ledger invariants violated after restore: {failed}")

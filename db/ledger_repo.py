@@ -22,6 +22,7 @@ from typing import Any
 from psycopg.rows import class_row, dict_row
 
 from db.errors import EventKey, EventsTaken, FencedError, IdemKey, KeysExist
+from db.ledger_chain import APPEND_LINK
 from db.shard_connection import (
     Claim,
     Conn,
@@ -79,6 +80,9 @@ class BatchWrite:
     decided_reviews: list[Review] = field(default_factory=list)
     # The slots (at their epochs) the shard must still own for this batch to commit.
     fence: SlotFence | None = None
+    # The hash chain the batch's transactions are linked into (db/ledger_chain.py:
+    # chain_of); required when the batch writes transactions.
+    chain: str = ""
 
     @property
     def empty(self) -> bool:
@@ -572,6 +576,26 @@ async def _insert_ledger_entries(conn: Conn, batch: BatchWrite, now: datetime) -
     )
 
 
+def _chain_link(batch: BatchWrite) -> list[str]:
+    """The chain that gets one link: only a batch with transactions appends one."""
+    if not batch.transactions:
+        return []
+    assert batch.chain, "a batch that writes transactions names its chain"
+    return [batch.chain]
+
+
+async def _append_chain_link(conn: Conn, batch: BatchWrite, now: datetime) -> Cursor:
+    # After the transactions and their entries: the link hashes them as written.
+    return await conn.execute(
+        APPEND_LINK,
+        {
+            "chain": batch.chain,
+            "txn_ids": sorted(txn.txn_id for txn, _ in batch.transactions),
+            "at": now,
+        },
+    )
+
+
 # ----------------------------------------------------------------- lots
 
 
@@ -795,6 +819,9 @@ LEDGER_WRITERS: tuple[TableWriter[BatchWrite], ...] = (
     ),
     TableWriter(lambda b: b.transactions, _insert_transactions),
     TableWriter(lambda b: b.transactions, _insert_ledger_entries),
+    TableWriter(
+        _chain_link, _append_chain_link, fence="a transaction of this batch is missing its link"
+    ),
     TableWriter(_new_lots, _insert_lots),
     TableWriter(
         lambda b: b.lot_deltas, _update_lot_deltas, fence="a lot this shard debited is missing"

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -164,6 +165,22 @@ ledger_entries = Table(
     ),
     Index("ledger_entries_txn", "txn_id"),
     Index("ledger_entries_member", "program_id", "member_id"),
+)
+
+# The tamper-evident ledger (db/ledger_chain.py): one link per group commit that wrote
+# transactions, per shard chain; append-only like the ledger it links.
+ledger_chain = Table(
+    "ledger_chain",
+    metadata,
+    Column("chain", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("prev_hash", LargeBinary),
+    Column("hash", LargeBinary, nullable=False),
+    Column("txn_ids", ARRAY(Uuid), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("seq > 0", name="ledger_chain_seq_positive"),
+    CheckConstraint("(seq = 1) = (prev_hash IS NULL)", name="ledger_chain_first_link"),
+    CheckConstraint("cardinality(txn_ids) > 0", name="ledger_chain_links_txns"),
 )
 
 lots = Table(

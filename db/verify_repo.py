@@ -1,6 +1,9 @@
-"""Invariant checks run directly on PostgreSQL (used by `python -m loadtests.verify`).
+"""Invariant checks run directly on PostgreSQL (used by `points verify` and
+`python -m loadtests.verify`).
 
-Each check is one query returning the violating rows (empty = the invariant holds).
+Each check is one query returning the violating rows (empty = the invariant holds), except
+the hash chain's (db/ledger_chain.py): it walks every chain in batches of links, recomputing
+each link from the rows it links, and reports the first broken link of each chain.
 """
 
 from __future__ import annotations
@@ -10,9 +13,24 @@ from typing import Any
 
 import psycopg
 
+from db.ledger_chain import (
+    CHAIN_HEADS,
+    MISSING_TXNS,
+    UNLINKED_TXNS,
+    WALK_LINKS,
+    broken_link_reason,
+)
 from domain.limits import IDEMPOTENCY_RETENTION_DAYS_MIN
 
 EXAMPLES_MAX = 5
+# Links recomputed per statement of the chain walk (a genesis link holds up to
+# GENESIS_LINK_TXNS_MAX transactions, a shard's link one group commit's).
+CHAIN_WALK_LINKS = 500
+CHAIN_LINKED = "every transaction is linked into the hash chain exactly once"
+CHAIN_SOUND = "every hash chain recomputes from the rows it links"
+CHAIN_ANCHORED = "the chain heads anchored in the backup manifest are still in their chains"
+# A backup manifest's anchors: chain -> {"seq": int, "hash": hex}.
+ChainHeads = dict[str, dict[str, Any]]
 # Idempotency records surely kept, whatever the retention (see the checks that use it).
 _KEYS_KEPT = f"interval '{IDEMPOTENCY_RETENTION_DAYS_MIN - 1} days'"
 
@@ -287,8 +305,9 @@ class Result:
     examples: list[tuple[Any, ...]]
 
 
-def run_checks(dsn: str) -> list[Result]:
-    """All checks in one REPEATABLE READ snapshot, so concurrent traffic cannot fake a gap."""
+def run_checks(dsn: str, anchors: ChainHeads | None = None) -> list[Result]:
+    """All checks in one REPEATABLE READ snapshot, so concurrent traffic cannot fake a gap.
+    `anchors`: chain heads recorded elsewhere (a backup manifest) that must still be there."""
     results = []
     with psycopg.connect(dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -296,4 +315,87 @@ def run_checks(dsn: str) -> list[Result]:
             for check in CHECKS:
                 rows = conn.execute(check.sql).fetchall()
                 results.append(Result(check.name, len(rows), rows[:EXAMPLES_MAX]))
+            if has_chain(conn):  # a schema before 0008 has none to check
+                rows = conn.execute(UNLINKED_TXNS).fetchall()
+                results.append(Result(CHAIN_LINKED, len(rows), rows[:EXAMPLES_MAX]))
+                results.append(_walk_chains(conn))
+                if anchors is not None:
+                    results.append(_check_anchors(conn, anchors))
     return results
+
+
+def has_chain(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('ledger_chain') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def chain_heads(conn: psycopg.Connection[Any]) -> ChainHeads:
+    """The last link of every chain, as a manifest anchors it."""
+    return {
+        chain: {"seq": int(seq), "hash": bytes(digest).hex()}
+        for chain, seq, digest in conn.execute(CHAIN_HEADS).fetchall()
+    }
+
+
+def _walk_chains(conn: psycopg.Connection[Any]) -> Result:
+    """Every link of every chain, in seq order, recomputed; the first broken link of each
+    chain is an example, every broken link a violation."""
+    broken = 0
+    examples: list[tuple[Any, ...]] = []
+    chains = [row[0] for row in conn.execute("SELECT DISTINCT chain FROM ledger_chain")]
+    for chain in sorted(chains):
+        after, prev, first = 0, None, None
+        while True:
+            rows = conn.execute(
+                WALK_LINKS,
+                {"chain": chain, "after": after, "prev": prev, "links": CHAIN_WALK_LINKS},
+            ).fetchall()
+            for seq, created_at, digest, gap, unlinked, missing, altered in rows:
+                reason = broken_link_reason(
+                    gap=gap, unlinked=unlinked, missing=missing, altered=altered
+                )
+                if reason:
+                    broken += 1
+                    if first is None:
+                        first = (
+                            chain,
+                            seq,
+                            created_at,
+                            reason,
+                            _culprits(conn, chain, seq, missing),
+                        )
+                after, prev = seq, digest
+            if len(rows) < CHAIN_WALK_LINKS:
+                break
+        if first is not None and len(examples) < EXAMPLES_MAX:
+            examples.append(first)
+    return Result(CHAIN_SOUND, broken, examples)
+
+
+def _culprits(conn: psycopg.Connection[Any], chain: str, seq: int, missing: bool) -> str:
+    """Which transactions of a broken link differ, where that is cheap to know: the missing
+    ones; else the link's transactions (a changed row does not say which it was)."""
+    if missing:
+        ids = [row[0] for row in conn.execute(MISSING_TXNS, {"chain": chain, "seq": seq})]
+        return "missing: " + ", ".join(str(txn) for txn in ids[:EXAMPLES_MAX])
+    row = conn.execute(
+        "SELECT txn_ids FROM ledger_chain WHERE chain = %s AND seq = %s", (chain, seq)
+    ).fetchone()
+    ids = row[0] if row else []
+    if len(ids) > EXAMPLES_MAX:
+        return f"one of its {len(ids)} transactions"
+    return "one of: " + ", ".join(str(txn) for txn in ids)
+
+
+def _check_anchors(conn: psycopg.Connection[Any], anchors: ChainHeads) -> Result:
+    """Each anchored head must still be its chain's link at that seq, with that hash: a
+    chain rewritten consistently after the anchor was taken fails here."""
+    examples = []
+    for chain, head in sorted(anchors.items()):
+        row = conn.execute(
+            "SELECT hash FROM ledger_chain WHERE chain = %s AND seq = %s", (chain, head["seq"])
+        ).fetchone()
+        found = None if row is None else bytes(row[0]).hex()
+        if found != head["hash"]:
+            examples.append((chain, head["seq"], head["hash"], found))
+    return Result(CHAIN_ANCHORED, len(examples), examples[:EXAMPLES_MAX])

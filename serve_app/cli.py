@@ -566,15 +566,35 @@ def restore(
 def verify(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="A backup (or its manifest.json): its anchored hash chain heads must still"
+            " be in the chains.",
+        ),
+    ] = None,
 ) -> None:
     """Check every ledger invariant in PostgreSQL, in one snapshot (safe while the service
     runs): balances equal their lots and their ledger entries, every transaction balances,
-    lifetime totals, stock, holds, no idempotency key applied twice. Exits 1 on any
+    lifetime totals, stock, holds, no idempotency key applied twice, and the hash chain
+    recomputed from the rows (the first broken link of each chain is shown). Exits 1 on any
     violation, listing examples."""
+    from db.backup import BackupError, manifest_anchors, read_manifest
     from db.verify_repo import run_checks
 
+    anchors = None
+    if manifest is not None:
+        try:
+            anchors = manifest_anchors(read_manifest(manifest))
+        except (BackupError, ValueError) as exc:
+            console.print(f"[red]cannot read the manifest[/]: {escape(str(exc))}")
+            raise typer.Exit(1) from exc
+        if anchors is None:
+            console.print("[red]the manifest anchors no hash chain[/] (taken before 0008)")
+            raise typer.Exit(1)
     with _database(data_dir, database_url) as url, console.status("checking the ledger…"):
-        results = run_checks(url)
+        results = run_checks(url, anchors)
     table = Table("check", "violations", "examples")
     for result in results:
         examples = "\n".join(escape(str(example)) for example in result.examples)

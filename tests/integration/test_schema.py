@@ -101,6 +101,8 @@ def test_the_ledger_tables_are_append_only_after_migrating(migrated_url: str) ->
     assert catalog(migrated_url, TRIGGERS) == [
         ("audit_log", "audit_log_append_only"),
         ("audit_log", "audit_log_no_truncate"),
+        ("ledger_chain", "ledger_chain_append_only"),
+        ("ledger_chain", "ledger_chain_no_truncate"),
         ("ledger_entries", "ledger_entries_append_only"),
         ("ledger_entries", "ledger_entries_no_truncate"),
         ("transactions", "transactions_append_only"),

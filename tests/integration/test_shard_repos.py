@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from db.errors import FencedError
+from db.ledger_chain import chain_of
 from db.ledger_repo import BatchWrite, LedgerRepo
 from db.ledger_repo import FencedError as LedgerFencedError
 from db.reward_repo import FencedError as RewardFencedError
@@ -47,7 +48,7 @@ def test_the_reward_repository_is_not_a_ledger_repository() -> None:
 
 def credited(program: str, member: str, points: int) -> BatchWrite:
     account = new_account(program, member)
-    batch = BatchWrite()
+    batch = BatchWrite(chain=chain_of("account", 0))
     batch.transactions.append(
         (credit(account, points, "seed", NOW, uuid.uuid4(), uuid.uuid4()), None)
     )

@@ -12,7 +12,7 @@ from actors.protocol import AccountCommand
 from actors.shard_core import ShardCore
 from db.engine import libpq_url, migrate
 from db.ledger_repo import LedgerRepo
-from db.verify_repo import run_checks
+from db.verify_repo import CHAIN_SOUND, run_checks
 from domain.errors import Code
 from loadtests.verify import main as verify_main
 from tests.conftest import temporary_database
@@ -265,8 +265,9 @@ def test_a_refund_of_another_members_debit_is_reported(rewards: Rewards) -> None
             (rewards.m1_debit, f"saga {rewards.cancelled} refund"),
         )
         conn.execute("ALTER TABLE transactions ENABLE TRIGGER USER")
-    # The refund no longer refers to its redemption's debit either.
-    assert failed_checks(rewards.url) == {REFUND_REFERS, RECORDED}
+    # The refund no longer refers to its redemption's debit either, and the row no longer
+    # hashes to its link in the chain.
+    assert failed_checks(rewards.url) == {REFUND_REFERS, RECORDED, CHAIN_SOUND}
 
 
 def test_a_redemption_recording_another_members_debit_is_reported(rewards: Rewards) -> None:

@@ -33,6 +33,8 @@ from domain.limits import IDEMPOTENCY_RETENTION_DAYS_DEFAULT, RETENTION_INTERVAL
 EXPIRY_INTERVAL_S = 60.0
 # A hand-off waits this long for the batch in flight; past it the epoch fence decides.
 RELEASE_SETTLE_S = 10.0
+# The ledger checks seal chains whose rows have been pending this long (their shard is gone).
+STALE_PENDING_S = 30.0
 
 
 # Ray's typed overloads of ray.remote(**options) list task options only, not the actor
@@ -70,7 +72,8 @@ class AccountShard:
             float(config.get("retention_interval_s", RETENTION_INTERVAL_S_DEFAULT)),
         )
         self.ledger_checks = LedgerCheckJob(
-            functools.partial(run_checks, dsn),
+            # Seals only what a gone shard left pending: live shards seal their own.
+            functools.partial(run_checks, dsn, seal_older_than_s=STALE_PENDING_S),
             self._owns_retention_slot,
             float(config.get("ledger_check_interval_s", LEDGER_CHECK_INTERVAL_S_DEFAULT)),
         )
@@ -89,6 +92,7 @@ class AccountShard:
             self.core.start_expiry(self._owns, self.expiry_interval_s)
             self.retention.start()
             self.ledger_checks.start()
+            self.core.start_sealer()
             self._metrics_task = asyncio.get_running_loop().create_task(
                 export_every(self._export_metrics, SYNC_INTERVAL_S)
             )

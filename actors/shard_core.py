@@ -55,7 +55,7 @@ from actors.protocol import AccountCommand, Expire, Outcome, Retier
 from actors.routing import slot_of
 from actors.topology import EverythingOwned, Ownership, SlotMoved, moved_outcome
 from db.errors import unreachable
-from db.ledger_chain import chain_of
+from db.ledger_chain import SEAL_INTERVAL_S, chain_of
 from db.ledger_repo import (
     AccountKey,
     EventsTaken,
@@ -86,6 +86,8 @@ TIER_ACCOUNTS_PER_PASS = 2000
 PROGRAM_CONFIG_TTL_S = 2.0
 # The expiry job: how many accounts one pass looks at.
 EXPIRY_ACCOUNTS_PER_PASS = 500
+# A closing shard seals what is pending for at most this long.
+SEAL_ON_CLOSE_S = 2.0
 
 
 def utcnow() -> datetime:
@@ -122,6 +124,10 @@ class ShardCore:
         self._commit_seq = 0
         # Every batch's transactions are linked into this shard's own hash chain.
         self._chain = chain_of(self.ownership.kind, self.ownership.shard)
+        self._sealer = repo.sealer()
+        self._sealer_task: asyncio.Task[None] | None = None
+        # Something may be pending (at start: whatever a previous life left).
+        self._unsealed = True
         # Reads and pings come from other coroutines than the batch loop: own connection.
         self.reader = repo.reader()
         self._clock = clock
@@ -317,9 +323,40 @@ class ShardCore:
     async def close(self) -> None:
         if self._expiry_task is not None:
             self._expiry_task.cancel()
+        if self._sealer_task is not None:
+            self._sealer_task.cancel()
         self._commits.close()
+        with contextlib.suppress(Exception):  # what is pending is sealed by whoever is next
+            await asyncio.wait_for(self.seal_chain(), SEAL_ON_CLOSE_S)
         await self.repo.close()
         await self.reader.close()
+        await self._sealer.close()
+
+    # ----------------------------------------------------------------- hash chain
+
+    def start_sealer(self, interval_s: float = SEAL_INTERVAL_S) -> None:
+        """Every `interval_s`, seal what this shard's commits left pending into a link of
+        its chain (db/ledger_chain.py), beside the batch loop, on its own connection. The
+        first pass seals what a previous life of this shard left (a crash)."""
+        assert interval_s > 0
+        if self._sealer_task is None or self._sealer_task.done():
+            self._sealer_task = asyncio.get_running_loop().create_task(self._seal_loop(interval_s))
+
+    async def seal_chain(self) -> int:
+        """Seal what is pending now; the transactions linked."""
+        return await self._sealer.seal_chain(self._chain, self._commits.now())
+
+    async def _seal_loop(self, interval_s: float) -> None:
+        while True:
+            if self._unsealed:
+                self._unsealed = False
+                try:
+                    await self.seal_chain()
+                except Exception as exc:  # the database away: next time
+                    self._unsealed = True
+                    await self._sealer.reset()
+                    log.warning("sealing the hash chain failed, retrying: %r", exc)
+            await asyncio.sleep(interval_s)
 
     # ----------------------------------------------------------------- batch loop
 
@@ -437,6 +474,8 @@ class ShardCore:
         self.stats["batches"] += 1
         self.stats["ops"] += ops
         self.metrics.ledger(txn for txn, _ in work.write.transactions)
+        if work.write.transactions:
+            self._unsealed = True
         self._log_commit(work, ops)
         for op, index in work.waiting:  # `answer` inlined: the hottest loop of a batch
             if not op.future.done():

@@ -1,8 +1,10 @@
 """The tamper-evident ledger: every committed transaction is linked into a hash chain.
 
-The contract: each group commit of an account shard that writes transactions appends one
-link to its shard's chain (`account-<n>`) in the same database transaction: `seq` is the
-chain's previous seq + 1, `prev_hash` that link's hash, and
+The contract: each group commit of an account shard that writes transactions records their
+ids as *pending* for its shard's chain (`account-<n>`), in the same database transaction
+(one small row of `ledger_chain_pending`); moments later (every SEAL_INTERVAL_S) the shard
+*seals* what is pending into one link: `seq` is the chain's previous seq + 1, `prev_hash`
+that link's hash, and
 
     hash = sha256(prev_hash || utf8(body))
 
@@ -11,8 +13,17 @@ every immutable column of its `transactions` row and its ledger entries (ordered
 entry_id). Transactions written before the chain existed (a database upgraded from 0007) are
 linked by migration 0008 into the chain `genesis`, in chunks.
 
-Why one link per batch and one chain per shard: a link costs one statement in the batch's
-pipeline (no extra round trip), and shards never wait on each other's chain. Why SQL and not
+Why pending, then sealed: computing a link reads back every transaction and entry it links
+and renders them (about 10 µs each in PostgreSQL), and a shard commits one batch at a time,
+so inside the commit it lengthened every group commit by ~15% and cost ~11% of spread-debit
+throughput (loadtests/ops_bench.py). Recording the ids costs one tiny row; the sealing runs
+beside the batch loop, on its own connection, and links many batches at once. What is
+pending is not yet tamper-evident: under a second in normal operation, and a shard that
+crashed seals its leftovers when it starts again; `points verify` (and `points restore`)
+seal whatever is pending before checking, and the ledger checks' owner seals pending rows
+of chains whose shard is gone. Why one chain per shard: shards never wait on each other's
+chain; two sealers of one chain (a stale owner) are serialized by a row lock on the
+pending rows and by the link's primary key. Why SQL and not
 Python: the writer, the migration's backfill and the verifier all compute a link with the
 SQL below (`LINK_BODY`, `link_hash`), so they cannot drift apart. The body is the text of
 json_build_array: one rendering per value (strings escaped, `allocations` in jsonb's own
@@ -29,6 +40,10 @@ elsewhere (a backup manifest's `ledger_chain_heads`) catch that.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
+from typing import Any
+
+import psycopg
 
 # The chain of transactions written before 0008 (linked by the migration).
 GENESIS_CHAIN = "genesis"
@@ -107,6 +122,93 @@ APPEND_LINK = f"""
     WHERE b.txns = cardinality(ids.a)
     """
 
+# How often a shard seals what its commits left pending, and pending rows per link at most.
+SEAL_INTERVAL_S = 0.2
+SEAL_PENDING_ROWS_MAX = 200
+
+# A group commit's transactions, pending for chain %(chain)s.
+ADD_PENDING = """
+    INSERT INTO ledger_chain_pending (chain, txn_ids, created_at)
+    VALUES (%(chain)s, %(txn_ids)s, %(at)s)
+    """
+
+# What chain %(chain)s has pending, oldest first, locked for this sealer (NOWAIT: another
+# sealer of the chain is at it; try again next time).
+TAKE_PENDING = """
+    SELECT id, txn_ids FROM ledger_chain_pending WHERE chain = %(chain)s
+    ORDER BY id LIMIT %(rows)s FOR UPDATE NOWAIT
+    """
+
+DROP_PENDING = "DELETE FROM ledger_chain_pending WHERE id = ANY(%(ids)s)"
+
+# Chains with rows pending since before %(before)s (a shard gone: scaled down, crashed).
+STALE_PENDING_CHAINS = """
+    SELECT DISTINCT chain FROM ledger_chain_pending WHERE created_at < %(before)s ORDER BY chain
+    """
+
+
+def sealed_ids(pending: list[tuple[int, list[Any]]]) -> tuple[list[int], list[Any]]:
+    """The pending rows' ids, and the transactions they hold, sorted (one link's)."""
+    ids = [row_id for row_id, _ in pending]
+    txns = sorted({txn for _, txn_ids in pending for txn in txn_ids})
+    return ids, txns
+
+
+def seal_pending(conn: psycopg.Connection[Any], chain: str, at: datetime) -> int:
+    """Seal what chain `chain` has pending into links (a transaction per link, on `conn`,
+    a non-autocommit connection): returns the transactions linked. Another sealer at it
+    (the lock) or a link written first by another (the key) ends this one quietly."""
+    linked = 0
+    while True:
+        try:
+            with conn.transaction():
+                pending = conn.execute(
+                    TAKE_PENDING, {"chain": chain, "rows": SEAL_PENDING_ROWS_MAX}
+                ).fetchall()
+                if not pending:
+                    return linked
+                ids, txns = sealed_ids([(row[0], row[1]) for row in pending])
+                cur = conn.execute(APPEND_LINK, {"chain": chain, "txn_ids": txns, "at": at})
+                if cur.rowcount != 1:
+                    raise ChainError(f"{chain}: pending transactions are missing: {ids}")
+                conn.execute(DROP_PENDING, {"ids": ids})
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.UniqueViolation):
+            return linked
+        linked += len(txns)
+
+
+def seal_all(dsn: str, before: datetime | None = None) -> int:
+    """Seal every chain's pending rows (those older than `before`, if given): what
+    `points verify` and `points restore` do first, and what the ledger checks' owner does
+    for shards that are gone. Returns the transactions linked."""
+    with psycopg.connect(dsn) as conn:
+        if conn.execute("SELECT to_regclass('ledger_chain_pending') IS NULL").fetchone() == (True,):
+            return 0
+        now = conn.execute("SELECT now()").fetchone()
+        assert now is not None
+        conn.commit()
+        query = (
+            STALE_PENDING_CHAINS
+            if before is not None
+            else ("SELECT DISTINCT chain FROM ledger_chain_pending ORDER BY chain")
+        )
+        chains = [row[0] for row in conn.execute(query, {"before": before}).fetchall()]
+        conn.commit()
+        return sum(seal_pending(conn, chain, now[0]) for chain in chains)
+
+
+# Pending rows that should have been sealed long ago (a sealer that keeps failing: their
+# transactions are gone, say).
+STUCK_PENDING = """
+    SELECT chain, id, created_at, cardinality(txn_ids) AS txns FROM ledger_chain_pending
+    WHERE created_at < now() - interval '60 seconds' ORDER BY id
+    """
+
+
+class ChainError(Exception):
+    """Pending transactions that cannot be linked (their rows are gone)."""
+
+
 # The last link of every chain: what a backup manifest anchors.
 CHAIN_HEADS = """
     SELECT DISTINCT ON (chain) chain, seq, hash FROM ledger_chain ORDER BY chain, seq DESC
@@ -137,11 +239,13 @@ MISSING_TXNS = """
     """
 
 # Transactions in no link (inserted behind the service's back, or their link deleted) or
-# in more than one.
+# in more than one; pending counts as a link (its sealing links it).
 UNLINKED_TXNS = """
     SELECT t.txn_id, t.created_at, count(l.chain) AS links
     FROM transactions t
-    LEFT JOIN (SELECT chain, unnest(txn_ids) AS txn_id FROM ledger_chain) l USING (txn_id)
+    LEFT JOIN (SELECT chain, unnest(txn_ids) AS txn_id FROM ledger_chain
+               UNION ALL
+               SELECT chain, unnest(txn_ids) FROM ledger_chain_pending) l USING (txn_id)
     GROUP BY t.txn_id, t.created_at HAVING count(l.chain) <> 1
     ORDER BY t.created_at, t.txn_id
     """

@@ -19,10 +19,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import class_row, dict_row
 
 from db.errors import EventKey, EventsTaken, FencedError, IdemKey, KeysExist
-from db.ledger_chain import APPEND_LINK
+from db.ledger_chain import (
+    ADD_PENDING,
+    APPEND_LINK,
+    DROP_PENDING,
+    SEAL_PENDING_ROWS_MAX,
+    TAKE_PENDING,
+    ChainError,
+    sealed_ids,
+)
 from db.shard_connection import (
     Claim,
     Conn,
@@ -257,6 +266,37 @@ class LedgerRepo(ShardRepo):
             dict_row,
         )
         return {(row["program_id"], row["member_id"], row["key"]): _answer(row) for row in rows}
+
+    def sealer(self) -> LedgerRepo:
+        """A repository on its own connection, for sealing the hash chain beside the batch
+        loop (`seal_chain`)."""
+        return LedgerRepo(self._db.sibling())
+
+    async def seal_chain(self, chain: str, now: datetime) -> int:
+        """Seal what `chain` has pending into links (db/ledger_chain.py), one transaction
+        per link; returns the transactions linked. Another sealer of the chain at work (the
+        row lock) or first (the link's key) ends this one quietly: it seals next time."""
+        linked = 0
+        conn = await self._db.connection()
+        while True:
+            try:
+                async with conn.transaction():
+                    cur = await conn.execute(
+                        TAKE_PENDING, {"chain": chain, "rows": SEAL_PENDING_ROWS_MAX}
+                    )
+                    pending = await cur.fetchall()
+                    if not pending:
+                        return linked
+                    ids, txns = sealed_ids([(row[0], row[1]) for row in pending])
+                    cur = await conn.execute(
+                        APPEND_LINK, {"chain": chain, "txn_ids": txns, "at": now}
+                    )
+                    if cur.rowcount != 1:
+                        raise ChainError(f"{chain}: pending transactions are missing: {ids}")
+                    await conn.execute(DROP_PENDING, {"ids": ids})
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.UniqueViolation):
+                return linked
+            linked += len(txns)
 
     async def commit_batch(self, batch: BatchWrite, now: datetime) -> None:
         """Write the batch in one transaction, or raise (FencedError, KeysExist, EventsTaken
@@ -584,10 +624,11 @@ def _chain_link(batch: BatchWrite) -> list[str]:
     return [batch.chain]
 
 
-async def _append_chain_link(conn: Conn, batch: BatchWrite, now: datetime) -> Cursor:
-    # After the transactions and their entries: the link hashes them as written.
+async def _add_chain_pending(conn: Conn, batch: BatchWrite, now: datetime) -> Cursor:
+    # The batch's transactions, pending for the shard's chain: sealed into a link moments
+    # later, off the commit's path (db/ledger_chain.py).
     return await conn.execute(
-        APPEND_LINK,
+        ADD_PENDING,
         {
             "chain": batch.chain,
             "txn_ids": sorted(txn.txn_id for txn, _ in batch.transactions),
@@ -820,7 +861,9 @@ LEDGER_WRITERS: tuple[TableWriter[BatchWrite], ...] = (
     TableWriter(lambda b: b.transactions, _insert_transactions),
     TableWriter(lambda b: b.transactions, _insert_ledger_entries),
     TableWriter(
-        _chain_link, _append_chain_link, fence="a transaction of this batch is missing its link"
+        _chain_link,
+        _add_chain_pending,
+        fence="the batch's transactions were not recorded for the chain",
     ),
     TableWriter(_new_lots, _insert_lots),
     TableWriter(

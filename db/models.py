@@ -183,6 +183,18 @@ ledger_chain = Table(
     CheckConstraint("cardinality(txn_ids) > 0", name="ledger_chain_links_txns"),
 )
 
+# Transactions committed but not linked yet: one row per group commit, written in the
+# commit, deleted when its shard seals them into a link (db/ledger_chain.py).
+ledger_chain_pending = Table(
+    "ledger_chain_pending",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("chain", Text, nullable=False),
+    Column("txn_ids", ARRAY(Uuid), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ledger_chain_pending_chain", "chain", "id"),
+)
+
 lots = Table(
     "lots",
     metadata,

@@ -177,6 +177,11 @@ class ShardConnection:
         """
         return ShardConnection(self._dsn, self._connect_timeout_s, autocommit=True, reads_only=True)
 
+    def sibling(self) -> ShardConnection:
+        """Another connection like this one (transactions allowed), for work beside the
+        batch loop that writes (the hash chain's sealing)."""
+        return ShardConnection(self._dsn, self._connect_timeout_s)
+
     def transaction(self, conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
         """A transaction, except on a reader (autocommit: each statement stands alone)."""
         return contextlib.nullcontext() if self._autocommit else conn.transaction()

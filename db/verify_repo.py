@@ -8,7 +8,9 @@ each link from the rows it links, and reports the first broken link of each chai
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -16,9 +18,12 @@ import psycopg
 from db.ledger_chain import (
     CHAIN_HEADS,
     MISSING_TXNS,
+    STUCK_PENDING,
     UNLINKED_TXNS,
     WALK_LINKS,
+    ChainError,
     broken_link_reason,
+    seal_all,
 )
 from domain.limits import IDEMPOTENCY_RETENTION_DAYS_MIN
 
@@ -26,7 +31,10 @@ EXAMPLES_MAX = 5
 # Links recomputed per statement of the chain walk (a genesis link holds up to
 # GENESIS_LINK_TXNS_MAX transactions, a shard's link one group commit's).
 CHAIN_WALK_LINKS = 500
+# A broken link lists its transactions (one of them changed) when it has at most this many.
+CULPRITS_LISTED_MAX = 20
 CHAIN_LINKED = "every transaction is linked into the hash chain exactly once"
+CHAIN_SEALED = "committed transactions are sealed into their chain within a minute"
 CHAIN_SOUND = "every hash chain recomputes from the rows it links"
 CHAIN_ANCHORED = "the chain heads anchored in the backup manifest are still in their chains"
 # A backup manifest's anchors: chain -> {"seq": int, "hash": hex}.
@@ -305,9 +313,19 @@ class Result:
     examples: list[tuple[Any, ...]]
 
 
-def run_checks(dsn: str, anchors: ChainHeads | None = None) -> list[Result]:
+def run_checks(
+    dsn: str, anchors: ChainHeads | None = None, seal_older_than_s: float | None = 0.0
+) -> list[Result]:
     """All checks in one REPEATABLE READ snapshot, so concurrent traffic cannot fake a gap.
-    `anchors`: chain heads recorded elsewhere (a backup manifest) that must still be there."""
+    `anchors`: chain heads recorded elsewhere (a backup manifest) that must still be there.
+    First, what the shards committed but have not sealed into their chains yet is sealed
+    (db/ledger_chain.py): everything pending (`seal_older_than_s` 0, the default: the
+    service may be stopped), or only rows pending longer than that (the service's own
+    checks: its shards seal their own), or nothing (None)."""
+    if seal_older_than_s is not None:
+        before = datetime.now(UTC) - timedelta(seconds=seal_older_than_s)
+        with contextlib.suppress(ChainError):  # reported by the checks below
+            seal_all(dsn, before if seal_older_than_s > 0 else None)
     results = []
     with psycopg.connect(dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -318,6 +336,8 @@ def run_checks(dsn: str, anchors: ChainHeads | None = None) -> list[Result]:
             if has_chain(conn):  # a schema before 0008 has none to check
                 rows = conn.execute(UNLINKED_TXNS).fetchall()
                 results.append(Result(CHAIN_LINKED, len(rows), rows[:EXAMPLES_MAX]))
+                rows = conn.execute(STUCK_PENDING).fetchall()
+                results.append(Result(CHAIN_SEALED, len(rows), rows[:EXAMPLES_MAX]))
                 results.append(_walk_chains(conn))
                 if anchors is not None:
                     results.append(_check_anchors(conn, anchors))
@@ -382,7 +402,7 @@ def _culprits(conn: psycopg.Connection[Any], chain: str, seq: int, missing: bool
         "SELECT txn_ids FROM ledger_chain WHERE chain = %s AND seq = %s", (chain, seq)
     ).fetchone()
     ids = row[0] if row else []
-    if len(ids) > EXAMPLES_MAX:
+    if len(ids) > CULPRITS_LISTED_MAX:
         return f"one of its {len(ids)} transactions"
     return "one of: " + ", ".join(str(txn) for txn in ids)
 

@@ -1,6 +1,7 @@
-"""The tamper-evident ledger: every group commit links its transactions into its shard's
-hash chain; `run_checks` and `points verify` recompute every chain and name the first
-broken link when a row was changed, deleted or inserted behind the service's back."""
+"""The tamper-evident ledger: every group commit leaves its transactions pending for its
+shard's hash chain, and the shard seals them into links; `run_checks` and `points verify`
+recompute every chain and name the first broken link when a row was changed, deleted or
+inserted behind the service's back."""
 
 import asyncio
 import itertools
@@ -17,7 +18,7 @@ from actors.topology import EverythingOwned
 from db.engine import migrate
 from db.ledger_chain import TXN_DOCUMENT, link_hash_of
 from db.ledger_repo import LedgerRepo
-from db.verify_repo import CHAIN_LINKED, CHAIN_SOUND, Result, run_checks
+from db.verify_repo import CHAIN_LINKED, CHAIN_SEALED, CHAIN_SOUND, Result, run_checks
 from tests.conftest import temporary_database
 from tests.integration.test_shard_core import op
 
@@ -42,10 +43,13 @@ async def traffic(url: str) -> None:
         try:
             members = [f"s{n}m{i}" for i in range(MEMBERS_PER_SHARD)]
             await asyncio.gather(*(core.submit(op("credit", "shop", m, 100, "c")) for m in members))
+            await core.seal_chain()
             for r in range(ROUNDS):
                 await asyncio.gather(
                     *(core.submit(op("debit", "shop", m, 3, f"d{r}")) for m in members)
                 )
+                if r < ROUNDS - 1:  # the last round is sealed by close()
+                    await core.seal_chain()
         finally:
             await core.close()
 
@@ -100,7 +104,7 @@ def test_every_batch_links_its_transactions_into_its_shards_chain(honest: str) -
     for name in {link[0] for link in chain}:
         mine = [link for link in chain if link[0] == name]
         assert [link[1] for link in mine] == list(range(1, len(mine) + 1))
-        assert len(mine) >= 1 + ROUNDS  # many batches: at least one per round
+        assert len(mine) == 1 + ROUNDS  # one link per seal
         assert mine[0][2] is None
         for before, after in itertools.pairwise(mine):
             assert after[2] == before[3]
@@ -216,3 +220,42 @@ def test_points_verify_exits_non_zero_and_names_the_first_broken_link(tampered: 
     broken = runner.invoke(app, ["verify", "--database-url", tampered], terminal_width=400)
     assert broken.exit_code == 1
     assert "('account-0', 2," in broken.output and "1 failed" in broken.output
+
+
+def test_commits_leave_their_transactions_pending_until_sealed(pg_admin_url: str) -> None:
+    """A commit records its transactions as pending (cheap, inside the commit); sealing
+    links them; the checks count pending as linked, seal first, and report a pending row
+    that cannot be sealed (its transactions are gone) once it is a minute old."""
+    with temporary_database(pg_admin_url, "points_pending") as url:
+        migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO programs (program_id, name) VALUES ('shop', 'Shop')")
+
+        async def commit_then_look() -> tuple[int, int, int]:
+            core = ShardCore(LedgerRepo(url))
+            try:
+                await asyncio.gather(
+                    *(core.submit(op("credit", "shop", f"m{i}", 10, "c")) for i in range(8))
+                )
+                with psycopg.connect(url) as conn:
+                    pending = conn.execute("SELECT count(*) FROM ledger_chain_pending").fetchone()
+                    linked = conn.execute("SELECT count(*) FROM ledger_chain").fetchone()
+                sealed = await core.seal_chain()
+                return pending[0] if pending else -1, linked[0] if linked else -1, sealed
+            finally:
+                await core.close()
+
+        pending, linked, sealed = asyncio.run(commit_then_look())
+        assert pending >= 1 and linked == 0 and sealed == 8
+        assert not [r.name for r in run_checks(url) if r.violations]
+
+        # A pending row whose transaction does not exist, an hour old: sealing it fails,
+        # and the checks say so (and that a transaction is missing from its link).
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO ledger_chain_pending (chain, txn_ids, created_at)"
+                " VALUES ('account-0', ARRAY[%s]::uuid[], now() - interval '1 hour')",
+                (uuid.uuid4(),),
+            )
+        failed = {r.name: r for r in run_checks(url) if r.violations}
+        assert CHAIN_SEALED in failed and failed[CHAIN_SEALED].violations == 1

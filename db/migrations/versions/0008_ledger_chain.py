@@ -4,9 +4,9 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-02 10:00:00
 
-`ledger_chain` holds one link per group commit that wrote transactions, one chain per account
-shard (db/ledger_chain.py says how a link is computed). It is append-only, like the ledger
-it links.
+`ledger_chain` holds the links (each over one or more group commits' transactions), one
+chain per account shard; it is append-only, like the ledger it links. `ledger_chain_pending`
+holds what is committed but not linked yet (db/ledger_chain.py says how a link is made).
 
 The transactions already written are linked into the chain `genesis`, GENESIS_LINK_TXNS_MAX
 at a time in (created_at, txn_id) order, by the very statement the shards use
@@ -73,8 +73,18 @@ def upgrade() -> None:
         "CREATE TRIGGER ledger_chain_no_truncate BEFORE TRUNCATE ON ledger_chain "
         "FOR EACH STATEMENT EXECUTE FUNCTION points_refuse_change()"
     )
+    # Transactions committed but not sealed into a link yet (db/ledger_chain.py).
+    op.create_table(
+        "ledger_chain_pending",
+        sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
+        sa.Column("chain", sa.Text(), nullable=False),
+        sa.Column("txn_ids", postgresql.ARRAY(sa.Uuid()), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ledger_chain_pending_chain", "ledger_chain_pending", ["chain", "id"])
     _backfill_genesis()
 
 
 def downgrade() -> None:
+    op.drop_table("ledger_chain_pending")
     op.drop_table("ledger_chain")

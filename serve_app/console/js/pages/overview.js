@@ -56,8 +56,11 @@ export default {
     if (can(`GET ${P}/members`)) {
       const { items, truncated } = await api.all(`${base}/members`, {}, TIER_MEMBERS_MAX);
       const counts = new Map();
+      // A member never yet placed (no earning event since tiers were set) holds the base
+      // tier, as the member's own view says (domain/earning.py tier_view).
+      const baseTier = program.policy.tiers ? program.policy.tiers.tiers[0].name : "no tier";
       for (const member of items) {
-        const tier = member.tier || "no tier";
+        const tier = member.tier || baseTier;
         counts.set(tier, (counts.get(tier) || 0) + 1);
       }
       const order = tierOrder(program.policy, [...counts.keys()]);

@@ -167,7 +167,8 @@ async def open_console(browser: Browser, service: Service) -> AsyncIterator[Open
     contexts = []
 
     async def open_(key: str | None = ADMIN_KEY, viewport: dict[str, int] = LAPTOP) -> Page:
-        context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+        # Reduced motion: the phone menu opens without its slide, so screenshots show it.
+        context = await browser.new_context(viewport=viewport, reduced_motion="reduce")  # type: ignore[arg-type]
         contexts.append(context)
         page = await context.new_page()
         page.set_default_timeout(SHOWN_TIMEOUT_MS)
@@ -406,3 +407,25 @@ async def test_on_a_phone_the_nav_folds_behind_the_menu(open_console: Open, shop
     overflow = await page.evaluate("document.documentElement.scrollWidth")
     assert overflow <= PHONE["width"], overflow
     await shoot(page, "rules-phone")
+
+
+async def test_a_service_key_sees_its_programs_members_and_nothing_to_change(
+    open_console: Open, shop: Shop, admin_http: httpx.AsyncClient
+) -> None:
+    made = await admin_http.post(
+        "/v1/keys",
+        json={"name": "console shop backend", "role": "service", "programs": [shop.program]},
+    )
+    assert made.status_code == 201, made.text
+    page = await open_console(key=made.json()["key"])
+    await expect(page.locator("#whoami")).to_contain_text("service")
+    # It may not list programs: those it is limited to, opening on their members.
+    await page.click(f'a[data-program="{shop.program}"]')
+    await expect(page.locator("#find-member")).to_be_visible()
+    for hidden in ("overview", "reviews", "rules", "audit", "keys"):
+        await expect(page.locator(f'#nav a[data-page="{hidden}"]')).to_have_count(0)
+    await expect(page.locator('#nav a[data-page="rewards"]')).to_be_visible()
+    await page.fill("#member-id", "bob")
+    await page.click("#find-member button")
+    await expect(page.locator("#redemptions tbody tr")).to_have_count(1)
+    await expect(page.locator("button[data-cancel]")).to_have_count(0)

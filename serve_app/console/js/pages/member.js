@@ -31,7 +31,7 @@ export default {
         card("Tier", tier ? tier.name : "—", { "data-field": "tier" }),
         card("Earned / spent", `${number(member.lifetime_earned)} / ${number(member.lifetime_spent)}`),
       ),
-      tier && tier.next ? h("p", { class: "muted" }, `${number(tier.points_to_next)} points to ${tier.next}.`) : null,
+      tier && tier.next ? h("p", { class: "muted" }, `${number(tier.points_to_next)} points to ${tier.next}.`) : "",
     );
     const grid = h("div", { class: "grid" });
     grid.append(

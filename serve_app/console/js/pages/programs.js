@@ -13,9 +13,12 @@ export default {
       h("h1", {}, "Programs"),
       h("form", { class: "inline", id: "open-program", onsubmit: (event) => {
         event.preventDefault();
-        navigate("/programs/:program", { program: input.value.trim() });
+        navigate(can("GET /v1/programs/{program_id}") ? "/programs/:program" : "/programs/:program/members", { program: input.value.trim() });
       } }, h("label", {}, "Open a program", input), h("button", { type: "submit" }, "Open")),
     );
+    // A program opens on its overview, or on its members for a key that may not read the
+    // program itself (a service key).
+    const landing = can("GET /v1/programs/{program_id}") ? "/programs/:program" : "/programs/:program/members";
     let items;
     if (can("GET /v1/programs")) {
       items = (await api.all("/v1/programs", {}, 1000)).items;
@@ -28,7 +31,7 @@ export default {
         null,
         table(
           [
-            { label: "Program", value: (p) => h("a", { href: href("/programs/:program", { program: p.program_id }), "data-program": p.program_id }, p.program_id) },
+            { label: "Program", value: (p) => h("a", { href: href(landing, { program: p.program_id }), "data-program": p.program_id }, p.program_id) },
             { label: "Name", value: (p) => p.name },
             { label: "Time zone", value: (p) => (p.policy ? p.policy.time_zone : "—") },
             { label: "Policy version", value: (p) => p.policy_version ?? "—", num: true },

@@ -46,6 +46,9 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/v1/admin/topology"): ADMIN,
     ("PUT", "/v1/admin/topology"): ADMIN,
     ("GET", "/v1/audit"): OPERATE,
+    # Who am I: the calling key, its role and the routes that role may call (the console
+    # shows only what the key may do).
+    ("GET", "/v1/me"): READ_MEMBERS,
     # Programs and their rules.
     ("GET", "/v1/programs"): READ,
     ("PUT", P): OPERATE,
@@ -94,6 +97,20 @@ SPANS_PROGRAMS = frozenset({("GET", "/v1/admin/topology"), ("PUT", "/v1/admin/to
 
 def spans_programs(method: str, path: str) -> bool:
     return (method, path) in SPANS_PROGRAMS
+
+
+def routes_for(role: Role, limited_to_programs: bool) -> list[str]:
+    """The routes a key may call, as "METHOD /template" in the table's order: those of its
+    role, less the ones that span programs for a key limited to programs. What /v1/me
+    answers, so that a client (the console) offers only what the key may do."""
+    allowed_routes = [
+        f"{method} {path}"
+        for (method, path), roles in ACCESS.items()
+        if role in roles and not (limited_to_programs and spans_programs(method, path))
+    ]
+    assert allowed_routes, "every role may call at least /v1/me"
+    assert all(route.split(" ", 1)[1].startswith("/v1/") for route in allowed_routes)
+    return allowed_routes
 
 
 ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.SERVICE, Role.VIEWER)

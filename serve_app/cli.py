@@ -435,6 +435,7 @@ def print_banner(
     """What `points up` prints once the service answers: where everything is."""
     out.print(f"[bold green]Points is up[/] at {base_url}")
     out.print(f"  API docs:   {base_url}/docs")
+    out.print(f"  Console:    {base_url}/admin (sign in with the admin key)")
     out.print(f"  Database:   {_redact(database_url)}")
     out.print(f"  Redis:      {redis_url}")
     out.print(f"  Admin key:  {admin_key_note}")

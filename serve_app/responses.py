@@ -697,6 +697,24 @@ class ApiKeyCreated(ApiKey):
     key: str = Field(description="the key itself: shown in this answer only, store it now")
 
 
+class Me(ApiKey):
+    """The calling key (never its secret) and the routes its role lets it call."""
+
+    model_config = _example(
+        {
+            **KEY_EXAMPLE,
+            "routes": [
+                "GET /v1/me",
+                "GET /v1/programs/{program_id}/members/{member_id}",
+                "POST /v1/programs/{program_id}/redemptions",
+            ],
+        }
+    )
+    routes: list[str] = Field(
+        description='"METHOD /template" of every route this key may call (docs/access.md)'
+    )
+
+
 class ApiKeyPage(Page):
     model_config = _example({"items": [KEY_EXAMPLE], "next_cursor": None})
     items: list[ApiKey]

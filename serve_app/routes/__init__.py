@@ -6,6 +6,7 @@ from serve_app.routes import (
     events,
     health,
     keys,
+    me,
     members,
     programs,
     redemptions,
@@ -26,4 +27,5 @@ ROUTERS = (
     events.router,
     admin.router,
     keys.router,
+    me.router,
 )

@@ -35,9 +35,10 @@ def test_piped_banner_keeps_long_urls_on_one_line() -> None:
     lines = buffer.getvalue().splitlines()
     assert f"Points is up at {LONG_URL}" in lines
     assert f"  API docs:   {LONG_URL}/docs" in lines
+    assert f"  Console:    {LONG_URL}/admin (sign in with the admin key)" in lines
     assert "  Database:   postgresql://points:***@db.example.com:5432/points" in lines
     assert any(line.startswith("  Admin key:  " + "k" * 43) for line in lines)
-    assert len(lines) == 6
+    assert len(lines) == 7
 
 
 def test_admin_key_note_says_where_the_key_came_from() -> None:

@@ -3,18 +3,29 @@ rule doubled (202 with a Location, polled to done, exactly that rule's differenc
 rules (no difference), what a viewer may do, and every refusal as a problem."""
 
 import asyncio
+import json
 import secrets
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import ADMIN_KEY, Service
 from tests.e2e.test_api import scalar
-from tests.e2e.test_earning import ORDER_RULES, event, make_program
+from tests.e2e.test_earning import (
+    ORDER_RULES,
+    PROJECT_ROOT,
+    create_from_template,
+    event,
+    make_program,
+)
 
 POLL_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.2
+FUZZ_TIME_S = 30
 
 
 def window(days_before: float = 1, days_after: float = 1) -> dict[str, str]:
@@ -162,3 +173,88 @@ async def test_a_viewer_reads_jobs_but_may_not_start_one(
         seen.status_code == 200 and seen.json()["simulation_id"] == started.json()["simulation_id"]
     )
     assert (await poll(client, started.headers["location"]))["status"] == "done"
+
+
+def readme_block(heading: str) -> str:
+    """The first bash block after `heading` in README.md, as a user would paste it."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    after = text[text.index(heading) :]
+    start = after.index("```bash\n") + len("```bash\n")
+    return after[start : after.index("```\n", start)]
+
+
+async def test_the_readme_commands_work_as_written(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    # The README's program and events: myshop from the e-commerce template, order-1
+    # (12990) and two check-ins, earned just now.
+    create_from_template(service, "myshop", "ecommerce")
+    now = datetime.now(UTC).isoformat()
+    events = [
+        {
+            "id": "order-1",
+            "member_id": "dave",
+            "type": "order",
+            "occurred_at": now,
+            "attributes": {"amount": 12990},
+        },
+        {"id": "ci-1", "member_id": "dave", "type": "check_in", "occurred_at": now},
+        {"id": "ci-2", "member_id": "dave", "type": "check_in", "occurred_at": now},
+    ]
+    answer = await client.post("/v1/programs/myshop/events/batch", json={"events": events})
+    assert [r["status"] for r in answer.json()["results"]] == [201] * 3, answer.text
+    script = (
+        f"export POINTS={service.url} KEY={ADMIN_KEY}\n"
+        'auth=(-H "Authorization: Bearer $KEY" -H "Content-Type: application/json"'
+        " -w '\\nHTTP %{http_code}\\n')\n"
+        + readme_block("### What if the rules changed?")
+        + "sleep 5\n"
+        + 'curl -s $POINTS$loc "${auth[@]}"\n'
+    )
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    last = ran.stdout.strip().rsplit("\n", 2)
+    assert last[-1] == "HTTP 200", ran.stdout
+    job = json.loads(last[-2])
+    assert job["status"] == "done", job
+    result = job["result"]
+    assert result["difference"] == 130 and result["events"] == 3
+    rules = {row["rule_id"]: row["difference"] for row in result["by_rule"]}
+    assert rules == {"order_points": 130, "daily_check_in": 0}
+
+
+def test_a_contract_fuzzer_on_the_simulation_routes_finds_nothing(service: Service) -> None:
+    """tests/e2e/test_contract.py's fuzzer run (every check, schemathesis.toml), on these
+    two routes only and for FUZZ_TIME_S: a quick check of their contract on its own."""
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("st")),
+            "--config-file",
+            str(PROJECT_ROOT / "schemathesis.toml"),
+            "run",
+            f"{service.url}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "use_after_free",
+            "--include-tag",
+            "simulations",
+            "-H",
+            f"Authorization: Bearer {ADMIN_KEY}",
+            "--max-time",
+            str(FUZZ_TIME_S),
+            "--seed",
+            "20261130",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_TIME_S + 60,
+        cwd=PROJECT_ROOT,
+    )
+    failures = run.stdout.find("FAILURES")
+    summary = run.stdout[failures : failures + 6000] if failures >= 0 else run.stdout[-4000:]
+    assert run.returncode == 0, summary

@@ -314,3 +314,27 @@ def test_the_explanation_names_the_tier_of_its_multiplier() -> None:
         context = member_context({"tier": tier}, POLICY, T0)
         why = explanation_json(evaluate(rule_set, event, context, POLICY))
         assert explained_tier(why) == named
+
+
+def test_the_request_body_is_strict() -> None:
+    from pydantic import ValidationError
+
+    from serve_app.schemas import SimulationIn
+
+    body = SimulationIn.model_validate(
+        {"rules": [], "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00+08:00"}
+    )
+    assert body.from_ == datetime(2026, 1, 1, tzinfo=UTC) and body.top_members == 10
+    for bad in (
+        {"rules": [], "from": "2026-01-01T00:00:00", "to": "2026-02-01T00:00:00Z"},  # no zone
+        {"rules": [], "from": 0, "to": "2026-02-01T00:00:00Z"},  # not text
+        {"rules": [], "from": "1969-12-31T00:00:00Z", "to": "2026-02-01T00:00:00Z"},
+        {"rules": [], "from_": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"},
+        {"rules": [], "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "x": 1},
+        {"rules": [], "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z",
+         "top_members": SIMULATION_TOP_MEMBERS_MAX + 1},
+        {"rules": [], "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z",
+         "top_members": "3"},
+    ):  # fmt: skip
+        with pytest.raises(ValidationError):
+            SimulationIn.model_validate(bad)

@@ -287,8 +287,15 @@ class Backend:
     def start_simulation(self, simulation_id: str) -> None:
         """Run the queued job in a Ray task (actors/simulation_job.py); the reference is
         kept until it ends, and a failure of the task itself is logged (the job row says
-        it failed: the job does, or the staleness rule on read)."""
-        ref = simulation_task.remote(self.dsn, simulation_id)
+        it failed: the job does, or the staleness rule on read). Ray refusing the task is
+        503 (the job's row, queued, fails as stale on read)."""
+        try:
+            ref = simulation_task.remote(self.dsn, simulation_id)
+        except Exception as exc:  # Ray cannot take the task: the queued row goes stale
+            log.warning("starting simulation %s failed: %r", simulation_id, exc)
+            raise PointsError(
+                Code.UNAVAILABLE, "the simulation could not be started, retry"
+            ) from exc
         run = asyncio.wrap_future(ref.future())
         self._simulation_runs.add(run)
         run.add_done_callback(self._simulation_ended)

@@ -137,7 +137,7 @@ def seed(url: str, events: int, members: int, days: int) -> float:
             """
             INSERT INTO events (program_id, event_id, member_id, type, occurred_at, attributes,
                                 rule_version, points, explanation, created_at)
-            SELECT %(p)s, 'ev-' || i, 'm' || (1 + (i * 7919) %% %(members)s), kind, at,
+            SELECT %(p)s, 'ev-' || i, 'm' || (1 + (i::bigint * 7919) %% %(members)s), kind, at,
                    CASE WHEN kind = 'order'
                         THEN jsonb_build_object('amount', amount, 'channel',
                                                 CASE WHEN i %% 2 = 0 THEN 'app' ELSE 'web' END)
@@ -155,7 +155,7 @@ def seed(url: str, events: int, members: int, days: int) -> float:
                 FROM (
                     SELECT i,
                            CASE WHEN i %% 10 < 7 THEN 'order' ELSE 'check_in' END AS kind,
-                           ((i * 104729) %% 250000) + 100 AS amount,
+                           ((i::bigint * 104729) %% 250000)::int + 100 AS amount,
                            %(start)s::timestamptz
                            + ((i - 1)::float8 / %(events)s) * %(span)s * interval '1 second' AS at
                     FROM generate_series(1, %(events)s) AS i

@@ -175,15 +175,15 @@ async def test_a_viewer_reads_jobs_but_may_not_start_one(
     assert (await poll(client, started.headers["location"]))["status"] == "done"
 
 
-def readme_block(heading: str) -> str:
-    """The first bash block after `heading` in README.md, as a user would paste it."""
-    text = (PROJECT_ROOT / "README.md").read_text()
+def readme_block(heading: str, document: str = "README.md") -> str:
+    """The first bash block after `heading` in `document`, as a user would paste it."""
+    text = (PROJECT_ROOT / document).read_text()
     after = text[text.index(heading) :]
     start = after.index("```bash\n") + len("```bash\n")
     return after[start : after.index("```\n", start)]
 
 
-async def test_the_readme_commands_work_as_written(
+async def test_the_documented_commands_work_as_written(
     client: httpx.AsyncClient, service: Service
 ) -> None:
     # The README's program and events: myshop from the e-commerce template, order-1
@@ -203,26 +203,30 @@ async def test_the_readme_commands_work_as_written(
     ]
     answer = await client.post("/v1/programs/myshop/events/batch", json={"events": events})
     assert [r["status"] for r in answer.json()["results"]] == [201] * 3, answer.text
-    script = (
-        f"export POINTS={service.url} KEY={ADMIN_KEY}\n"
-        'auth=(-H "Authorization: Bearer $KEY" -H "Content-Type: application/json"'
-        " -w '\\nHTTP %{http_code}\\n')\n"
-        + readme_block("### What if the rules changed?")
-        + "sleep 5\n"
-        + 'curl -s $POINTS$loc "${auth[@]}"\n'
-    )
-    ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    last = ran.stdout.strip().rsplit("\n", 2)
-    assert last[-1] == "HTTP 200", ran.stdout
-    job = json.loads(last[-2])
-    assert job["status"] == "done", job
-    result = job["result"]
-    assert result["difference"] == 130 and result["events"] == 3
-    rules = {row["rule_id"]: row["difference"] for row in result["by_rule"]}
-    assert rules == {"order_points": 130, "daily_check_in": 0}
+    for document, heading in (
+        ("README.md", "### What if the rules changed?"),
+        ("docs/simulations.md", "## Asking for one"),
+    ):
+        script = (
+            f"export POINTS={service.url} KEY={ADMIN_KEY}\n"
+            'auth=(-H "Authorization: Bearer $KEY" -H "Content-Type: application/json"'
+            " -w '\\nHTTP %{http_code}\\n')\n"
+            + readme_block(heading, document)
+            + "sleep 5\n"
+            + 'curl -s $POINTS$loc "${auth[@]}"\n'
+        )
+        ran = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        last = ran.stdout.strip().rsplit("\n", 2)
+        assert last[-1] == "HTTP 200", ran.stdout
+        job = json.loads(last[-2])
+        assert job["status"] == "done", job
+        result = job["result"]
+        assert result["difference"] == 130 and result["events"] == 3, document
+        rules = {row["rule_id"]: row["difference"] for row in result["by_rule"]}
+        assert rules == {"order_points": 130, "daily_check_in": 0}
 
 
 def test_a_contract_fuzzer_on_the_simulation_routes_finds_nothing(service: Service) -> None:

@@ -33,6 +33,7 @@ from domain.simulation import (
     STATUS_FAILED,
     STATUS_QUEUED,
     STATUS_RUNNING,
+    STATUSES,
     TierChange,
 )
 
@@ -54,7 +55,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 def job_view(row: dict[str, Any]) -> dict[str, Any]:
     """A job row as the API shows it."""
-    assert row["status"] in (STATUS_QUEUED, STATUS_RUNNING, STATUS_DONE, STATUS_FAILED)
+    assert row["status"] in STATUSES
     view = {
         "simulation_id": str(row["simulation_id"]),
         "program_id": row["program_id"],

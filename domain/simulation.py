@@ -61,7 +61,6 @@ STATUS_RUNNING = "running"
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 STATUSES = (STATUS_QUEUED, STATUS_RUNNING, STATUS_DONE, STATUS_FAILED)
-FINAL_STATUSES = (STATUS_DONE, STATUS_FAILED)
 WINDOW_MAX = timedelta(days=SIMULATION_WINDOW_DAYS_MAX)
 
 
@@ -83,11 +82,20 @@ def check_top_members(top_members: int) -> None:
 
 
 def _month_start(moment: datetime, policy: Policy, months_after: int) -> datetime:
+    """Local midnight on the first day of the month `months_after` after `moment`'s."""
+    assert months_after >= 0
     local = moment.astimezone(zone(policy.time_zone))
     month = local.month - 1 + months_after
     start = local.replace(
-        year=local.year + month // 12, month=month % 12 + 1, day=1, hour=0, minute=0, second=0
-    ).replace(microsecond=0)
+        year=local.year + month // 12,
+        month=month % 12 + 1,
+        day=1,
+        hour=0,
+        minute=0,
+        second=0,
+        microsecond=0,
+    )
+    assert start.day == 1 and start.hour == 0
     return start
 
 

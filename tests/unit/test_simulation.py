@@ -17,6 +17,7 @@ from domain.limits import SIMULATION_TOP_MEMBERS_MAX, SIMULATION_WINDOW_DAYS_MAX
 from domain.policy import Policy, local_day, parse_policy
 from domain.rules import EventIn, compile_rule_set, evaluate, explanation_json
 from domain.simulation import (
+    STATUSES,
     TIER_FROM_CURRENT,
     TIER_FROM_EXPLANATION,
     TIER_FROM_HISTORY,
@@ -343,3 +344,14 @@ def test_the_request_body_is_strict() -> None:
     ):  # fmt: skip
         with pytest.raises(ValidationError):
             SimulationIn.model_validate(bad)
+
+
+def test_the_statuses_are_the_same_everywhere() -> None:
+    from typing import get_args
+
+    from db.models import simulations
+    from serve_app.responses import SimulationJob
+
+    assert get_args(SimulationJob.model_fields["status"].annotation) == STATUSES
+    checks = {c.name: str(c.sqltext) for c in simulations.constraints if c.name}
+    assert all(f"'{status}'" in checks["simulations_status_known"] for status in STATUSES)

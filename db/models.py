@@ -580,3 +580,42 @@ topology_moves = Table(
         postgresql_where=text("state IN ('running', 'canary')"),
     ),
 )
+
+# 0010: what-if replays of candidate earning rules (domain/simulation.py). A job row is
+# written by the ingress (queued), then only by the job that runs it (progress, result) or
+# by a read that finds it stale (failed). Not a ledger table: rows change.
+simulations = Table(
+    "simulations",
+    metadata,
+    Column("simulation_id", Uuid, primary_key=True),
+    Column("program_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    # The candidate rule set, in normal form (domain/rules.py rule_set_to_json).
+    Column("rules", JSONB, nullable=False),
+    Column("window_from", DateTime(timezone=True), nullable=False),
+    Column("window_to", DateTime(timezone=True), nullable=False),
+    Column("top_members", Integer, nullable=False),
+    Column("events_total", BigInteger),
+    Column("events_done", BigInteger, nullable=False, server_default=text("0")),
+    Column("result", JSONB),
+    Column("error", Text),
+    # The key that asked for it.
+    Column("key_id", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    # The job's last sign of life: a queued or running job silent longer than
+    # SIMULATION_STALE_S is failed when read.
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
+    CheckConstraint(
+        "status IN ('queued', 'running', 'done', 'failed')", name="simulations_status_known"
+    ),
+    CheckConstraint("window_from < window_to", name="simulations_window_forward"),
+    CheckConstraint(
+        "events_done >= 0 AND (events_total IS NULL OR events_done <= events_total)",
+        name="simulations_progress_bounded",
+    ),
+    CheckConstraint("(status = 'done') = (result IS NOT NULL)", name="simulations_done_result"),
+    Index("simulations_by_program", "program_id", text("created_at DESC")),
+)

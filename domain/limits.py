@@ -112,3 +112,17 @@ REDEMPTIONS_PER_HOUR_MAX = 1_000_000
 # Reviews a member may have pending at once: they are loaded with the account, so their
 # number bounds the work of loading it. A debit past it is refused (limit_exceeded).
 PENDING_REVIEWS_PER_MEMBER_MAX = 100
+
+# --- What-if replay of earning rules (domain/simulation.py) ---
+# A simulation replays the events that occurred in [from, to): at most this long a window
+# (a year, leap day included), so one job's work is bounded by a year of one program.
+SIMULATION_WINDOW_DAYS_MAX = 366
+# Members listed as the most affected (top N by absolute difference).
+SIMULATION_TOP_MEMBERS_DEFAULT = 10
+SIMULATION_TOP_MEMBERS_MAX = 100
+# Rows the job fetches and replays between two progress updates (one UPDATE per page).
+SIMULATION_PAGE_EVENTS = 5000
+# A queued or running job whose heartbeat (its last progress update) is older than this is
+# failed when read: its worker died (the replica that started it, or the Ray task).
+SIMULATION_STALE_S = 60
+assert SIMULATION_TOP_MEMBERS_DEFAULT <= SIMULATION_TOP_MEMBERS_MAX

@@ -55,6 +55,9 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", P): READ,
     ("PUT", P + "/rules"): OPERATE,
     ("GET", P + "/rules"): READ,
+    # What-if replays of candidate rules: asked for by operators, read by any reader.
+    ("POST", P + "/simulations"): OPERATE,
+    ("GET", P + "/simulations/{simulation_id}"): READ,
     # The program's books (reconciliation): for finance, read-only keys included.
     ("GET", P + "/ledger/summary"): READ,
     # Members: manual credits and debits are an operator's; a service's everyday work.

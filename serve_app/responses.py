@@ -8,7 +8,7 @@ Fields a resource may grow are allowed (`extra="allow"`), fields it has are type
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -465,6 +465,67 @@ class EventBatchResult(_Open):
         }
     )
     results: list[BatchEntry]
+
+
+class SimulationProgress(_Open):
+    events_done: int
+    events_total: int | None = Field(description="the window's events; null until counted")
+
+
+class SimulationJob(_Open):
+    """A what-if replay job: its request, status, progress and, once done, its result
+    (docs/simulations.md describes every field of the result)."""
+
+    model_config = _example(
+        {
+            "simulation_id": "0193a0c4-5f1e-7c3a-9d2b-1f0e6a7b8c9f",
+            "program_id": "shop",
+            "status": "done",
+            "from": "2026-10-01T00:00:00Z",
+            "to": "2026-11-01T00:00:00Z",
+            "top_members": 10,
+            "rules": [],
+            "progress": {"events_done": 1200, "events_total": 1200},
+            "created_at": NOW,
+            "started_at": NOW,
+            "finished_at": NOW,
+            "error": None,
+            "result": {
+                "events": 1200,
+                "members": 300,
+                "events_changed": 410,
+                "events_invalid": 0,
+                "actual_points": 52000,
+                "candidate_points": 61000,
+                "difference": 9000,
+                "tiers_from": {"explanation": 40, "tier_changes": 1160, "current": 0},
+                "by_rule": [
+                    {
+                        "rule_id": "order_points",
+                        "actual_points": 52000,
+                        "candidate_points": 61000,
+                        "difference": 9000,
+                    }
+                ],
+                "by_tier": [],
+                "by_event_type": [],
+                "top_members": [],
+            },
+        }
+    )
+    simulation_id: str
+    program_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    from_: str = Field(alias="from")
+    to: str
+    top_members: int
+    rules: list[dict[str, Any]]
+    progress: SimulationProgress
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    result: dict[str, Any] | None
 
 
 class StoredEvent(_Open):

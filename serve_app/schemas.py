@@ -26,6 +26,8 @@ from domain.limits import (
     PROGRAM_NAME_LENGTH_MAX,
     REASON_LENGTH_MAX,
     RULES_PER_SET_MAX,
+    SIMULATION_TOP_MEMBERS_DEFAULT,
+    SIMULATION_TOP_MEMBERS_MAX,
 )
 from domain.rewards import QUANTITY_MAX, STOCK_MAX
 
@@ -74,6 +76,38 @@ class RulesPut(_Strict):
             if not 1970 <= year <= EFFECTIVE_FROM_YEAR_MAX:
                 raise ValueError(f"effective_from must be in years 1970..{EFFECTIVE_FROM_YEAR_MAX}")
         return value
+
+
+def _year_in_range(value: datetime, field: str) -> datetime:
+    # Years 1970..9000 in UTC: PostgreSQL and Python both hold them (see RulesPut).
+    try:
+        year = value.astimezone(UTC).year
+    except OverflowError:
+        year = 0
+    if not 1970 <= year <= EFFECTIVE_FROM_YEAR_MAX:
+        raise ValueError(f"{field} must be in years 1970..{EFFECTIVE_FROM_YEAR_MAX}")
+    return value
+
+
+class SimulationIn(_Strict):
+    """A what-if replay: the candidate rules (as PUT /rules takes them) over the events that
+    occurred in [from, to)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+    rules: list[dict[str, Any]] = Field(max_length=RULES_PER_SET_MAX)
+    from_: JsonDateTime = Field(alias="from", description="window start (inclusive)")
+    to: JsonDateTime = Field(description="window end (exclusive)")
+    top_members: StrictInt = Field(
+        default=SIMULATION_TOP_MEMBERS_DEFAULT,
+        ge=1,
+        le=SIMULATION_TOP_MEMBERS_MAX,
+        description="how many of the most affected members to list",
+    )
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _in_range(cls, value: datetime) -> datetime:
+        return _year_in_range(value, "from and to")
 
 
 class ReverseIn(_Strict):

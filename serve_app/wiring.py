@@ -26,8 +26,10 @@ from actors.event_consumer import EventConsumer
 from actors.routers import TopologyRouter
 from actors.routing import NAMESPACE, SLOTS, reward_shard_name, shard_name
 from actors.shard_client import ACTOR_ERRORS, LANE_QUEUED_MAX, ShardClient
+from actors.simulation_job import simulation_task
 from db.access_repo import AccessRepo, AuditEntry
 from db.api_repo import ApiRepo
+from db.simulations_repo import SimulationsRepo
 from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_rows
 from domain.errors import Code, PointsError
 from serve_app.auth import KeyRecord, KeyRing, Refusal, Role, key_id_of
@@ -90,7 +92,11 @@ class Backend:
         self, dsn: str, redis_url: str | None, shards: int, shard_config: dict[str, Any]
     ) -> None:
         assert ray.is_initialized()
+        self.dsn = dsn
         self._repo = ApiRepo(dsn)
+        # What-if replay jobs: rows in PostgreSQL, each run by a Ray task started here.
+        self.simulations = SimulationsRepo(self._repo.connection)
+        self._simulation_runs: set[asyncio.Future[Any]] = set()
         self.redis = (
             redis.asyncio.Redis.from_url(redis_url, socket_timeout=2) if redis_url else None
         )
@@ -277,6 +283,27 @@ class Backend:
                         self.event_consumer.start.remote(), KEEPER_CALL_TIMEOUT_S
                     )
             await asyncio.sleep(REWARD_KEEPER_INTERVAL_S)
+
+    def start_simulation(self, simulation_id: str) -> None:
+        """Run the queued job in a Ray task (actors/simulation_job.py); the reference is
+        kept until it ends, and a failure of the task itself is logged (the job row says
+        it failed: the job does, or the staleness rule on read). Ray refusing the task is
+        503 (the job's row, queued, fails as stale on read)."""
+        try:
+            ref = simulation_task.remote(self.dsn, simulation_id)
+        except Exception as exc:  # Ray cannot take the task: the queued row goes stale
+            log.warning("starting simulation %s failed: %r", simulation_id, exc)
+            raise PointsError(
+                Code.UNAVAILABLE, "the simulation could not be started, retry"
+            ) from exc
+        run = asyncio.wrap_future(ref.future())
+        self._simulation_runs.add(run)
+        run.add_done_callback(self._simulation_ended)
+
+    def _simulation_ended(self, run: asyncio.Future[Any]) -> None:
+        self._simulation_runs.discard(run)
+        if not run.cancelled() and run.exception() is not None:
+            log.warning("simulation task failed: %r", run.exception())
 
     async def shard_call(self, program_id: str, member_id: str, method: str, *args: Any) -> Any:
         """A read from the member's account shard; unavailable if it cannot answer."""

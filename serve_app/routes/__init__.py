@@ -13,6 +13,7 @@ from serve_app.routes import (
     reviews,
     rewards,
     rules,
+    simulations,
 )
 
 # Routes are matched in this order: members (credits and debits, the hot path) first.
@@ -21,6 +22,7 @@ ROUTERS = (
     health.router,
     programs.router,
     rules.router,
+    simulations.router,
     rewards.router,
     redemptions.router,
     reviews.router,

@@ -28,6 +28,7 @@ from actors.routing import NAMESPACE, SLOTS, reward_shard_name, shard_name
 from actors.shard_client import ACTOR_ERRORS, LANE_QUEUED_MAX, ShardClient
 from db.access_repo import AccessRepo, AuditEntry
 from db.api_repo import ApiRepo
+from db.experiments_repo import ExperimentsRepo
 from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_rows
 from domain.errors import Code, PointsError
 from serve_app.auth import KeyRecord, KeyRing, Refusal, Role, key_id_of
@@ -101,6 +102,7 @@ class Backend:
             RateLimitConfig.from_settings(SimpleNamespace(**shard_config["rate_limit"])),
         )
         self.access = AccessRepo(self._repo.connection)
+        self.experiments = ExperimentsRepo(self._repo.connection)
         self._keys_since: datetime | None = None
         self._keys_used: set[str] = set()
         self._key_poller: asyncio.Task[None] | None = None

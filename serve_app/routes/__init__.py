@@ -4,6 +4,7 @@ answer through the one renderer (serve_app/problems.py)."""
 from serve_app.routes import (
     admin,
     events,
+    experiments,
     health,
     keys,
     members,
@@ -20,6 +21,7 @@ ROUTERS = (
     health.router,
     programs.router,
     rules.router,
+    experiments.router,
     rewards.router,
     redemptions.router,
     reviews.router,

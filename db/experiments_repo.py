@@ -24,19 +24,23 @@ COLUMNS = (
 )
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
 def _view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "program_id": row["program_id"],
         "experiment_id": row["experiment_id"],
         "arms": row["arms"],
         "control": row["arms"][0]["name"],
-        "starts_at": row["starts_at"],
-        "ends_at": row["ends_at"],
+        "starts_at": _iso(row["starts_at"]),
+        "ends_at": _iso(row["ends_at"]),
         "status": "ended" if row["ended_at"] is not None else "running",
-        "ended_at": row["ended_at"],
+        "ended_at": _iso(row["ended_at"]),
         "promoted_arm": row["promoted_arm"],
         "promoted_version": row["promoted_version"],
-        "created_at": row["created_at"],
+        "created_at": _iso(row["created_at"]),
     }
 
 
@@ -97,7 +101,7 @@ class ExperimentsRepo:
             row["arms"] == wanted["arms"]
             and row["starts_at"] == experiment.starts_at
             and row["ends_at"] == experiment.ends_at
-        )
+        )  # compared as stored (datetimes), before the view renders them
         if not same:
             raise PointsError(
                 Code.INVALID_STATE,

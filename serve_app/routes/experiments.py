@@ -1,6 +1,8 @@
 """Experiments of earning rules (domain/experiments.py): create, read, end (promoting an
 arm's rules), and results per arm against the control."""
 
+from datetime import datetime
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -109,7 +111,10 @@ async def experiment_results(
     if found is None:
         raise not_found("experiment", experiment_id)
     stats = await wiring.experiments.arm_stats(
-        program_id, experiment_id, found["starts_at"], found["ends_at"]
+        program_id,
+        experiment_id,
+        datetime.fromisoformat(found["starts_at"]),
+        datetime.fromisoformat(found["ends_at"]),
     )
     arms = [stats.get(arm["name"], ArmStats(arm["name"], 0, 0, 0, 0, 0)) for arm in found["arms"]]
     return JsonResponse(

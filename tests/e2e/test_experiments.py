@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.test_earning import ORDER_RULES, event, make_program
+from tests.e2e.test_earning import ORDER_RULES, event, make_program, now_iso
 
 DOUBLE = [
     {**rule, "award": {**rule["award"], "rate": "0.02"}} if rule["id"] == "order_points" else rule
@@ -78,8 +78,10 @@ async def test_an_experiment_scores_members_by_arm_and_promotes_the_winner(
     assert ended.json()["status"] == "ended" and ended.json()["promoted_version"] == 3
     assert (await client.post(url + "/end", json={"promote": "double"})).status_code == 200
     assert (await client.post(url + "/end", json={"promote": None})).status_code == 409
-    # The promoted rules are in effect for everyone now; the experiment scores no more.
-    after = await client.post(f"/v1/programs/{program}/events", json=event("new", amount=10_000))
+    # The promoted rules are in effect for everyone from now on (an event that occurred
+    # before the promotion keeps the rules of its time); the experiment scores no more.
+    later = {**event("new", amount=10_000), "occurred_at": now_iso(2)}
+    after = await client.post(f"/v1/programs/{program}/events", json=later)
     assert after.status_code == 201, after.text
     assert after.json()["points"] == 200 and after.json()["rule_version"] == 3
     assert "experiment" not in after.json()

@@ -53,6 +53,7 @@ from db.ledger_repo import (
 )
 from domain.earning import member_context, record, update_tier
 from domain.errors import Code, PointsError
+from domain.experiments import Arm, Experiment, assign, parse_experiment
 from domain.ids import uuid7
 from domain.ledger import (
     DEBIT,
@@ -116,6 +117,19 @@ class CompiledConfig:
     policy_version: int
     rule_sets: list[tuple[datetime, RuleSet]]
     loaded_at: float
+    # Running experiments, each with its arms' rule sets by version (domain/experiments.py).
+    experiments: tuple[tuple[Experiment, dict[int, RuleSet]], ...] = ()
+
+    def experiment_rules(
+        self, member_id: str, moment: datetime
+    ) -> tuple[Experiment, Arm, RuleSet] | None:
+        """The experiment running at `moment` (the first, if several), the member's arm
+        and its rules; None when none runs."""
+        for experiment, by_version in self.experiments:
+            if experiment.running_at(moment):
+                arm = assign(experiment, member_id)
+                return experiment, arm, by_version[arm.rule_version]
+        return None
 
     def rule_set_at(self, moment: datetime, now: datetime) -> RuleSet | None:
         """The version in effect when the event occurred. An event older than the first
@@ -139,7 +153,17 @@ def compile_config(config: ProgramConfig, loaded_at: float) -> CompiledConfig:
         key=lambda item: (item[0], item[1].version),
         reverse=True,
     )
-    return CompiledConfig(policy, config.policy_version, rule_sets, loaded_at)
+    by_version = {rule_set.version: rule_set for _, rule_set in rule_sets}
+    experiments = tuple(
+        (experiment, {arm.rule_version: by_version[arm.rule_version] for arm in experiment.arms})
+        for experiment in (
+            parse_experiment(
+                config.program_id, experiment_id, arms, starts_at, ends_at, set(by_version)
+            )
+            for experiment_id, arms, starts_at, ends_at in config.experiments
+        )
+    )
+    return CompiledConfig(policy, config.policy_version, rule_sets, loaded_at, experiments)
 
 
 class Lru(OrderedDict[Any, Any]):
@@ -432,13 +456,19 @@ def apply_refund(
 
 def _evaluate(
     ctx: Context, op: Op, account: Account, now: datetime
-) -> tuple[CompiledConfig, RuleSet, Evaluation]:
-    """The rule set in effect when the event occurred, and what it awards (an event type
-    no rule handles is a validation error)."""
+) -> tuple[CompiledConfig, RuleSet, Evaluation, tuple[str, str] | None]:
+    """The rule set in effect when the event occurred (or the member's arm's, inside a
+    running experiment, for the event types it handles), what it awards (an event type no
+    rule handles is a validation error), and the (experiment, arm) that scored it."""
     assert op.event is not None
     config = ctx.config(op.program_id)
     event = op.event
     rule_set = config.rule_set_at(event.occurred_at, now)
+    assignment = None
+    arm_rules = config.experiment_rules(op.member_id, event.occurred_at)
+    if arm_rules is not None and event.type in arm_rules[2].by_type:
+        experiment, arm, rule_set = arm_rules
+        assignment = (experiment.experiment_id, arm.name)
     if rule_set is None or event.type not in rule_set.by_type:
         version = f"rule set version {rule_set.version}" if rule_set else "no rule set"
         raise PointsError(
@@ -447,7 +477,7 @@ def _evaluate(
             f" at {event.occurred_at.isoformat()})",
         )
     context = member_context(account.earning, config.policy, event.occurred_at)
-    return config, rule_set, evaluate(rule_set, event, context, config.policy)
+    return config, rule_set, evaluate(rule_set, event, context, config.policy), assignment
 
 
 def _event_body(op: Op, rule_set: RuleSet, evaluation: Evaluation, dry_run: bool) -> dict[str, Any]:
@@ -484,9 +514,13 @@ def apply_event(
             f"event id {event.event_id} was already used for another member, or applied"
             " longer ago than the idempotency retention",
         )
-    config, rule_set, evaluation = _evaluate(ctx, op, account, now)
+    config, rule_set, evaluation, assignment = _evaluate(ctx, op, account, now)
     policy = config.policy
     body = _event_body(op, rule_set, evaluation, False)
+    if assignment is not None:
+        experiment_id, arm_name = assignment
+        body["experiment"] = {"id": experiment_id, "arm": arm_name}
+        work.write.assignments.append((op.program_id, experiment_id, op.member_id, arm_name))
     points = body["points"]
     txn = None
     if points > 0:
@@ -627,7 +661,7 @@ def apply_dry_run(ctx: Context, work: Work, op: Op, now: datetime, pinned: Pinne
     if account is None:
         account = new_account(op.program_id, op.member_id)
     try:
-        _, rule_set, evaluation = _evaluate(ctx, op, account, now)
+        _, rule_set, evaluation, _ = _evaluate(ctx, op, account, now)
     except PointsError as exc:
         answer(op, Outcome.of_error(exc))
         return

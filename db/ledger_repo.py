@@ -84,6 +84,8 @@ class BatchWrite:
     lot_states: list[Lot] = field(default_factory=list)
     # (program_id, member_id, from_tier, to_tier, reason)
     tier_changes: list[tuple[str, str, str | None, str, str]] = field(default_factory=list)
+    # Members an experiment's arm scored: (program_id, experiment_id, member_id, arm).
+    assignments: list[tuple[str, str, str, str]] = field(default_factory=list)
     # Reviews opened by holds of this batch, and reviews it decided.
     new_reviews: list[Review] = field(default_factory=list)
     decided_reviews: list[Review] = field(default_factory=list)
@@ -133,6 +135,10 @@ class ProgramConfig:
     policy_version: int
     policy: dict[str, Any]
     rule_sets: list[tuple[int, datetime, list[dict[str, Any]]]]
+    # Experiments not ended: (experiment_id, arms, starts_at, ends_at).
+    experiments: list[tuple[str, list[dict[str, Any]], datetime, datetime]] = field(
+        default_factory=list
+    )
 
 
 @dataclass(slots=True)
@@ -332,6 +338,19 @@ class LedgerRepo(ShardRepo):
                 )
             if row["version"] is not None:
                 config.rule_sets.append((row["version"], row["effective_from"], row["rules"]))
+        if found:
+            for row in await self._db.fetch_all(
+                """
+                SELECT program_id, experiment_id, arms, starts_at, ends_at FROM experiments
+                WHERE program_id = ANY(%s) AND ended_at IS NULL
+                ORDER BY program_id, starts_at, experiment_id
+                """,
+                (list(found),),
+                dict_row,
+            ):
+                found[row["program_id"]].experiments.append(
+                    (row["experiment_id"], row["arms"], row["starts_at"], row["ends_at"])
+                )
         return found
 
     async def load_events(self, keys: list[EventKey]) -> dict[EventKey, StoredEvent]:
@@ -637,6 +656,23 @@ async def _add_chain_pending(conn: Conn, batch: BatchWrite, now: datetime) -> Cu
     )
 
 
+# ----------------------------------------------------------------- experiments
+
+
+async def _insert_assignments(conn: Conn, batch: BatchWrite, now: datetime) -> Cursor:
+    # Stable (a hash decides the arm), so a member's later events find the row there.
+    return await conn.execute(
+        """
+        INSERT INTO experiment_assignments (program_id, experiment_id, member_id, arm,
+                                            assigned_at)
+        SELECT k.p, k.e, k.m, k.a, %b FROM unnest(%b::text[], %b::text[], %b::text[],
+                                                  %b::text[]) AS k(p, e, m, a)
+        ON CONFLICT DO NOTHING
+        """,
+        [now, *unzip(batch.assignments)],
+    )
+
+
 # ----------------------------------------------------------------- lots
 
 
@@ -860,6 +896,7 @@ LEDGER_WRITERS: tuple[TableWriter[BatchWrite], ...] = (
     ),
     TableWriter(lambda b: b.transactions, _insert_transactions),
     TableWriter(lambda b: b.transactions, _insert_ledger_entries),
+    TableWriter(lambda b: b.assignments, _insert_assignments),
     TableWriter(
         _chain_link,
         _add_chain_pending,

@@ -195,6 +195,37 @@ ledger_chain_pending = Table(
     Index("ledger_chain_pending_chain", "chain", "id"),
 )
 
+# Experiments of earning rules (domain/experiments.py) and the arm of each member scored.
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("experiment_id", Text, primary_key=True),
+    Column("arms", JSONB, nullable=False),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("ends_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("promoted_arm", Text),
+    Column("promoted_version", BigInteger),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("starts_at < ends_at", name="experiments_window"),
+    ForeignKeyConstraint(["program_id"], ["programs.program_id"]),
+)
+
+experiment_assignments = Table(
+    "experiment_assignments",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("experiment_id", Text, primary_key=True),
+    Column("member_id", Text, primary_key=True),
+    Column("arm", Text, nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(
+        ["program_id", "experiment_id"],
+        ["experiments.program_id", "experiments.experiment_id"],
+    ),
+)
+
 lots = Table(
     "lots",
     metadata,

@@ -58,6 +58,12 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     # What-if replays of candidate rules: asked for by operators, read by any reader.
     ("POST", P + "/simulations"): OPERATE,
     ("GET", P + "/simulations/{simulation_id}"): READ,
+    # Experiments of earning rules: run by operators, read by anyone reading the program.
+    ("PUT", P + "/experiments/{experiment_id}"): OPERATE,
+    ("GET", P + "/experiments"): READ,
+    ("GET", P + "/experiments/{experiment_id}"): READ,
+    ("POST", P + "/experiments/{experiment_id}/end"): OPERATE,
+    ("GET", P + "/experiments/{experiment_id}/results"): READ,
     # The program's books (reconciliation): for finance, read-only keys included.
     ("GET", P + "/ledger/summary"): READ,
     # Members: manual credits and debits are an operator's; a service's everyday work.

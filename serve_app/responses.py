@@ -859,3 +859,37 @@ class LedgerSummary(_Open):
     accounts: dict[str, Any] | None = Field(
         description="now only: the accounts table's sums and whether they agree with the ledger"
     )
+
+
+class Experiment(_Open):
+    model_config = _example(
+        {
+            "program_id": "shop",
+            "experiment_id": "double-orders",
+            "arms": [
+                {"name": "control", "rule_version": 1, "weight": 50},
+                {"name": "double", "rule_version": 2, "weight": 50},
+            ],
+            "control": "control",
+            "starts_at": NOW,
+            "ends_at": "2026-12-29T12:00:00Z",
+            "status": "running",
+            "ended_at": None,
+            "promoted_arm": None,
+            "promoted_version": None,
+            "created_at": NOW,
+        }
+    )
+    experiment_id: str
+    status: str
+
+
+class Experiments(_Open):
+    model_config = _example({"items": []})
+    items: list[Experiment]
+
+
+class ExperimentResults(_Open):
+    model_config = _example({"experiment_id": "double-orders", "arms": []})
+    experiment_id: str
+    arms: list[dict[str, Any]]

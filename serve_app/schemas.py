@@ -250,3 +250,22 @@ class KeyIn(_Strict):
         if value is not None and value <= datetime.now(UTC):
             raise ValueError("expires_at must be in the future")
         return value
+
+
+class ArmIn(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    rule_version: int = Field(ge=1)
+    weight: int = Field(ge=1, le=100)
+
+
+class ExperimentPut(_Strict):
+    """Arms (the first is the control; weights add up to 100) and the window."""
+
+    arms: list[ArmIn] = Field(min_length=2, max_length=10)
+    starts_at: JsonDateTime
+    ends_at: JsonDateTime
+
+
+class ExperimentEnd(_Strict):
+    # An arm whose rules become a new rule set version, in effect now; null: none.
+    promote: str | None = None

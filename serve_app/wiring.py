@@ -29,6 +29,7 @@ from actors.shard_client import ACTOR_ERRORS, LANE_QUEUED_MAX, ShardClient
 from actors.simulation_job import simulation_task
 from db.access_repo import AccessRepo, AuditEntry
 from db.api_repo import ApiRepo
+from db.experiments_repo import ExperimentsRepo
 from db.simulations_repo import SimulationsRepo
 from db.topology_repo import Kind, TopologyRepo, ensure_topology, shard_rows
 from domain.errors import Code, PointsError
@@ -107,6 +108,7 @@ class Backend:
             RateLimitConfig.from_settings(SimpleNamespace(**shard_config["rate_limit"])),
         )
         self.access = AccessRepo(self._repo.connection)
+        self.experiments = ExperimentsRepo(self._repo.connection)
         self._keys_since: datetime | None = None
         self._keys_used: set[str] = set()
         self._key_poller: asyncio.Task[None] | None = None

@@ -4,6 +4,7 @@ answer through the one renderer (serve_app/problems.py)."""
 from serve_app.routes import (
     admin,
     events,
+    experiments,
     health,
     keys,
     me,
@@ -23,6 +24,7 @@ ROUTERS = (
     programs.router,
     rules.router,
     simulations.router,
+    experiments.router,
     rewards.router,
     redemptions.router,
     reviews.router,

@@ -24,6 +24,8 @@ PARAMS = {
     "redemption_id": str(uuid.UUID(int=1)),
     "key_id": "nosuchkey",
     "review_id": str(uuid.UUID(int=2)),
+    "experiment_id": "x1",
+    "simulation_id": str(uuid.UUID(int=3)),
 }
 
 

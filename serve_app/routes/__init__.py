@@ -9,6 +9,7 @@ from serve_app.routes import (
     members,
     programs,
     redemptions,
+    reports,
     reviews,
     rewards,
     rules,
@@ -26,4 +27,5 @@ ROUTERS = (
     events.router,
     admin.router,
     keys.router,
+    reports.router,
 )

@@ -20,11 +20,12 @@ Then each report is read as the route reads it (db/reports_repo.py, then the mat
 domain/reports.py, in-process: no HTTP) --calls times, and its median printed, over its
 widest usual window (27 months by month; liability also 400 days by day).
 
-Commit cost: --commits group commits of 1000 credits each (to existing members, through
-ShardCore and LedgerRepo) are timed with the rollup writers in LEDGER_WRITERS and as many
-without them, alternating; then as many again without them and without the three indexes
-0009 added (dropped: the commit as it was at 0008). The differences of the medians are the
-rollups' and the indexes' cost per commit (the reports are timed before the drop).
+Commit cost: --commits group commits of 1000 operations each (500 credits and 500 debits of
+existing members, through ShardCore and LedgerRepo) are timed with the rollup writers in
+LEDGER_WRITERS and as many without them, alternating; then as many again without them and
+without the three indexes 0009 added (dropped: the commit as it was at 0008). The
+differences of the medians are the rollups' and the indexes' cost per commit (the reports
+are timed before the drop).
 
 The database is dropped at the end unless --keep. Every figure printed is measured during
 this run.
@@ -47,7 +48,7 @@ from psycopg.types.json import Jsonb
 from rich.console import Console
 
 import db.ledger_repo as ledger_repo
-from actors.protocol import Credit
+from actors.protocol import Credit, Debit
 from actors.shard_core import ShardCore
 from db.api_repo import ApiRepo
 from db.engine import libpq_url, migrate
@@ -301,7 +302,7 @@ INDEXES_0009 = ("transactions_by_time", "redemptions_by_time", "lots_open_by_exp
 
 
 async def commit_costs(url: str, members: int, commits: int) -> dict[str, float]:
-    """Median seconds of a group commit of COMMIT_OPS credits: with the rollup writers,
+    """Median seconds of a group commit of COMMIT_OPS credits and debits: with the rollup writers,
     without them (alternating, so that both see the same database), then without them and
     without the indexes 0009 added (dropped for this: the commit as it was at 0008)."""
     rollups = {"_upsert_daily_flows", "_upsert_daily_lots"}
@@ -318,11 +319,14 @@ async def commit_costs(url: str, members: int, commits: int) -> dict[str, float]
         first = (round_ * COMMIT_OPS) % members
         ops = []
         for i in range(COMMIT_OPS):
+            # Half credits (a new lot each), half debits (taking from old lots: the lots
+            # rollup reads their cohorts back).
             member = f"m{(first + i) % members}"
+            kind, cls = ("credit", Credit) if i % 2 == 0 else ("debit", Debit)
             fields = {"points": 7, "reason": "commit bench"}
-            hashed = request_hash("credit", {"program_id": PROGRAM, "member_id": member, **fields})
+            hashed = request_hash(kind, {"program_id": PROGRAM, "member_id": member, **fields})
             ops.append(
-                Credit(
+                cls(
                     program_id=PROGRAM,
                     member_id=member,
                     key=f"cb-{round_}",
@@ -385,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = costs["with_rollups"] - costs["without_rollups"]
         indexes = costs["without_rollups"] - costs["at_0008"]
         console.print(
-            f"\ngroup commit of {costs['ops_per_commit']:.0f} credits, median of {args.commits}:"
+            f"\ngroup commit of {costs['ops_per_commit']:.0f} credits and debits,"
+            f" median of {args.commits}:"
         )
         console.print(
             f"  as at 0008 (no rollups, no 0009 indexes) {costs['at_0008'] * 1000:8.1f} ms"

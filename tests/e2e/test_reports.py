@@ -2,11 +2,17 @@
 ledger summary, the read roles, and a 4xx problem for each kind of bad input."""
 
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import ADMIN_KEY, Service
+
+ROOT = Path(__file__).resolve().parents[2]
+FUZZ_TIME_S = 30
 
 REPORTS = ("liability", "breakage", "expiring", "funnel", "rewards", "members")
 
@@ -137,3 +143,53 @@ async def test_unknown_program_and_roles(
         ) as other:
             answer = await other.get(f"/v1/programs/{program}/reports/members")
             assert answer.status_code == expected, (role, answer.text)
+
+
+async def test_a_contract_fuzzer_finds_nothing_in_the_reports(
+    client: httpx.AsyncClient, program: str, service: Service, tmp_path: Path
+) -> None:
+    """schemathesis, every check, on the report routes only (the whole API's run is
+    tests/e2e/test_contract.py), on a program with activity, with schemathesis.toml (why
+    422 answers schema-valid windows)."""
+    credit = await client.post(
+        f"/v1/programs/{program}/members/a/credits",
+        json={"points": 100, "reason": "r", "expires_at": "2099-01-01T00:00:00Z"},
+        headers=key(),
+    )
+    assert credit.status_code == 201, credit.text
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        f'parameters = {{ "path.program_id" = "{program}" }}\n'
+        + (ROOT / "schemathesis.toml").read_text()
+    )
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("st")),
+            "--config-file",
+            str(config),
+            "run",
+            f"{service.url}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "use_after_free",
+            "--include-path-regex",
+            "/reports/",
+            "-H",
+            f"Authorization: Bearer {ADMIN_KEY}",
+            "--max-time",
+            str(FUZZ_TIME_S),
+            "--seed",
+            "20261130",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_TIME_S + 60,
+        cwd=ROOT,
+    )
+    failures = run.stdout.find("FAILURES")
+    summary = run.stdout[failures : failures + 6000] if failures >= 0 else run.stdout[-4000:]
+    assert run.returncode == 0, summary
+    assert "Tested: 6" in run.stdout, summary

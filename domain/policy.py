@@ -370,7 +370,9 @@ _BREAKAGE_HIGH = Fraction(99, 100)
 
 def _parse_instant(value: object, field: str) -> datetime:
     """An RFC 3339 date-time with a zone (e.g. "2026-01-01T00:00:00Z"), in UTC."""
-    from domain.events import parse_time  # domain.events imports this module's users
+    # Imported here: at module level it would be circular (domain.events imports
+    # domain.rules, which imports this module). One RFC 3339 parser for the product.
+    from domain.events import parse_time
 
     result = parse_time(value, field).astimezone(UTC)
     assert result.tzinfo is UTC

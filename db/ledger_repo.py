@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -44,7 +44,7 @@ from db.shard_connection import (
 from db.topology_repo import SlotFence, slot_fence_writers
 from domain.errors import Code
 from domain.idempotency import StoredResponse
-from domain.ledger import MEMBER_ACCOUNTS, Account, Hold, Lot, Transaction
+from domain.ledger import EXPIRE, MEMBER_ACCOUNTS, REVERSAL, Account, Hold, Lot, Transaction
 from domain.reviews import Review, ReviewKind, ReviewStatus
 
 # Callers import these from here (actors/shard_core.py).
@@ -737,6 +737,114 @@ async def _update_lot_states(conn: Conn, batch: BatchWrite, now: datetime) -> Cu
     )
 
 
+# ----------------------------------------------------------------- report rollups
+# The daily rollups the reports read (migration 0009, db/reports_repo.py), kept here, in the
+# transaction that writes the rows they sum, so they are exact and as fresh as the ledger.
+# Each shard adds to its own chain's rows: no two shards ever wait on one rollup row.
+
+
+def _daily_flows(batch: BatchWrite) -> dict[tuple[str, date, str], list[int]]:
+    """(program, UTC day, kind) -> [points, transactions] of this batch."""
+    sums: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0])
+    for txn, _ in batch.transactions:
+        day = txn.created_at.astimezone(UTC).date()
+        cell = sums[(txn.program_id, day, txn.kind)]
+        cell[0] += txn.points
+        cell[1] += 1
+    return sums
+
+
+async def _upsert_daily_flows(conn: Conn, batch: BatchWrite, now: datetime) -> Cursor:
+    sums = _daily_flows(batch)
+    keys = sorted(sums)
+    return await conn.execute(
+        """
+        INSERT INTO report_daily_flows AS r (program_id, day, kind, chain, points, txns)
+        SELECT p, d, k, %b, n, c
+        FROM unnest(%b::text[], %b::date[], %b::text[], %b::bigint[], %b::bigint[])
+             AS v(p, d, k, n, c)
+        ON CONFLICT (program_id, day, kind, chain)
+        DO UPDATE SET points = r.points + EXCLUDED.points, txns = r.txns + EXCLUDED.txns
+        """,
+        (
+            batch.chain,
+            *unzip(keys),
+            [sums[key][0] for key in keys],
+            [sums[key][1] for key in keys],
+        ),
+    )
+
+
+_TAKEN_BY = {EXPIRE: 1, REVERSAL: 2}  # which column of _lot_changes a kind's takings go to
+
+
+def _new_lot_sums(batch: BatchWrite) -> dict[tuple[str, date], int]:
+    """(program, UTC day) -> points issued into the lots this batch created (their cohort
+    is known here: no need to read it back)."""
+    sums: dict[tuple[str, date], int] = defaultdict(int)
+    for txn, lot in _new_lots(batch):
+        sums[(txn.program_id, lot.created_at.astimezone(UTC).date())] += lot.original
+    return sums
+
+
+def _lot_changes(batch: BatchWrite) -> dict[uuid.UUID, list[int]]:
+    """lot_id -> [remaining change, expired, reversed] of lots this batch took from or gave
+    back to (lots of any age: their cohort is read from the lots table)."""
+    changes: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for lot_id, taken in batch.lot_deltas.items():
+        changes[lot_id][0] -= taken
+    for txn, _ in batch.transactions:
+        column = _TAKEN_BY.get(txn.kind)
+        if column is not None:
+            for lot_id, taken in txn.allocations:
+                changes[lot_id][column] += taken
+    return {lot_id: change for lot_id, change in changes.items() if any(change)}
+
+
+def _lot_rollup_inputs(batch: BatchWrite) -> list[object]:
+    """What the lots rollup statement reads: new lots' cohorts and lots changed."""
+    return [*_new_lot_sums(batch), *_lot_changes(batch)]
+
+
+async def _upsert_daily_lots(conn: Conn, batch: BatchWrite, now: datetime) -> Cursor:
+    # New lots: their sums by cohort from the batch. Lots taken from or given back to: by
+    # the cohort the lots table names (a debit takes from lots of any age, and the batch
+    # holds only their ids).
+    issued = _new_lot_sums(batch)
+    changes = _lot_changes(batch)
+    keys = sorted(issued)
+    return await conn.execute(
+        """
+        INSERT INTO report_daily_lots AS r
+               (program_id, day, chain, issued, remaining, expired, reversed)
+        SELECT p, d, %b, sum(i), sum(n), sum(e), sum(x)
+        FROM (
+            SELECT p, d, i, i AS n, 0 AS e, 0 AS x
+            FROM unnest(%b::text[], %b::date[], %b::bigint[]) AS new(p, d, i)
+            UNION ALL
+            SELECT l.program_id, (l.created_at AT TIME ZONE 'UTC')::date, 0, v.n, v.e, v.x
+            FROM unnest(%b::uuid[], %b::bigint[], %b::bigint[], %b::bigint[])
+                 AS v(lot_id, n, e, x)
+            JOIN lots l ON l.lot_id = v.lot_id
+        ) AS s(p, d, i, n, e, x)
+        GROUP BY p, d
+        ON CONFLICT (program_id, day, chain)
+        DO UPDATE SET issued = r.issued + EXCLUDED.issued,
+                      remaining = r.remaining + EXCLUDED.remaining,
+                      expired = r.expired + EXCLUDED.expired,
+                      reversed = r.reversed + EXCLUDED.reversed
+        """,
+        (
+            batch.chain,
+            [program for program, _ in keys],
+            [day for _, day in keys],
+            [issued[key] for key in keys],
+            list(changes),
+            *([list(column) for column in zip(*changes.values(), strict=True)] or [[], [], []]),
+        ),
+    )
+
+
 # ----------------------------------------------------------------- events and tiers
 
 
@@ -909,6 +1017,9 @@ LEDGER_WRITERS: tuple[TableWriter[BatchWrite], ...] = (
     TableWriter(
         lambda b: b.lot_states, _update_lot_states, fence="a lot this shard confirmed is missing"
     ),
+    # After the transactions and the lots they sum (the new lots' cohorts are read back).
+    TableWriter(lambda b: b.transactions, _upsert_daily_flows),
+    TableWriter(_lot_rollup_inputs, _upsert_daily_lots),
     TableWriter(
         lambda b: b.events,
         _insert_events,

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKeyConstraint,
     Identity,
@@ -136,6 +137,13 @@ transactions = Table(
         "member_id",
         text("created_at DESC"),
         text("txn_id DESC"),
+    ),
+    # Reports (0009): who earned or spent in a window (members), index-only.
+    Index(
+        "transactions_by_time",
+        "program_id",
+        "created_at",
+        postgresql_include=["member_id", "kind"],
     ),
     # A debit is refunded at most once.
     Index(
@@ -267,6 +275,43 @@ lots = Table(
         postgresql_where=text("event_id IS NOT NULL"),
     ),
     Index("lots_pending", "available_at", postgresql_where=text("NOT active AND remaining > 0")),
+    # Reports (0009): what expires when (expiring), index-only.
+    Index(
+        "lots_open_by_expiry",
+        "program_id",
+        "expires_at",
+        postgresql_include=["remaining"],
+        postgresql_where=text("remaining > 0 AND expires_at IS NOT NULL"),
+    ),
+)
+
+# Report rollups (0009), kept by the group commit (db/ledger_repo.py) in the transaction
+# that writes the ledger rows, one row set per writer chain (shards never contend); the
+# reports sum over chains (db/reports_repo.py). Days are UTC.
+report_daily_flows = Table(
+    "report_daily_flows",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("kind", Text, primary_key=True),
+    Column("chain", Text, primary_key=True),
+    Column("points", BigInteger, nullable=False),
+    Column("txns", BigInteger, nullable=False),
+    CheckConstraint("points >= 0 AND txns >= 0", name="report_daily_flows_nonnegative"),
+)
+
+# Lots by the UTC day they were created (their cohort): issued into them, left in them,
+# taken from them by expiry and by reversals.
+report_daily_lots = Table(
+    "report_daily_lots",
+    metadata,
+    Column("program_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("chain", Text, primary_key=True),
+    Column("issued", BigInteger, nullable=False),
+    Column("remaining", BigInteger, nullable=False),
+    Column("expired", BigInteger, nullable=False),
+    Column("reversed", BigInteger, nullable=False),
 )
 
 events = Table(
@@ -470,6 +515,8 @@ redemptions = Table(
     ),
     Index("redemptions_by_reward", "program_id", "reward_id"),
     Index("redemptions_by_member", "program_id", "member_id", text("created_at DESC")),
+    # Reports (0009): redemptions in a period (rewards).
+    Index("redemptions_by_time", "program_id", "created_at"),
     # Sagas not yet finished, by the slot whose reward actor drives them (recovery).
     Index(
         "redemptions_open",

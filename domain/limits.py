@@ -126,3 +126,20 @@ SIMULATION_PAGE_EVENTS = 5000
 # failed when read: its worker died (the replica that started it, or the Ray task).
 SIMULATION_STALE_S = 60
 assert SIMULATION_TOP_MEMBERS_DEFAULT <= SIMULATION_TOP_MEMBERS_MAX
+# --- Reports (domain/reports.py, db/reports_repo.py) ---
+# A point's money value: a currency (ISO 4217 code) and dated values, in minor units of the
+# currency per point (a decimal string). At most this many dated values, each at most this
+# large (a point worth 10^6 minor units, e.g. 10,000.00 EUR, is past any real program).
+POINT_VALUES_MAX = 100
+MINOR_UNITS_PER_POINT_MAX = 1_000_000
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+CURRENCY_RE = re.compile(CURRENCY_PATTERN)
+# Periods a report covers, per granularity: ~13 months of days, 5 years of weeks, 10 years
+# of months. Each is a bound on the rows of an answer and on the work behind it.
+REPORT_DAYS_MAX = 400
+REPORT_WEEKS_MAX = 260
+REPORT_MONTHS_MAX = 120
+# `expiring`: the months ahead it shows.
+REPORT_EXPIRING_MONTHS = 12
+# `members`: the activity windows it counts.
+REPORT_ACTIVE_WINDOWS_DAYS = (30, 90)

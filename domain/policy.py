@@ -32,12 +32,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dateutil.relativedelta import relativedelta
 
 from domain.limits import (
+    CURRENCY_RE,
     EXPIRY_DAYS_MAX,
     EXPIRY_MONTHS_MAX,
     EXPIRY_YEARS_MAX,
     ID_RE,
+    MINOR_UNITS_PER_POINT_MAX,
     MULTIPLIER_MAX,
     PENDING_DAYS_MAX,
+    POINT_VALUES_MAX,
     POINTS_PER_OPERATION_MAX,
     REDEMPTIONS_PER_HOUR_MAX,
     TIER_GRACE_DAYS_MAX,
@@ -137,6 +140,43 @@ class TierPolicy:
 
 
 @dataclass(frozen=True)
+class PointValueStep:
+    """From `starts_at` on (until the next step), a point is worth this many minor units
+    of the currency (exact: a Decimal from a decimal string, never a float)."""
+
+    starts_at: datetime
+    minor_units_per_point: Decimal
+
+
+@dataclass(frozen=True)
+class PointValue:
+    """What a point is worth in money, over time (reports value the liability with it)."""
+
+    currency: str
+    # Sorted by starts_at, strictly increasing; at least one.
+    steps: tuple[PointValueStep, ...]
+
+    def check(self) -> None:
+        assert CURRENCY_RE.fullmatch(self.currency)
+        assert 1 <= len(self.steps) <= POINT_VALUES_MAX
+        assert all(
+            a.starts_at < b.starts_at for a, b in zip(self.steps, self.steps[1:], strict=False)
+        )
+
+    def at(self, moment: datetime) -> Decimal | None:
+        """The value in force at `moment`: the last step that started at or before it; None
+        before the first step (no value known yet)."""
+        _check_moment(moment, "moment")
+        found = None
+        for step in self.steps:
+            if step.starts_at > moment:
+                break
+            found = step.minor_units_per_point
+        assert found is None or found >= 0
+        return found
+
+
+@dataclass(frozen=True)
 class Policy:
     time_zone: str = "UTC"
     expiry: ExpiryPolicy = ExpiryPolicy()
@@ -145,6 +185,10 @@ class Policy:
     caps: Caps = Caps()
     tiers: TierPolicy | None = None
     risk: RiskPolicy = RiskPolicy()
+    # Reports (domain/reports.py): a point's money value, and the share of issued points
+    # expected never to be redeemed (None: the reports use the observed rate).
+    point_value: PointValue | None = None
+    breakage_rate: Decimal | None = None
 
 
 DEFAULT_POLICY = Policy()
@@ -316,14 +360,94 @@ def _parse_tiers(raw: object) -> TierPolicy | None:
     return result
 
 
-POLICY_KEYS = ("time_zone", "expiry", "pending", "allow_debt", "caps", "tiers", "risk")
+_MINOR_UNITS_LOW = Fraction(0)
+_MINOR_UNITS_HIGH = Fraction(MINOR_UNITS_PER_POINT_MAX)
+# A breakage rate is a share of issued points: 0 <= rate < 1 (a rate of 1 would say no
+# point is ever redeemed, and deferred revenue would be nothing).
+_BREAKAGE_LOW = Fraction(0)
+_BREAKAGE_HIGH = Fraction(99, 100)
+
+
+def _parse_instant(value: object, field: str) -> datetime:
+    """An RFC 3339 date-time with a zone (e.g. "2026-01-01T00:00:00Z"), in UTC."""
+    # Imported here: at module level it would be circular (domain.events imports
+    # domain.rules, which imports this module). One RFC 3339 parser for the product.
+    from domain.events import parse_time
+
+    result = parse_time(value, field).astimezone(UTC)
+    assert result.tzinfo is UTC
+    return result
+
+
+def _parse_point_value(raw: object) -> PointValue | None:
+    if raw is None:
+        return None
+    fields = _object(raw, "point_value", ("currency", "values"))
+    currency = fields.get("currency")
+    if not isinstance(currency, str) or not CURRENCY_RE.fullmatch(currency):
+        raise invalid('point_value.currency must be an ISO 4217 code like "EUR"')
+    raw_values = fields.get("values")
+    if not isinstance(raw_values, list) or not 1 <= len(raw_values) <= POINT_VALUES_MAX:
+        raise invalid(f"point_value.values must be a list of 1..{POINT_VALUES_MAX} values")
+    steps = []
+    for index, item in enumerate(raw_values):
+        field = f"point_value.values[{index}]"
+        step = _object(item, field, ("from", "minor_units_per_point"))
+        value = step.get("minor_units_per_point")
+        if not isinstance(value, str):
+            # A JSON number may already have lost its exact value: decimal strings only.
+            raise invalid(f'{field}.minor_units_per_point must be a decimal string like "0.5"')
+        steps.append(
+            PointValueStep(
+                _parse_instant(step.get("from"), f"{field}.from"),
+                parse_decimal(
+                    value, f"{field}.minor_units_per_point", _MINOR_UNITS_LOW, _MINOR_UNITS_HIGH
+                ),
+            )
+        )
+    steps.sort(key=lambda step: step.starts_at)
+    if len({step.starts_at for step in steps}) != len(steps):
+        raise invalid("point_value.values must start at distinct instants")
+    result = PointValue(currency, tuple(steps))
+    result.check()
+    return result
+
+
+def _parse_breakage_rate(raw: object) -> Decimal | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise invalid('breakage_rate must be a decimal string like "0.2" (0 to 0.99)')
+    rate = parse_decimal(raw, "breakage_rate", _BREAKAGE_LOW, _BREAKAGE_HIGH)
+    assert 0 <= rate < 1
+    return rate
+
+
+def _decimal_text(value: Decimal) -> str:
+    """A Decimal as a plain decimal string (never an exponent: "0.5", "12", "0.000001")."""
+    text = format(value, "f")
+    assert "E" not in text and "e" not in text
+    return text
+
+
+POLICY_KEYS = (
+    "time_zone",
+    "expiry",
+    "pending",
+    "allow_debt",
+    "caps",
+    "tiers",
+    "risk",
+    "point_value",
+    "breakage_rate",
+)
 
 
 def parse_policy(raw: dict[str, Any] | None) -> Policy:
     """Validate a policy JSON object; None or {} gives the defaults.
 
     Defaults: UTC, points never expire, no pending period, no debt, no caps, no tiers, no
-    risk limits and no reviews.
+    risk limits and no reviews, no point value and no breakage estimate.
     Raises PointsError(VALIDATION_ERROR) naming the first bad field.
     """
     if raw is None:
@@ -341,6 +465,8 @@ def parse_policy(raw: dict[str, Any] | None) -> Policy:
         _parse_caps(fields.get("caps", {})),
         _parse_tiers(fields.get("tiers")),
         _parse_risk(fields.get("risk", {})),
+        _parse_point_value(fields.get("point_value")),
+        _parse_breakage_rate(fields.get("breakage_rate")),
     )
     assert policy.expiry.kind in EXPIRY_N_RANGE
     assert policy.pending.kind in PENDING_KINDS
@@ -375,6 +501,21 @@ def policy_to_json(policy: Policy) -> dict[str, Any]:
         },
         "risk": {name: getattr(policy.risk, name) for name in RISK_KEYS},
     }
+    # The report fields are written only when set, so that the JSON of every policy made
+    # before they existed stays exactly as it was.
+    if policy.point_value is not None:
+        result["point_value"] = {
+            "currency": policy.point_value.currency,
+            "values": [
+                {
+                    "from": step.starts_at.isoformat().replace("+00:00", "Z"),
+                    "minor_units_per_point": _decimal_text(step.minor_units_per_point),
+                }
+                for step in policy.point_value.steps
+            ],
+        }
+    if policy.breakage_rate is not None:
+        result["breakage_rate"] = _decimal_text(policy.breakage_rate)
     return result
 
 

@@ -66,6 +66,13 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", P + "/experiments/{experiment_id}/results"): READ,
     # The program's books (reconciliation): for finance, read-only keys included.
     ("GET", P + "/ledger/summary"): READ,
+    # Reports on the ledger (liability, breakage, ...): for finance and marketing, read-only.
+    ("GET", P + "/reports/liability"): READ,
+    ("GET", P + "/reports/breakage"): READ,
+    ("GET", P + "/reports/expiring"): READ,
+    ("GET", P + "/reports/funnel"): READ,
+    ("GET", P + "/reports/rewards"): READ,
+    ("GET", P + "/reports/members"): READ,
     # Members: manual credits and debits are an operator's; a service's everyday work.
     ("POST", M + "/credits"): TRANSACT,
     ("POST", M + "/debits"): TRANSACT,

@@ -893,3 +893,263 @@ class ExperimentResults(_Open):
     model_config = _example({"experiment_id": "double-orders", "arms": []})
     experiment_id: str
     arms: list[dict[str, Any]]
+
+
+# --- Reports (domain/reports.py; docs/reports.md) ------------------------------------------
+
+_REPORT_HEADER = {
+    "program_id": "shop",
+    "from": "2026-01-01",
+    "to": "2026-01-31",
+    "granularity": "month",
+    "as_of": NOW,
+}
+
+
+class _Report(_Open):
+    report: str
+    program_id: str
+    from_: str = Field(alias="from")
+    to: str
+    granularity: str
+    as_of: str = Field(description="the snapshot the report was read in: exact as of then")
+
+
+class LiabilityRow(_Open):
+    period: str
+    opening: int
+    issued: int
+    redeemed: int
+    expired: int
+    reversed: int
+    adjusted: int
+    closing: int
+    minor_units_per_point: str | None
+    opening_money: str | None
+    issued_money: str | None
+    redeemed_money: str | None
+    expired_money: str | None
+    reversed_money: str | None
+    adjusted_money: str | None
+    closing_money: str | None
+    revaluation_money: str | None
+    deferred_revenue_money: str | None
+    recognised_breakage_money: str | None
+
+
+class LiabilityReport(_Report):
+    model_config = _example(
+        {
+            "report": "liability",
+            **_REPORT_HEADER,
+            "currency": "EUR",
+            "breakage_rate": "0.2",
+            "breakage_rate_source": "policy",
+            "rows": [
+                {
+                    "period": "2026-01-01",
+                    "opening": 1000,
+                    "issued": 500,
+                    "redeemed": 300,
+                    "expired": 20,
+                    "reversed": 0,
+                    "adjusted": 0,
+                    "closing": 1180,
+                    "minor_units_per_point": "0.5",
+                    "opening_money": "500",
+                    "issued_money": "250",
+                    "redeemed_money": "150",
+                    "expired_money": "10",
+                    "reversed_money": "0",
+                    "adjusted_money": "0",
+                    "closing_money": "590",
+                    "revaluation_money": None,
+                    "deferred_revenue_money": "472",
+                    "recognised_breakage_money": "37.5",
+                }
+            ],
+        }
+    )
+    currency: str | None
+    breakage_rate: str
+    breakage_rate_source: str
+    rows: list[LiabilityRow]
+
+
+class CohortRow(_Open):
+    cohort: str
+    issued: int
+    redeemed: int
+    expired: int
+    reversed: int
+    outstanding: int
+    observed_breakage_rate: str | None
+    projected_breakage_rate: str | None
+
+
+class BreakageReport(_Report):
+    model_config = _example(
+        {
+            "report": "breakage",
+            **_REPORT_HEADER,
+            "breakage_rate": "0.1",
+            "breakage_rate_source": "observed",
+            "rows": [
+                {
+                    "cohort": "2026-01-01",
+                    "issued": 1000,
+                    "redeemed": 600,
+                    "expired": 100,
+                    "reversed": 0,
+                    "outstanding": 300,
+                    "observed_breakage_rate": "0.1000",
+                    "projected_breakage_rate": "0.1300",
+                }
+            ],
+            "totals": {
+                "cohort": "total",
+                "issued": 1000,
+                "redeemed": 600,
+                "expired": 100,
+                "reversed": 0,
+                "outstanding": 300,
+                "observed_breakage_rate": "0.1000",
+                "projected_breakage_rate": "0.1300",
+            },
+        }
+    )
+    breakage_rate: str
+    breakage_rate_source: str
+    rows: list[CohortRow]
+    totals: CohortRow
+
+
+class ExpiringRow(_Open):
+    period: str
+    points: int
+    lots: int
+
+
+class ExpiringReport(_Report):
+    model_config = _example(
+        {
+            "report": "expiring",
+            **_REPORT_HEADER,
+            "overdue": {"points": 0, "lots": 0},
+            "total_points": 700,
+            "rows": [{"period": "2026-01-01", "points": 700, "lots": 9}],
+        }
+    )
+    overdue: dict[str, int]
+    total_points: int
+    rows: list[ExpiringRow]
+
+
+class FunnelRow(_Open):
+    cohort: str
+    earned: int
+    reached_reward: int
+    redeemed_once: int
+    redeemed_twice: int
+    reached_reward_rate: str | None
+    redeemed_once_rate: str | None
+    redeemed_twice_rate: str | None
+
+
+class FunnelReport(_Report):
+    model_config = _example(
+        {
+            "report": "funnel",
+            **_REPORT_HEADER,
+            "cheapest_reward_points": 150,
+            "rows": [
+                {
+                    "cohort": "2026-01-01",
+                    "earned": 100,
+                    "reached_reward": 40,
+                    "redeemed_once": 20,
+                    "redeemed_twice": 5,
+                    "reached_reward_rate": "0.4000",
+                    "redeemed_once_rate": "0.2000",
+                    "redeemed_twice_rate": "0.2500",
+                }
+            ],
+        }
+    )
+    cheapest_reward_points: int | None
+    rows: list[FunnelRow]
+
+
+class RewardRow(_Open):
+    reward_id: str
+    name: str | None
+    redemptions: int
+    completed: int
+    cancelled: int
+    failed: int
+    in_progress: int
+    points: int
+
+
+class Heatmap(_Open):
+    weekdays: list[str]
+    counts: list[list[int]] = Field(description="[weekday][hour]: redemptions started")
+
+
+class RewardsReport(_Report):
+    model_config = _example(
+        {
+            "report": "rewards",
+            **_REPORT_HEADER,
+            "time_zone": "UTC",
+            "rows": [
+                {
+                    "reward_id": "mug",
+                    "name": "Coffee mug",
+                    "redemptions": 3,
+                    "completed": 2,
+                    "cancelled": 1,
+                    "failed": 0,
+                    "in_progress": 0,
+                    "points": 300,
+                }
+            ],
+            "failures": {},
+            "heatmap": {
+                "weekdays": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                "counts": [[0] * 24 for _ in range(7)],
+            },
+        }
+    )
+    time_zone: str
+    rows: list[RewardRow]
+    failures: dict[str, int]
+    heatmap: Heatmap
+
+
+class TierShare(_Open):
+    tier: str | None
+    members: int
+    share: str | None
+
+
+class MembersRow(_Open):
+    period: str
+    new_members: int
+
+
+class MembersReport(_Report):
+    model_config = _example(
+        {
+            "report": "members",
+            **_REPORT_HEADER,
+            "members": 120,
+            "active": {"30d": 40, "90d": 75},
+            "tiers": [{"tier": "gold", "members": 20, "share": "0.1667"}],
+            "rows": [{"period": "2026-01-01", "new_members": 12}],
+        }
+    )
+    members: int
+    active: dict[str, int]
+    tiers: list[TierShare]
+    rows: list[MembersRow]

@@ -11,6 +11,7 @@ from serve_app.routes import (
     members,
     programs,
     redemptions,
+    reports,
     reviews,
     rewards,
     rules,
@@ -32,4 +33,5 @@ ROUTERS = (
     admin.router,
     keys.router,
     me.router,
+    reports.router,
 )

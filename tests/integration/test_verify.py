@@ -66,6 +66,14 @@ def test_honest_ledger_passes(fresh_db: str, capsys: pytest.CaptureFixture[str])
             "UPDATE accounts SET lifetime_spent = lifetime_spent + 1 WHERE member_id = 'm1'",
             "lifetime totals equal credits less reversals, and debits less refunds",
         ),
+        (
+            "UPDATE report_daily_flows SET points = points + 1 WHERE kind = 'debit'",
+            "the report rollup of flows equals the transactions by day and kind",
+        ),
+        (
+            "UPDATE report_daily_lots SET remaining = remaining - 1",
+            "the report rollup of lots equals the lots by cohort day",
+        ),
     ],
 )
 def test_each_corruption_is_reported(

@@ -1,7 +1,7 @@
 """What-if replays of candidate earning rules: the `simulations` job table
 
 Revision ID: 0010
-Revises: 0008 (to be re-pointed to 0009, report rollups, when both branches merge)
+Revises: 0009
 Create Date: 2026-11-30 05:00:00
 
 One row per replay job (POST /v1/programs/{program_id}/simulations): its request (the
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -564,6 +564,51 @@ def restore(
 
 
 @app.command()
+def demo(
+    program: Annotated[str, typer.Option(help="The id of the program to create.")] = "demo",
+    members: Annotated[int, typer.Option(min=1, max=100_000, help="Members.")] = 200,
+    weeks: Annotated[int, typer.Option(min=1, max=104, help="Weeks of activity.")] = 6,
+    seed: Annotated[int, typer.Option(help="Random seed (the same seed, the same story).")] = 7,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a program with WEEKS of activity up to now: orders, check-ins, redemptions and
+    refunds of MEMBERS members, written through the real cores day by day (safe while the
+    service runs; the program must be new). Then open /admin, read its reports, run a
+    what-if on it."""
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    from actors.demo import play
+
+    with (
+        _database(data_dir, database_url) as url,
+        Progress(TextColumn("playing days"), BarColumn(), MofNCompleteColumn()) as bar,
+    ):
+        task = bar.add_task("days", total=weeks * 7)
+        try:
+            played = asyncio.run(
+                play(
+                    url,
+                    program,
+                    members,
+                    weeks,
+                    seed,
+                    lambda done, _total: bar.update(task, completed=done),
+                )
+            )
+        except ValueError as exc:
+            console.print(f"[red]{escape(str(exc))}[/]")
+            raise typer.Exit(1) from exc
+    console.print(
+        f"[bold green]Program {played.program_id!r}[/]: {played.members} members,"
+        f" {played.days} days: {played.events} events, {played.redemptions} redemptions,"
+        f" {played.reversals} refunded orders ({played.refused} refused, as a shop's would be)."
+    )
+
+
+@app.command()
 def verify(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,

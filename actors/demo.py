@@ -22,7 +22,7 @@ import asyncio
 import random
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,6 +85,7 @@ class Played:
     redemptions: int = 0
     reversals: int = 0
     refused: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
 
 
 class _Clock:
@@ -211,11 +212,14 @@ async def _hour(
             balances[answer.body["member_id"]] = answer.body["balance"]["available"]
         else:
             played.refused += 1
+            played.refusals[answer.code.value] = played.refusals.get(answer.code.value, 0) + 1
     redeeming = []
+    spending: list[tuple[str, int]] = []
     for member in member_ids:
         affordable = [r for r in REWARDS if r[2] <= balances[member]]
         if affordable and rng.random() < 0.08:
-            reward_id = rng.choice(affordable)[0]
+            reward_id, _, cost, _ = rng.choice(affordable)
+            spending.append((member, cost))
             fields: dict[str, Any] = {
                 "program_id": program_id,
                 "member_id": member,
@@ -231,11 +235,13 @@ async def _hour(
                     )
                 )
             )
-    for answer in await asyncio.gather(*redeeming):
+    for (member, cost), answer in zip(spending, await asyncio.gather(*redeeming), strict=True):
         if answer.code is Code.CREATED:
             played.redemptions += 1
+            balances[member] -= cost
         else:
             played.refused += 1
+            played.refusals[answer.code.value] = played.refusals.get(answer.code.value, 0) + 1
     if orders and rng.random() < 0.1:  # now and then an order is refunded: its points go
         member, event_id = orders.pop(rng.randrange(len(orders)))
         reverse = Reverse(

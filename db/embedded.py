@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -51,6 +52,10 @@ class EmbeddedPostgres:
             server._cleanup()
         except Exception as exc:  # reported below only if the server did not stop
             cleanup_error = exc
+        if self._shared_with_others(server):
+            # Another live process holds a handle (`points up`, while `points verify`,
+            # `backup` or `demo` ran beside it): the server is theirs too, leave it running.
+            return
         if self.running():
             # pgserver generates its command wrappers at import time: no static name.
             from pgserver.postgres_server import pg_ctl  # type: ignore[attr-defined]
@@ -63,6 +68,17 @@ class EmbeddedPostgres:
                 + (f" ({type(cleanup_error).__name__}: {cleanup_error})" if cleanup_error else "")
                 + f"; see {self.pgdata / 'log'}"
             )
+
+    @staticmethod
+    def _shared_with_others(server: Any) -> bool:
+        """Does a live process other than this one still hold a handle on the server?"""
+        import psutil
+
+        try:
+            pids = server.global_process_id_list.get()
+        except Exception:  # unreadable: assume it is ours alone, as before
+            return False
+        return any(pid != os.getpid() and psutil.pid_exists(pid) for pid in pids)
 
     def crash_and_restart(self, timeout_s: float = 30) -> None:
         """Crash the server (`pg_ctl stop -m immediate`: no shutdown checkpoint, every

@@ -61,3 +61,26 @@ def test_a_server_that_does_not_stop_is_reported(
     pg._server = server  # now stop it for real
     pg.stop()
     assert not pg.running()
+
+
+def test_a_server_another_live_process_holds_keeps_running(tmp_path: Path) -> None:
+    """`points verify` (or backup, or demo) beside a running `points up` on the same data
+    dir: stopping its handle must not stop the server the service uses."""
+    pg = EmbeddedPostgres(tmp_path)
+    url = pg.start()
+    holder = subprocess.Popen(["sleep", "60"])  # stands for `points up`: a live pid
+    try:
+        handles = pg.pgdata / ".handle_pids.json"
+        handles.write_text(json.dumps([*json.loads(handles.read_text()), holder.pid]))
+        pg.stop()
+        assert pg.running()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone: the next handle to stop is the last live one, and stops it.
+    again = EmbeddedPostgres(tmp_path)
+    again.start()
+    again.stop()
+    assert not again.running()

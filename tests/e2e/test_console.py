@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -589,7 +590,7 @@ async def test_an_experiment_is_started_measured_and_ended(
     page = await open_console()
     await go(page, f"#/programs/{lab.program}/experiments")
     await expect(page.locator("#experiments")).to_have_text("No experiment yet.")
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(microsecond=0)
     await page.fill("#experiment-id", "double-orders")
     await page.fill("#experiment-starts", (now - timedelta(hours=1)).isoformat())
     await page.fill("#experiment-ends", (now + timedelta(days=7)).isoformat())
@@ -642,7 +643,7 @@ async def test_a_simulation_is_started_polled_and_shown(
     page = await open_console()
     await go(page, f"#/programs/{lab.program}/simulations")
     rules = page.locator("#simulation-rules")
-    await expect(rules).to_contain_text("order_points")
+    await expect(rules).to_have_value(re.compile("order_points"))
     candidate = [
         {**rule, "award": {**rule["award"], "rate": "0.05"}}
         if rule["id"] == "order_points"
@@ -650,7 +651,9 @@ async def test_a_simulation_is_started_polled_and_shown(
         for rule in json.loads(await rules.input_value())
     ]
     await rules.fill(json.dumps(candidate, indent=2))
-    await page.fill("#simulation-from", (datetime.now(UTC) - timedelta(days=1)).isoformat())
+    await page.fill(
+        "#simulation-from", (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
     await page.click("#new-simulation button[type=submit]")
     status = page.locator("#simulation-status")
     await expect(status).to_have_attribute("data-status", "done", timeout=SIMULATION_TIMEOUT_MS)

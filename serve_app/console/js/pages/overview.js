@@ -91,7 +91,9 @@ export default {
       );
     }
     if (redemptions) {
-      charts.append(panel(`Redemptions by weekday and hour (${redemptions.time_zone})`, heatmap(redemptions.heatmap)));
+      const box = panel(`Redemptions by weekday and hour (${redemptions.time_zone})`, heatmap(redemptions.heatmap));
+      box.classList.add("wide");
+      charts.append(box);
     }
     if (can(`GET ${P}/rewards`)) {
       const { items } = await api.all(`${base}/rewards`, {}, REWARDS_MAX);

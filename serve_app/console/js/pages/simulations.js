@@ -122,7 +122,7 @@ function result(r) {
       card("Events changed", number(r.events_changed)), card("Actual points", number(r.actual_points)),
       card("Candidate points", number(r.candidate_points)), card("Difference", diffCell(r.difference), { id: "simulation-difference" })),
     r.events_invalid ? h("p", { class: "warn" }, `${number(r.events_invalid)} stored events the rules refuse (counted as 0).`) : null,
-    h("div", { class: "grid" },
+    h("div", { class: "grid halves" },
       panel("Per rule", table([{ label: "Rule", value: (x) => x.rule_id }, ...pointColumns], r.by_rule, { id: "sim-by-rule" })),
       panel("Per tier", table([{ label: "Tier", value: (x) => x.tier ?? "no tier" }, events, ...pointColumns], r.by_tier, { id: "sim-by-tier" }),
         r.tiers_from ? h("p", { class: "muted" }, `Tier known from: explanation ${number(r.tiers_from.explanation)}, tier changes ${number(r.tiers_from.tier_changes)}, current ${number(r.tiers_from.current)}.`) : null),

@@ -1,7 +1,8 @@
 """The admin console (/admin) driven in headless Chromium, against the e2e session's
 service: sign in, a program's charts drawn with its numbers, a member found, a redemption
 cancelled, a review approved, the rule diff, what a viewer is not offered, the phone
-layout's menu.
+layout's menu; the reports (a table, a CSV download) and the overview's report charts; an
+experiment started, its results and its end; a what-if simulation polled to its result.
 
 The browser is Debian's `chromium` (`apt-get install chromium`; .ci/run installs it),
 driven by Playwright for Python: never `playwright install`, which downloads a browser.
@@ -13,10 +14,12 @@ Screenshots of each page, laptop and phone sized, go to tests/artifacts/console/
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,17 @@ EARNED = {"alice": 6000, "bob": 1500, "carol": 200, "dave": 4000}
 TIER_OF = {"alice": "gold", "bob": "silver", "carol": "member", "dave": "member"}
 REVIEW_ABOVE_POINTS = 3000
 TV_COST_POINTS = 2000
+# Half a cent a point since 2020: the liability report has money columns.
+POINT_VALUE = {
+    "currency": "EUR",
+    "values": [{"from": "2020-01-01T00:00:00Z", "minor_units_per_point": "0.5"}],
+}
+# The experiment and simulation program's members: some before the experiment, some in it.
+LAB_BEFORE = [f"early-{n}" for n in range(4)]
+LAB_IN_EXPERIMENT = [f"trial-{n}" for n in range(8)]
+LAB_ORDER_AMOUNT = 10_000
+# A simulation's job runs as a Ray task: its first start in a session may take a while.
+SIMULATION_TIMEOUT_MS = 90_000
 
 
 class Shop:
@@ -88,7 +102,11 @@ class Shop:
             body: dict[str, Any] = response.json()
             return body
 
-        policy = {"tiers": TIERS, "risk": {"review_above_points": REVIEW_ABOVE_POINTS}}
+        policy = {
+            "tiers": TIERS,
+            "risk": {"review_above_points": REVIEW_ABOVE_POINTS},
+            "point_value": POINT_VALUE,
+        }
         await ok(http.put(p, json={"name": "Console shop", "policy": policy}))
         await ok(http.put(f"{p}/rules", json={"rules": [RULE]}))
         faster = {**RULE, "award": {**RULE["award"], "rate": "0.02"}}
@@ -131,6 +149,32 @@ class Shop:
         self.review_id = held["review_id"]
 
 
+class Lab:
+    """A program for experiments and simulations: rules v1 (1 point per 100 minor units)
+    and v2 (2 points, and check-ins), and order events of a few members."""
+
+    def __init__(self) -> None:
+        self.program = f"lab-{secrets.token_hex(3)}"
+
+    async def build(self, http: httpx.AsyncClient) -> None:
+        p = f"/v1/programs/{self.program}"
+        made = await http.put(p, json={"name": "Console lab", "policy": {"tiers": TIERS}})
+        assert made.status_code in (200, 201), made.text
+        faster = {**RULE, "award": {**RULE["award"], "rate": "0.02"}}
+        for rules in ([RULE], [faster, CHECK_IN]):
+            answer = await http.put(f"{p}/rules", json={"rules": rules})
+            assert answer.status_code in (200, 201), answer.text
+        await self.orders(http, LAB_BEFORE, "before")
+
+    async def orders(self, http: httpx.AsyncClient, members: list[str], tag: str) -> None:
+        now = datetime.now(UTC).isoformat()
+        for member in members:
+            event = {"id": f"{tag}-{member}", "member_id": member, "type": "order"}
+            event |= {"occurred_at": now, "attributes": {"amount": LAB_ORDER_AMOUNT}}
+            answer = await http.post(f"/v1/programs/{self.program}/events", json=event)
+            assert answer.status_code in (200, 201), answer.text
+
+
 @pytest.fixture(scope="module")
 async def admin_http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=service.url, headers=service.headers, timeout=60) as http:
@@ -140,6 +184,13 @@ async def admin_http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="module")
 async def shop(service: Service, admin_http: httpx.AsyncClient) -> Shop:
     made = Shop(service)
+    await made.build(admin_http)
+    return made
+
+
+@pytest.fixture(scope="module")
+async def lab(admin_http: httpx.AsyncClient) -> Lab:
+    made = Lab()
     await made.build(admin_http)
     return made
 
@@ -385,6 +436,15 @@ async def test_a_viewer_is_not_offered_what_it_may_not_do(
     await go(page, f"#/programs/{shop.program}/reviews?status=any")
     await expect(page.locator("#reviews tbody tr")).to_have_count(1)
     await expect(page.locator("button[data-approve], button[data-reject]")).to_have_count(0)
+    # Reports, experiments and simulations are read, never started or ended.
+    await go(page, f"#/programs/{shop.program}/reports")
+    await expect(page.locator("#report-liability")).to_be_visible()
+    await go(page, f"#/programs/{shop.program}/experiments")
+    await expect(page.locator("#experiments")).to_be_visible()
+    await expect(page.locator("#new-experiment")).to_have_count(0)
+    await go(page, f"#/programs/{shop.program}/simulations")
+    await expect(page.locator("h1")).to_have_text("Simulations")
+    await expect(page.locator("#new-simulation")).to_have_count(0)
     # A page the role may not open says so rather than failing.
     await go(page, "#/keys")
     await expect(page.locator("#view")).to_contain_text("may not open this page")
@@ -429,3 +489,194 @@ async def test_a_service_key_sees_its_programs_members_and_nothing_to_change(
     await page.click("#find-member button")
     await expect(page.locator("#redemptions tbody tr")).to_have_count(1)
     await expect(page.locator("button[data-cancel]")).to_have_count(0)
+
+
+async def report(http: httpx.AsyncClient, program: str, name: str, **query: str) -> Any:
+    answer = await http.get(f"/v1/programs/{program}/reports/{name}", params=query)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def this_year() -> dict[str, str]:
+    """The overview's window: this month and the 11 before it, by month (UTC)."""
+    today = datetime.now(UTC).date()
+    month = today.year * 12 + today.month - 1 - 11
+    return {"from": f"{month // 12:04d}-{month % 12 + 1:02d}-01", "to": today.isoformat()}
+
+
+async def test_the_overview_charts_the_reports(
+    open_console: Open, shop: Shop, admin_http: httpx.AsyncClient
+) -> None:
+    window = {**this_year(), "granularity": "month"}
+    liability = await report(admin_http, shop.program, "liability", **window)
+    funnel = await report(admin_http, shop.program, "funnel", **window)
+    rewards = await report(admin_http, shop.program, "rewards", **window)
+    books = (await admin_http.get(f"/v1/programs/{shop.program}/ledger/summary")).json()
+    for viewport, size in (("laptop", LAPTOP), ("phone", PHONE)):
+        page = await open_console(viewport=size)
+        await go(page, f"#/programs/{shop.program}")
+        chart = await drawn(page, "liability")
+        assert chart["labels"] == [row["period"][:7] for row in liability["rows"]]
+        closing = [row["closing"] for row in liability["rows"]]
+        assert chart["data"][0] == closing and closing[-1] == books["outstanding"]["total"]
+        # Deferred revenue in euros: minor units (cents) / 100, at half a cent a point.
+        deferred = [float(row["deferred_revenue_money"]) / 100 for row in liability["rows"]]
+        assert chart["data"][1] == pytest.approx(deferred) and deferred[-1] > 0
+        flows = await drawn(page, "issued-redeemed")
+        assert flows["data"] == [
+            [row["issued"] for row in liability["rows"]],
+            [row["redeemed"] for row in liability["rows"]],
+        ]
+        stages = await drawn(page, "funnel")
+        keys = ("earned", "reached_reward", "redeemed_once", "redeemed_twice")
+        totals = [sum(row[key] for row in funnel["rows"]) for key in keys]
+        assert stages["data"] == [totals] and totals[0] == len(EARNED)
+        rates = page.locator("#funnel-rates tbody tr")
+        await expect(rates).to_have_count(4)
+        await expect(rates.nth(2)).to_contain_text(f"{100 * totals[2] / totals[0]:.1f}%")
+        for drawn_chart in (chart, flows, stages):
+            assert drawn_chart["painted"] > drawn_chart["area"] // 50, "a chart left blank"
+        cells = page.locator("[data-heatmap] td[data-count]")
+        await expect(cells).to_have_count(7 * 24)
+        counted = await cells.evaluate_all(
+            "(tds) => tds.reduce((sum, td) => sum + Number(td.dataset.count), 0)"
+        )
+        assert counted == sum(map(sum, rewards["heatmap"]["counts"])) > 0
+        await shoot(page, f"overview-reports-{viewport}")
+        assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_the_reports_page_shows_each_report_and_downloads_csv(
+    open_console: Open, shop: Shop, admin_http: httpx.AsyncClient
+) -> None:
+    liability = await report(admin_http, shop.program, "liability", granularity="month")
+    members = await report(admin_http, shop.program, "members")
+    for viewport, size in (("laptop", LAPTOP), ("phone", PHONE)):
+        page = await open_console(viewport=size)
+        await go(page, f"#/programs/{shop.program}/reports")
+        for name in ("liability", "breakage", "expiring", "funnel", "rewards", "members"):
+            await expect(page.locator(f"#report-{name} [data-window]")).to_be_visible()
+        rows = page.locator("#report-liability-table tbody tr")
+        await expect(rows).to_have_count(len(liability["rows"]))
+        last = liability["rows"][-1]
+        await expect(rows.last).to_contain_text(f"{last['closing']:,}")
+        await expect(rows.last).to_contain_text(last["deferred_revenue_money"])
+        tiers = page.locator("#report-members-table-tiers tbody tr")
+        await expect(tiers).to_have_count(len(members["tiers"]))
+        await expect(page.locator("#report-rewards-table")).to_contain_text("mug")
+        await shoot(page, f"reports-{viewport}")
+    async with page.expect_download() as started:
+        await page.click('button[data-csv="liability"]')
+    download = await started.value
+    assert download.suggested_filename.endswith(".csv")
+    saved = await download.path()
+    lines = Path(saved).read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["period", "opening"], lines[0]
+    assert len(lines) == 1 + len(liability["rows"])
+    await expect(page.locator("#flash .notice")).to_contain_text("saved")
+    # Another window, by day: the table follows the picker.
+    today = datetime.now(UTC).date()
+    await page.fill("#report-from", (today - timedelta(days=2)).isoformat())
+    await page.fill("#report-to", today.isoformat())
+    await page.select_option("#report-granularity", "day")
+    await page.click("#report-window button[type=submit]")
+    await expect(page.locator("#report-liability-table tbody tr")).to_have_count(3)
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_an_experiment_is_started_measured_and_ended(
+    open_console: Open, lab: Lab, admin_http: httpx.AsyncClient
+) -> None:
+    page = await open_console()
+    await go(page, f"#/programs/{lab.program}/experiments")
+    await expect(page.locator("#experiments")).to_have_text("No experiment yet.")
+    now = datetime.now(UTC).replace(microsecond=0)
+    await page.fill("#experiment-id", "double-orders")
+    await page.fill("#experiment-starts", (now - timedelta(hours=1)).isoformat())
+    await page.fill("#experiment-ends", (now + timedelta(days=7)).isoformat())
+    arms = page.locator("#arm-rows tr")
+    await expect(arms).to_have_count(2)
+    await arms.nth(0).locator("[name=arm-version]").select_option("1")
+    await arms.nth(1).locator("[name=arm-name]").fill("double")
+    await arms.nth(1).locator("[name=arm-version]").select_option("2")
+    await shoot(page, "experiment-new-laptop")
+    await page.click("#new-experiment button[type=submit]")
+    await expect(page.locator("#experiment-summary")).to_contain_text("running")
+    await expect(page.locator("#experiments tbody tr", has_text="double-orders")).to_have_count(1)
+    # Members earn inside the window; each is scored by their arm's rules.
+    await lab.orders(admin_http, LAB_IN_EXPERIMENT, "trial")
+    expected = (
+        await admin_http.get(f"/v1/programs/{lab.program}/experiments/double-orders/results")
+    ).json()
+    assert sum(arm["members"] for arm in expected["arms"]) == len(LAB_IN_EXPERIMENT)
+    await page.reload()
+    results = page.locator("#experiment-results tbody tr")
+    await expect(results).to_have_count(2)
+    for row, arm in zip(("control", "double"), expected["arms"], strict=True):
+        line = page.locator("#experiment-results tbody tr", has_text=row)
+        await expect(line).to_contain_text(f"{arm['points_per_member']:.2f}")
+        await expect(line.locator("td").nth(1)).to_have_text(str(arm["members"]))
+    await expect(results.nth(0)).to_contain_text("control")
+    await shoot(page, "experiment-results-laptop")
+    phone = await open_console(viewport=PHONE)
+    await go(phone, f"#/programs/{lab.program}/experiments?id=double-orders")
+    await expect(phone.locator("#experiment-results tbody tr")).to_have_count(2)
+    await shoot(phone, "experiment-results-phone")
+    overflow = await phone.evaluate("document.documentElement.scrollWidth")
+    assert overflow <= PHONE["width"], overflow
+    # End it, promoting the double arm: its rules become a new version (every dialog is
+    # accepted).
+    await page.select_option("#promote", "double")
+    await page.click("#end-experiment")
+    await expect(page.locator("#flash .notice")).to_contain_text("ended")
+    await expect(page.locator("#experiment-summary")).to_contain_text("promoted double")
+    await expect(page.locator("#end-experiment")).to_have_count(0)
+    ended = (await admin_http.get(f"/v1/programs/{lab.program}/experiments/double-orders")).json()
+    assert ended["status"] == "ended" and ended["promoted_arm"] == "double"
+    await shoot(page, "experiment-ended-laptop")
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_a_simulation_is_started_polled_and_shown(
+    open_console: Open, lab: Lab, admin_http: httpx.AsyncClient
+) -> None:
+    page = await open_console()
+    await go(page, f"#/programs/{lab.program}/simulations")
+    rules = page.locator("#simulation-rules")
+    await expect(rules).to_have_value(re.compile("order_points"))
+    candidate = [
+        {**rule, "award": {**rule["award"], "rate": "0.05"}}
+        if rule["id"] == "order_points"
+        else rule
+        for rule in json.loads(await rules.input_value())
+    ]
+    await rules.fill(json.dumps(candidate, indent=2))
+    await page.fill(
+        "#simulation-from", (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    await page.click("#new-simulation button[type=submit]")
+    status = page.locator("#simulation-status")
+    await expect(status).to_have_attribute("data-status", "done", timeout=SIMULATION_TIMEOUT_MS)
+    simulation_id = page.url.rsplit("id=", 1)[1]
+    job = (await admin_http.get(f"/v1/programs/{lab.program}/simulations/{simulation_id}")).json()
+    result = job["result"]
+    assert result["events"] >= len(LAB_BEFORE) and result["difference"] > 0
+    await expect(page.locator("#simulation-difference .value")).to_have_text(
+        f"+{result['difference']:,}"
+    )
+    by_rule = page.locator("#sim-by-rule tbody tr", has_text="order_points")
+    order_points = next(r for r in result["by_rule"] if r["rule_id"] == "order_points")
+    await expect(by_rule).to_contain_text(f"{order_points['candidate_points']:,}")
+    await expect(page.locator("#sim-by-type tbody tr", has_text="order")).to_have_count(1)
+    await expect(page.locator("#sim-by-tier tbody tr")).to_have_count(len(result["by_tier"]))
+    await expect(page.locator("#sim-top-members tbody tr")).to_have_count(
+        len(result["top_members"])
+    )
+    await shoot(page, "simulation-laptop")
+    phone = await open_console(viewport=PHONE)
+    await go(phone, f"#/programs/{lab.program}/simulations?id={simulation_id}")
+    await expect(phone.locator("#simulation-status")).to_have_attribute("data-status", "done")
+    await shoot(phone, "simulation-phone")
+    overflow = await phone.evaluate("document.documentElement.scrollWidth")
+    assert overflow <= PHONE["width"], overflow
+    assert not page.errors  # type: ignore[attr-defined]

@@ -115,3 +115,21 @@ def test_me_lists_the_routes_of_the_role() -> None:
     assert "POST /v1/programs/{program_id}/redemptions/{redemption_id}/cancel" not in service
     for role in Role:
         assert "GET /v1/me" in access.routes_for(role, limited_to_programs=True)
+
+
+def test_every_page_module_is_listed_and_the_newer_apis_are_checked() -> None:
+    index = (CONSOLE / "js/pages/index.js").read_text()
+    for module in sorted((CONSOLE / "js/pages").glob("*.js")):
+        if module.name != "index.js":
+            assert f'from "./{module.name}";' in index, f"{module.name}: not in pages/index.js"
+    named = _console_routes()
+    p = "/v1/programs/{program_id}"
+    reports = ("liability", "breakage", "expiring", "funnel", "rewards", "members")
+    expected = {f"GET {p}/reports/{name}" for name in reports} | {
+        f"GET {p}/experiments",
+        f"PUT {p}/experiments/{{experiment_id}}",
+        f"POST {p}/experiments/{{experiment_id}}/end",
+        f"GET {p}/simulations/{{simulation_id}}",
+        f"POST {p}/simulations",
+    }
+    assert expected <= named, expected - named

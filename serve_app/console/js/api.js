@@ -92,6 +92,7 @@ export async function request(method, url, { query, body, headers, key } = {}) {
 export const api = {
   get: (url, query) => request("GET", url, { query }),
   post: (url, body, headers) => request("POST", url, { body, headers }),
+  put: (url, body, headers) => request("PUT", url, { body, headers }),
   delete: (url) => request("DELETE", url),
   // Every item of a keyset-paginated list, up to `itemsMax` (then `truncated`).
   async all(url, query, itemsMax) {
@@ -105,6 +106,38 @@ export const api = {
     return { items: items.slice(0, itemsMax), truncated: Boolean(cursor) || items.length > itemsMax };
   },
 };
+
+// A file the API answers in another format (a report as CSV: `Accept: text/csv`), with the
+// signed-in key, saved through a blob URL under the name its Content-Disposition gives.
+export async function download(url, query, { accept = "text/csv", filename = "download" } = {}) {
+  const sent = { Accept: accept };
+  const token = session.key();
+  if (token) sent.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await fetch(withQuery(url, query), { headers: sent });
+  } catch (error) {
+    throw new ApiError(0, { title: "The service does not answer", detail: String(error) });
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, await problemOf(response));
+    if (response.status === 401) unauthorizedListeners.forEach((f) => f(error));
+    throw error;
+  }
+  const disposition = response.headers.get("content-disposition") || "";
+  const named = /filename="?([^";]+)"?/i.exec(disposition);
+  const blob = await response.blob();
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = named ? named[1] : filename;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  // The browser has taken the blob once the click is handled; free it soon after.
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  return { filename: link.download, size: blob.size };
+}
 
 // A random Idempotency-Key for a write the user asked for once (a retry of the same click
 // reuses the key the button holds).

@@ -65,6 +65,32 @@ export function bar(name, labels, datasets, { stacked = false, horizontal = fals
   );
 }
 
+// Lines over shared labels; a dataset with `yAxisID: "y1"` is read on a second axis at the
+// right (points on the left, money on the right).
+export function line(name, labels, datasets, { label, y, y1 } = {}) {
+  const palette = colors(datasets.length);
+  const twoAxes = datasets.some((set) => set.yAxisID === "y1");
+  const scales = { y: { beginAtZero: true, title: { display: Boolean(y), text: y } } };
+  if (twoAxes) {
+    scales.y1 = { beginAtZero: true, position: "right", grid: { drawOnChartArea: false },
+      title: { display: Boolean(y1), text: y1 } };
+  }
+  return chart(
+    name,
+    {
+      type: "line",
+      data: {
+        labels,
+        datasets: datasets.map((set, i) => ({
+          borderColor: palette[i], backgroundColor: palette[i], tension: 0, pointRadius: 3, ...set,
+        })),
+      },
+      options: { plugins: { legend: { display: datasets.length > 1 } }, scales },
+    },
+    label,
+  );
+}
+
 export function doughnut(name, labels, values, { label } = {}) {
   return chart(
     name,

@@ -6,14 +6,17 @@
 // not), needs ("METHOD /v1/template" the key must be allowed: else hidden), render(target,
 // context)}.
 import audit from "./audit.js";
+import experiments from "./experiments.js";
 import keys from "./keys.js";
 import member from "./member.js";
 import members from "./members.js";
 import overview from "./overview.js";
 import programs from "./programs.js";
 import redemptions from "./redemptions.js";
+import reports from "./reports.js";
 import reviews from "./reviews.js";
 import rewards from "./rewards.js";
 import rules from "./rules.js";
+import simulations from "./simulations.js";
 
-export const PAGES = [programs, audit, keys, overview, members, member, rewards, redemptions, reviews, rules];
+export const PAGES = [programs, audit, keys, overview, members, member, rewards, redemptions, reviews, rules, reports, experiments, simulations];
